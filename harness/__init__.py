@@ -1,0 +1,1 @@
+"""ksm-harness: drive Linux KSM inside real QEMU NUMA guests."""

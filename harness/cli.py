@@ -1,0 +1,166 @@
+"""ksm-harness: the command line. Sub-commands only wire options to modules; user errors
+end in one line `ksm-harness: ...` and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from . import paths, reaper, spec as spec_mod
+from .errors import HarnessError
+from .remote import CommandTimeout
+
+EPILOG = """examples:
+  ksm-harness boot -- cat /sys/devices/system/node/online
+  ksm-harness boot --kernel ~/linux/arch/x86/boot/bzImage --numa 1G:1,1G:1
+  ksm-harness run --junitxml results/junit.xml
+  ksm-harness triage --json console.log
+"""
+
+
+def add_vm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guest")
+    g.add_argument("-k", "--kernel", metavar="PATH",
+                   help="bzImage, vmlinux or kernel build tree (default: Debian's "
+                        "linux-image-amd64, fetched with apt-get download)")
+    g.add_argument("--modules", metavar="DIR",
+                   help="module tree for --kernel (DIR/lib/modules/<release> or that dir)")
+    g.add_argument("--numa", default="2", metavar="SPEC",
+                   help="NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or "
+                        "MEM[:CPUS] per node, comma separated, e.g. 512M:1,1536M:1")
+    g.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
+                   help="auto probes KVM with a short deadline and falls back to TCG")
+    g.add_argument("--append", default="", metavar="ARGS",
+                   help="extra kernel command line, e.g. --append 'transparent_hugepage=always'")
+    g.add_argument("--swap-disk", metavar="SIZE", help="add a swap disk (serial 'swap'), e.g. 512M")
+    g.add_argument("--image", metavar="QCOW2", help="use this base image instead of the recipe's")
+    g.add_argument("--boot-timeout", type=float, default=0.0, metavar="S",
+                   help="seconds to wait for the guest (default 180 under TCG, 60 under KVM)")
+
+
+def options_from(args: argparse.Namespace) -> spec_mod.Options:
+    return spec_mod.Options(kernel=args.kernel, modules=args.modules, numa=args.numa,
+                            accel=args.accel, append=args.append, swap_disk=args.swap_disk,
+                            image=args.image, boot_timeout=args.boot_timeout)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .vm import VM
+    spec = spec_mod.build(options_from(args))
+    run_dir = paths.new_run_dir("boot")
+    vm = VM(spec, run_dir)
+    if args.dry_run:
+        print(shlex.join(vm.dry_run()))
+        vm.stop()
+        return 0
+    print(f"ksm-harness: booting (console log: {vm.console_log})", file=sys.stderr, flush=True)
+    try:
+        vm.start()
+        t = vm.timings
+        print(f"ksm-harness: guest ready in {t['ssh_ready']:.1f}s "
+              f"(console {t['console_ready']:.1f}s)", file=sys.stderr, flush=True)
+        if args.command:
+            cmd = shlex.join(args.command) if len(args.command) > 1 else args.command[0]
+            try:
+                r = vm.run(cmd, timeout=args.timeout)
+            except CommandTimeout as exc:
+                print(f"ksm-harness: {exc}; console tail:\n{vm.console.tail(20) if vm.console else ''}",
+                      file=sys.stderr)
+                return 124
+            sys.stdout.write(r.stdout)
+            sys.stderr.write(r.stderr)
+            return r.status
+        return _interactive(vm, run_dir)
+    finally:
+        vm.stop()
+        if not args.keep:
+            from .vm import remove_run_dir
+            remove_run_dir(run_dir)
+
+
+def _interactive(vm, run_dir: Path) -> int:
+    """An SSH shell when the ssh client exists, else the serial console."""
+    import shutil
+    if shutil.which("ssh") and vm.ssh is not None:
+        key = run_dir / "id_ed25519"
+        key.write_text("")
+        key.chmod(0o600)
+        vm.ssh.client_key.write_private_key_file(str(key))
+        known = run_dir / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{vm.port} {vm.ssh.host_key.get_name()} "
+                         f"{vm.ssh.host_key.get_base64()}\n")
+        return subprocess.call(["ssh", "-i", str(key), "-p", str(vm.port),
+                                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+                                "-o", "LogLevel=ERROR", "root@127.0.0.1"])
+    print("ksm-harness: no ssh client; attaching to the serial console (Ctrl-] to leave)",
+          file=sys.stderr)
+    assert vm.child is not None
+    vm.child.interact()
+    return 0
+
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    from . import triage
+    return triage.main(args.rest)
+
+
+def cmd_pytest(args: argparse.Namespace, default_paths: list[str]) -> int:
+    """`run` (the KSM suite) and `selftest` (our own tests) both go through pytest."""
+    import pytest
+    argv = list(args.rest) or []
+    if not any(not a.startswith("-") for a in argv):
+        argv += [str(paths.REPO / p) for p in default_paths]
+    return int(pytest.main(["-c", str(paths.REPO / "tox.ini"), "--rootdir", str(paths.REPO)]
+                           + argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ksm-harness", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Test Linux KSM in real QEMU NUMA guests.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status")
+    add_vm_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (console log)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD (default 600)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    p = sub.add_parser("triage", help="classify kernel reports in a saved console log",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    for name, helptext in (("run", "run the KSM scenario suite (pytest options pass through)"),
+                           ("selftest", "run ksm-harness's own tests")):
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        for msg in reaper.clean_stale():
+            print(f"ksm-harness: {msg}", file=sys.stderr)
+        if args.cmd == "boot":
+            return cmd_boot(args)
+        if args.cmd == "triage":
+            return cmd_triage(args)
+        if args.cmd == "run":
+            return cmd_pytest(args, ["tests/ksm"])
+        if args.cmd == "selftest":
+            return cmd_pytest(args, ["tests/unit", "tests/guest"])
+    except HarnessError as exc:
+        print(f"ksm-harness: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ksm-harness: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The serial console: QEMU's stdio on a pexpect pty, drained by one reader thread.
+
+The thread never stops reading (a full pty would stall the guest), writes every byte to the
+VM's console log, splits lines and hands each to listeners (the ready marker, the crash
+classifier). Waiting code blocks on a condition over the line list, with a deadline.
+The console also carries a root shell: the second channel when SSH is dead.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pexpect
+
+from .remote import CommandResult, CommandTimeout
+
+Listener = Callable[[str], None]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class ConsoleTimeout(Exception):
+    def __init__(self, what: str, timeout: float, tail: str) -> None:
+        self.what, self.timeout, self.tail = what, timeout, tail
+        super().__init__(f"timed out after {timeout:.0f}s waiting for {what}; console tail:\n{tail}")
+
+
+class Console:
+    def __init__(self, child: pexpect.spawn, log_path: Path) -> None:
+        self.child = child
+        self.log_path = log_path
+        self._log = log_path.open("ab", buffering=0)
+        self.lines: list[str] = []
+        self._partial = ""
+        self._cond = threading.Condition()
+        self._listeners: list[Listener] = []
+        self.last_output = time.monotonic()
+        self.closed = False
+        self._thread = threading.Thread(target=self._reader, name="console-reader", daemon=True)
+        self._thread.start()
+
+    # --- reading -------------------------------------------------------------------------
+    def add_listener(self, fn: Listener) -> None:
+        with self._cond:
+            self._listeners.append(fn)
+
+    def _reader(self) -> None:
+        while True:
+            try:
+                data = self.child.read_nonblocking(65536, timeout=0.5)
+            except pexpect.TIMEOUT:
+                continue
+            except (pexpect.EOF, OSError, ValueError):
+                break
+            if not data:
+                continue
+            raw = data if isinstance(data, bytes) else data.encode()
+            self._log.write(raw)
+            self._feed(raw.decode("utf-8", "replace"))
+        with self._cond:
+            if self._partial:
+                self._emit([self._partial])
+                self._partial = ""
+            self.closed = True
+            self._cond.notify_all()
+        self._log.close()
+
+    def _feed(self, text: str) -> None:
+        text = self._partial + text.replace("\r", "")
+        *done, self._partial = text.split("\n")
+        with self._cond:
+            self.last_output = time.monotonic()
+            if done:
+                self._emit(done)
+            self._cond.notify_all()
+
+    def _emit(self, lines: list[str]) -> None:
+        lines = [_ANSI.sub("", line) for line in lines]
+        self.lines.extend(lines)
+        for line in lines:
+            for fn in list(self._listeners):
+                try:
+                    fn(line)
+                except Exception:  # a listener bug must not stop the console drain
+                    pass
+
+    # --- waiting ------------------------------------------------------------------------
+    def mark(self) -> int:
+        """Index of the next line: pass to wait_for to look only at later output."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float, start: int = 0,
+                 what: str | None = None,
+                 abort: Callable[[], str | None] | None = None) -> re.Match[str]:
+        """First line from ``start`` matching ``pattern``. ``abort`` may return a reason to
+        stop early (e.g. QEMU died); that and the deadline raise ConsoleTimeout."""
+        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        pos = start
+        with self._cond:
+            while True:
+                while pos < len(self.lines):
+                    m = rx.search(self.lines[pos])
+                    pos += 1
+                    if m:
+                        return m
+                if self._partial:
+                    m = rx.search(self._partial)
+                    if m:
+                        return m
+                why = abort() if abort else None
+                if why or self.closed:
+                    raise ConsoleTimeout(f"{what or rx.pattern} ({why or 'console closed'})",
+                                         timeout - (deadline - time.monotonic()), self.tail())
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConsoleTimeout(what or rx.pattern, timeout, self.tail())
+                self._cond.wait(min(left, 0.25))
+
+    def tail(self, n: int = 40) -> str:
+        with self._cond:
+            lines = self.lines[-n:] + ([self._partial] if self._partial else [])
+        return "\n".join(lines)
+
+    def text(self, start: int = 0, end: int | None = None) -> str:
+        with self._cond:
+            return "\n".join(self.lines[start:end])
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_output
+
+    # --- writing ------------------------------------------------------------------------
+    def send(self, text: str) -> None:
+        if not self.closed:
+            self.child.send(text)
+
+    def run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
+        """Run a command through the console's root shell (no stderr split: it is a tty)."""
+        tag = uuid.uuid4().hex[:8]
+        start = self.mark()
+        t0 = time.monotonic()
+        # the quotes keep the shell's echo of this line from matching the markers
+        self.send(f"echo KSM''BEGIN{tag}; {cmd}; echo KSM''END{tag}:$?\n")
+        try:
+            self.wait_for(f"^KSMBEGIN{tag}$", timeout, start)
+            end = self.wait_for(f"KSMEND{tag}:(\\d+)", timeout - (time.monotonic() - t0), start)
+        except ConsoleTimeout:
+            raise CommandTimeout(f"(console) {cmd}", timeout) from None
+        with self._cond:
+            lines = self.lines[start:]
+        begin = next(i for i, line in enumerate(lines) if line == f"KSMBEGIN{tag}")
+        out = []
+        for line in lines[begin + 1:]:
+            if f"KSMEND{tag}:" in line:
+                out.append(line.split(f"KSMEND{tag}:")[0])
+                break
+            out.append(line)
+        stdout = "\n".join(x for x in out if x) + ("\n" if any(out) else "")
+        return CommandResult(cmd, int(end.group(1)), stdout, "", time.monotonic() - t0)
+
+    def close(self) -> None:
+        self._thread.join(timeout=2)

@@ -1,0 +1,167 @@
+"""The guest's initramfs: a cached per-kernel part (busybox + boot modules) and a small
+per-run part (init scripts, SSH keys, sysctls) appended to it.
+
+Keeping the kernel's modules out of the guest image makes one image serve every kernel;
+keeping the keys and init scripts out of it means they never go stale in a cached image.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import deps
+from .cpio import Archive
+from .kernel import Kernel
+from .paths import REPO, cache_dir
+
+INIT_DIR = REPO / "guest-images" / "init"
+BUSYBOX = Path("/bin/busybox")
+# Modules the guest needs before its root is mounted; the rest come from the module disk.
+# crc32c_generic is a softdep of ext4 that busybox's insmod would not follow.
+BOOT_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
+BOOT_OPTIONS = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_blk": "CONFIG_VIRTIO_BLK",
+                "virtio_net": "CONFIG_VIRTIO_NET", "ext4": "CONFIG_EXT4_FS",
+                "crc32c_generic": "CONFIG_CRYPTO_CRC32C"}
+
+
+def _module_index(moddir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """name -> relative path, and relative path -> its dependencies, from modules.dep."""
+    paths: dict[str, str] = {}
+    depends: dict[str, list[str]] = {}
+    dep_file = moddir / "modules.dep"
+    if not dep_file.exists():
+        return paths, depends
+    for line in dep_file.read_text().splitlines():
+        if ":" not in line:
+            continue
+        mod, rest = line.split(":", 1)
+        name = Path(mod).name.split(".ko")[0].replace("-", "_")
+        paths[name] = mod
+        depends[mod] = rest.split()
+    return paths, depends
+
+
+def boot_module_paths(kernel: Kernel) -> list[str]:
+    """Boot modules and their dependencies, in load order (dependencies first)."""
+    if kernel.modules_dir is None:
+        return []
+    paths, depends = _module_index(kernel.modules_dir)
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        if mod in order:
+            return
+        for dep in reversed(depends.get(mod, [])):
+            visit(dep)
+        order.append(mod)
+
+    for name in BOOT_MODULES:
+        if name in paths:
+            visit(paths[name])
+    return order
+
+
+def _read_module(path: Path) -> bytes:
+    """busybox insmod wants plain .ko files."""
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".ko.zst"):
+        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True,
+                              check=True).stdout
+    return data
+
+
+def kernel_part(kernel: Kernel) -> Path:
+    """busybox + the boot modules + /init, gzipped, cached per kernel and init script."""
+    deps.ensure(["/bin/busybox"])
+    mods = boot_module_paths(kernel)
+    init = (INIT_DIR / "initramfs-init.sh").read_bytes()
+    key = hashlib.sha256(init + BUSYBOX.read_bytes()[:4096] + str(kernel.modules_dir).encode()
+                         + "\n".join(mods).encode() + kernel.release.encode()).hexdigest()[:16]
+    out = cache_dir() / "initramfs" / f"{kernel.release}-{key}.cpio.gz"
+    if out.exists():
+        return out
+    arc = Archive()
+    for d in ("bin", "proc", "sys", "dev", "newroot", "modules", "ksm"):
+        arc.dir(d)
+    arc.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    arc.file("init", init, 0o755)
+    names = []
+    assert kernel.modules_dir is not None or not mods
+    for rel in mods:
+        src = kernel.modules_dir / rel  # type: ignore[operator]
+        name = Path(rel).name.split(".ko")[0] + ".ko"
+        arc.file(f"modules/{name}", _read_module(src))
+        names.append(name)
+    arc.file("modules.list", ("\n".join(names) + "\n").encode())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(arc.to_bytes(compress=True))
+    tmp.replace(out)
+    return out
+
+
+def missing_boot_drivers(kernel: Kernel) -> list[str]:
+    """Boot drivers neither built in nor available as modules: the guest cannot boot."""
+    have = {Path(p).name.split(".ko")[0].replace("-", "_") for p in boot_module_paths(kernel)}
+    missing = []
+    for name, opt in BOOT_OPTIONS.items():
+        if name in have or kernel.builtin(opt) or name == "crc32c_generic":
+            continue
+        if kernel.config or kernel.modules_dir is not None:
+            missing.append(f"{opt} ({name})")
+    return missing
+
+
+def run_part(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """The per-run archive: ``files`` maps a path under /ksm to (content, mode)."""
+    arc = Archive()
+    for name, (data, mode) in sorted(files.items()):
+        arc.file(f"ksm/{name}", data, mode)
+    return arc.to_bytes(compress=False)
+
+
+def compose(kernel: Kernel, files: dict[str, tuple[bytes, int]], out: Path) -> Path:
+    with out.open("wb") as fh:
+        with kernel_part(kernel).open("rb") as src:
+            shutil.copyfileobj(src, fh)
+        # the kernel only finds an uncompressed archive that starts 4-byte aligned
+        fh.write(b"\0" * (-fh.tell() % 4))
+        fh.write(run_part(files))
+    return out
+
+
+def module_disk(kernel: Kernel) -> Path | None:
+    """The kernel's whole module tree as a read-only ext4 disk (no loop mount needed)."""
+    if kernel.modules_dir is None:
+        return None
+    deps.ensure(["mkfs.ext4"])
+    moddir = kernel.modules_dir
+    stamp = (moddir / "modules.dep").stat().st_mtime if (moddir / "modules.dep").exists() else 0
+    key = hashlib.sha256(f"{moddir.resolve()}:{stamp}".encode()).hexdigest()[:12]
+    out = cache_dir() / "module-disks" / f"{kernel.release}-{key}.ext4"
+    if out.exists():
+        return out
+    if not (moddir / "modules.dep").exists() and shutil.which("depmod"):
+        # a user's --modules tree straight from `make modules_install` may lack it
+        subprocess.run(["depmod", "-b", str(moddir.parents[2]), kernel.release],
+                       capture_output=True)
+    size_mb = int(sum(f.stat().st_size for f in moddir.rglob("*") if f.is_file())
+                  / 2**20 * 1.15) + 64
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ksm-modules", "-E", "root_owner=0:0",
+                        "-d", str(moddir), str(tmp), f"{size_mb}M"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"mkfs.ext4 for the module disk failed: {r.stderr.strip()}")
+    tmp.replace(out)
+    return out

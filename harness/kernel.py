@@ -1,0 +1,285 @@
+"""Kernels to boot: Debian's packaged default, or a user's bzImage / vmlinux / build tree.
+
+We boot the uncompressed vmlinux through PVH when the kernel supports it: under TCG the
+bzImage's XZ decompression alone costs ~3 s per boot, so the vmlinux is extracted once and
+cached.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import deps
+from .errors import KernelError
+from .paths import cache_dir
+
+DEFAULT_PACKAGE = "linux-image-amd64"
+ELF_MAGIC = b"\x7fELF"
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point note
+
+
+@dataclass
+class Kernel:
+    path: Path                 # what the user gave (or the packaged vmlinuz)
+    boot_image: Path           # what QEMU's -kernel gets: vmlinux (PVH) or the bzImage
+    release: str
+    config: dict[str, str] = field(default_factory=dict)  # CONFIG_X -> value; empty if unknown
+    modules_dir: Path | None = None  # .../lib/modules/<release>
+    origin: str = "user"
+
+    @property
+    def pvh(self) -> bool:
+        return self.boot_image.read_bytes()[:4] == ELF_MAGIC
+
+    def has(self, option: str) -> bool | None:
+        """True/False when the config is known, None when it is not."""
+        if not self.config:
+            return None
+        return self.config.get(option) in ("y", "m")
+
+    def builtin(self, option: str) -> bool | None:
+        if not self.config:
+            return None
+        return self.config.get(option) == "y"
+
+    @property
+    def config_hash(self) -> str:
+        text = "\n".join(f"{k}={v}" for k, v in sorted(self.config.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:12] if text else "unknown"
+
+    def describe(self) -> str:
+        kind = "vmlinux (PVH)" if self.pvh else "bzImage"
+        return f"{self.release} [{self.origin}, {kind}]"
+
+
+# --- image formats -----------------------------------------------------------------------
+
+def bzimage_release(data: bytes) -> str | None:
+    """The release string from an x86 boot header, or None when this is not a bzImage."""
+    if len(data) < 0x260 or data[0x202:0x206] != b"HdrS":
+        return None
+    ptr = struct.unpack_from("<H", data, 0x20E)[0]
+    if not ptr:
+        return None
+    start = ptr + 0x200
+    text = data[start:start + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+    return text.split()[0] if text else None
+
+
+def elf_release(data: bytes) -> str | None:
+    m = re.search(rb"Linux version (\S+) \(", data)
+    return m.group(1).decode() if m else None
+
+
+def elf_has_pvh_note(data: bytes) -> bool:
+    if data[:4] != ELF_MAGIC or data[4] != 2:  # 64-bit ELF only
+        return False
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize)
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+            name = data[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
+            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return False
+
+
+def extract_vmlinux(data: bytes) -> bytes | None:
+    """What scripts/extract-vmlinux does: find the compressed payload, inflate to ELF."""
+    candidates: list[tuple[bytes, str]] = [
+        (b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")]
+    for magic, kind in candidates:
+        pos = data.find(magic)
+        while pos != -1:
+            out = _inflate(data[pos:], kind)
+            if out and out[:4] == ELF_MAGIC:
+                return out
+            pos = data.find(magic, pos + 1)
+    return None
+
+
+def _inflate(blob: bytes, kind: str) -> bytes | None:
+    try:
+        if kind == "xz":
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
+        if kind == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(blob)
+        if kind == "zstd" and shutil.which("zstd"):
+            r = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True)
+            return r.stdout or None
+    except (lzma.LZMAError, zlib.error):
+        return None
+    return None
+
+
+def embedded_config(data: bytes) -> str | None:
+    """CONFIG_IKCONFIG stores the config gzipped between IKCFG_ST and IKCFG_ED."""
+    start = data.find(b"IKCFG_ST")
+    end = data.find(b"IKCFG_ED", start)
+    if start == -1 or end == -1:
+        return None
+    try:
+        return gzip.decompress(data[start + 8:end]).decode("utf-8", "replace")
+    except (OSError, EOFError):
+        return None
+
+
+def parse_config(text: str) -> dict[str, str]:
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
+        if m:
+            config[m.group(1)] = m.group(2).strip('"')
+    return config
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def load(path: Path | str, modules: Path | str | None = None) -> Kernel:
+    """A user's kernel: bzImage, vmlinux, or a kernel build tree."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise KernelError(f"kernel not found: {path}")
+    tree = path if path.is_dir() else None
+    if tree is not None:
+        for cand in (tree / "vmlinux", tree / "arch/x86/boot/bzImage"):
+            if cand.is_file():
+                path = cand
+                break
+        else:
+            raise KernelError(f"{tree} holds no vmlinux or arch/x86/boot/bzImage: build it first")
+    data = path.read_bytes()
+    release = bzimage_release(data)
+    if release is not None:
+        boot = _cached_vmlinux(path, data)
+        ikdata = boot.read_bytes() if boot != path else data
+    elif data[:4] == ELF_MAGIC:
+        release = elf_release(data)
+        if not release:
+            raise KernelError(f"{path} is an ELF file but not a Linux kernel")
+        if not elf_has_pvh_note(data):
+            raise KernelError(f"{path} is a vmlinux without PVH support (CONFIG_PVH=y); "
+                              "give the bzImage instead")
+        boot, ikdata = path, data
+    else:
+        raise KernelError(f"{path} is not a Linux kernel (no bzImage header, not an ELF vmlinux)")
+    config = _find_config(path, tree, ikdata)
+    mods = _find_modules(modules, release)
+    kernel = Kernel(path=path, boot_image=boot, release=release, config=config,
+                    modules_dir=mods, origin="user")
+    check_required(kernel)
+    return kernel
+
+
+def _cached_vmlinux(path: Path, data: bytes) -> Path:
+    """Extracted PVH vmlinux for a bzImage, cached by content hash; the bzImage if none."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    out = cache_dir() / "vmlinux" / f"{digest}.vmlinux"
+    if out.exists():
+        return out
+    elf = extract_vmlinux(data)
+    if elf is None or not elf_has_pvh_note(elf):
+        return path  # boot the bzImage itself: slower, but works
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(elf)
+    tmp.replace(out)
+    return out
+
+
+def _find_config(path: Path, tree: Path | None, data: bytes) -> dict[str, str]:
+    cands = [path.parent / ".config", path.parent / f"config-{path.name.split('-', 1)[-1]}"]
+    if tree is not None:
+        cands.insert(0, tree / ".config")
+    # arch/x86/boot/bzImage lives three levels below the tree's .config
+    if path.name == "bzImage" and len(path.parents) > 3:
+        cands.append(path.parents[3] / ".config")
+    for cand in cands:
+        if cand.is_file():
+            return parse_config(cand.read_text(errors="replace"))
+    text = embedded_config(data)
+    return parse_config(text) if text else {}
+
+
+def _find_modules(modules: Path | str | None, release: str) -> Path | None:
+    if modules is None:
+        return None
+    mods = Path(modules).expanduser()
+    for cand in (mods, mods / release, mods / "lib/modules" / release):
+        if (cand / "modules.order").exists() or (cand / "kernel").is_dir():
+            return cand
+    raise KernelError(f"--modules {mods}: no module tree for {release} there "
+                      "(expected DIR/lib/modules/<release> or DIR itself)")
+
+
+def check_required(kernel: Kernel) -> None:
+    """Refuse kernels that cannot possibly run the suite, when the config says so."""
+    for opt in ("CONFIG_KSM",):
+        if kernel.config and kernel.builtin(opt) is False:
+            raise KernelError(f"kernel {kernel.release} is built without {opt}=y: nothing to test")
+
+
+# --- Debian's packaged kernel --------------------------------------------------------------
+
+def _apt_target(package: str) -> str:
+    """linux-image-amd64 is a metapackage; find the real image package it depends on."""
+    r = subprocess.run(["apt-cache", "depends", "--important", package],
+                       capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
+        if m:
+            return m.group(1)
+    if package.startswith("linux-image-") and r.returncode == 0 and r.stdout:
+        return package
+    raise KernelError(f"apt knows no kernel package {package!r}: run 'apt-get update' "
+                      "(or pass --kernel PATH)")
+
+
+def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
+    """Debian's kernel, fetched with `apt-get download` (no host install) and cached."""
+    deps.ensure(["apt-get", "dpkg-deb", "depmod"])
+    target = _apt_target(package)
+    root = cache_dir() / "kernels" / target
+    boot = root / "boot"
+    if not (root / ".complete").exists():
+        log(f"ksm-harness: fetching kernel package {target} with apt-get download")
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        r = subprocess.run(["apt-get", "download", target], cwd=root, capture_output=True,
+                           text=True)
+        debs = list(root.glob("*.deb"))
+        if r.returncode != 0 or not debs:
+            raise KernelError(f"apt-get download {target} failed: {r.stderr.strip()[-300:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
+        debs[0].unlink()
+        for mods in (root / "lib/modules").iterdir():
+            subprocess.run(["depmod", "-b", str(root), mods.name], check=True)
+        (root / ".complete").write_text(target + "\n")
+    images = sorted(boot.glob("vmlinuz-*"))
+    if not images:
+        raise KernelError(f"{root}: package {target} holds no /boot/vmlinuz-*")
+    image = images[0]
+    release = image.name[len("vmlinuz-"):]
+    kernel = Kernel(path=image, boot_image=_cached_vmlinux(image, image.read_bytes()),
+                    release=release,
+                    config=parse_config((boot / f"config-{release}").read_text()),
+                    modules_dir=root / "lib/modules" / release, origin=f"debian:{target}")
+    check_required(kernel)
+    return kernel

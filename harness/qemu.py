@@ -1,0 +1,90 @@
+"""The one place that knows QEMU's command line and the guest kernel's boot parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .topology import Topology
+
+QEMU = "qemu-system-x86_64"
+
+# Boot parameters, each chosen on purpose:
+BASE_CMDLINE: tuple[str, ...] = (
+    "console=ttyS0,115200",   # the serial console is our record of every kernel report
+    "panic=-1",               # with QEMU's -no-reboot, a panic ends QEMU at once (~0.2 s)
+    "panic_on_warn=0",        # a WARNING is reported and the run goes on to the next test
+    "printk.devkmsg=on",      # test start/end markers written to /dev/kmsg are never dropped
+    "printk.time=1",          # timestamps let reports be placed between test markers
+    "slab_nomerge",           # keep ksm_rmap_item/ksm_stable_node/ksm_mm_slot slabs visible
+    "numa_balancing=disable",  # it moves pages between nodes behind a test's back
+    "mitigations=off",        # speculative-execution mitigations only slow TCG down
+    "random.trust_cpu=on",    # crng ready at once, so sshd does not wait for entropy
+    "tsc=reliable",           # no clocksource watchdog noise under TCG's erratic TSC
+    "no_timer_check",
+    "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",  # no PS/2 probing delays
+    "rw",
+)
+
+
+@dataclass
+class QemuConfig:
+    kernel: Path
+    initrd: Path
+    root_disk: Path              # the qcow2 overlay
+    module_disk: Path | None
+    topology: Topology
+    accel: str                   # "kvm" or "tcg"
+    ssh_port: int
+    qmp_socket: Path
+    pidfile: Path
+    run_dir: Path
+    cmdline_extra: tuple[str, ...] = ()
+    name: str = "ksm-guest"
+    extra_args: list[str] = field(default_factory=list)
+
+    def kernel_cmdline(self) -> str:
+        parts = [p for p in BASE_CMDLINE if p] + list(self.topology.cmdline) + list(self.cmdline_extra)
+        return " ".join(parts)
+
+    def argv(self) -> list[str]:
+        topo = self.topology
+        ncpu = topo.cpus
+        args = [QEMU, "-name", self.name, "-M", "pc", "-accel", self.accel,
+                "-cpu", "max" if self.accel == "tcg" else "host",
+                # one CPU per socket: CPUs on different NUMA nodes must not share an LLC,
+                # or every kernel prints a topology_sane WARNING at boot
+                "-smp", f"{ncpu},sockets={ncpu},cores=1,threads=1",
+                "-m", f"{topo.mem_mb}M",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                "-append", self.kernel_cmdline(),
+                "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
+                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+                "-pidfile", str(self.pidfile)]
+        if len(topo.nodes) > 1:
+            cpu = 0
+            for i, node in enumerate(topo.nodes):
+                cpus = f"{cpu}-{cpu + node.cpus - 1}" if node.cpus > 1 else str(cpu)
+                cpu += node.cpus
+                args += ["-object", f"memory-backend-ram,id=mem{i},size={node.mem_mb}M",
+                         "-numa", f"node,nodeid={i},cpus={cpus},memdev=mem{i}"]
+        # guest-side names follow PCI slot order: vda root, vdb modules, then extra disks
+        slot = 4
+        args += ["-drive", f"if=none,id=root,file={self.root_disk},format=qcow2,cache=unsafe,"
+                           "discard=unmap",
+                 "-device", f"virtio-blk-pci,drive=root,addr={slot:#x}"]
+        if self.module_disk is not None:
+            slot += 1
+            args += ["-drive", f"if=none,id=mods,file={self.module_disk},format=raw,readonly=on",
+                     "-device", f"virtio-blk-pci,drive=mods,addr={slot:#x}"]
+        for disk in topo.disks:
+            slot += 1
+            path = self.run_dir / f"disk-{disk.serial}.raw"
+            args += ["-drive", f"if=none,id=d-{disk.serial},file={path},format=raw,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive=d-{disk.serial},serial={disk.serial},"
+                                f"addr={slot:#x}"]
+        # user networking, isolated (restrict=on): only the SSH port forward reaches the guest
+        args += ["-netdev", f"user,id=net0,restrict=on,"
+                            f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                 "-device", "virtio-net-pci,netdev=net0,romfile=,addr=0x3"]
+        return args + self.extra_args

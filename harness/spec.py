@@ -1,0 +1,54 @@
+"""From user options (CLI flags or pytest options) to a VM spec; shared so both front ends
+choose the kernel, image, accelerator and topology the same way."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import accel, image, kernel as kernel_mod
+from .errors import HarnessError
+from .topology import Topology, parse_numa, parse_size_mb
+from .vm import VMSpec
+
+
+@dataclass
+class Options:
+    kernel: str | None = None        # path; None = Debian's packaged default
+    modules: str | None = None
+    numa: str = "2"
+    accel: str = "auto"
+    append: str = ""                  # extra kernel command line
+    swap_disk: str | None = None      # e.g. "512M": adds a disk with serial "swap"
+    image: str | None = None          # a prebuilt qcow2 instead of the recipe's
+    boot_timeout: float = 0.0         # 0: choose from the accelerator
+    extra_cmdline: list[str] = field(default_factory=list)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
+    if opts.accel not in ("auto", "kvm", "tcg"):
+        raise HarnessError(f"--accel {opts.accel}: choose auto, kvm or tcg")
+    kern = (kernel_mod.load(opts.kernel, opts.modules) if opts.kernel
+            else kernel_mod.default(log=log))
+    if opts.image:
+        base = Path(opts.image).expanduser()
+        if not base.is_file():
+            raise HarnessError(f"image not found: {base}")
+        image.check(base)
+    else:
+        base = image.ensure(log=log)
+    acc = accel.choose(opts.accel)
+    topo = Topology(nodes=parse_numa(opts.numa))
+    if opts.swap_disk:
+        topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
+    cmdline = tuple(opts.append.split()) + tuple(opts.extra_cmdline)
+    timeout = opts.boot_timeout or (60.0 if acc.name == "kvm" else 180.0)
+    log(f"ksm-harness: kernel {kern.describe()}; accel {acc.describe()}; "
+        f"topology {topo.describe()}")
+    return VMSpec(kernel=kern, base_image=base, accel=acc, topology=topo, cmdline=cmdline,
+                  boot_timeout=timeout)

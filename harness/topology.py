@@ -1,0 +1,78 @@
+"""The VM's shape, declared rather than assembled at call sites: NUMA nodes, CPUs, memory,
+extra disks and kernel command-line additions."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from .errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Node:
+    mem_mb: int = 1024
+    cpus: int = 1
+
+
+@dataclass(frozen=True)
+class Disk:
+    """An extra raw disk; the guest finds it by serial in /sys/block/*/serial."""
+    serial: str
+    size_mb: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple[Node, ...] = (Node(), Node())
+    disks: tuple[Disk, ...] = ()
+    cmdline: tuple[str, ...] = ()
+
+    @property
+    def cpus(self) -> int:
+        return sum(n.cpus for n in self.nodes)
+
+    @property
+    def mem_mb(self) -> int:
+        return sum(n.mem_mb for n in self.nodes)
+
+    def with_disk(self, serial: str, size_mb: int) -> "Topology":
+        return replace(self, disks=self.disks + (Disk(serial, size_mb),))
+
+    def with_cmdline(self, *args: str) -> "Topology":
+        return replace(self, cmdline=self.cmdline + tuple(args))
+
+    def describe(self) -> str:
+        nodes = ",".join(f"{n.mem_mb}M:{n.cpus}" for n in self.nodes)
+        disks = "".join(f" +disk {d.serial}={d.size_mb}M" for d in self.disks)
+        return f"{len(self.nodes)} node(s) [{nodes}] {self.cpus} cpu(s){disks}"
+
+
+def parse_size_mb(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([MmGg]?)", text.strip())
+    if not m:
+        raise HarnessError(f"bad size {text!r}: use e.g. 512M or 1G")
+    n = int(m.group(1))
+    return n * 1024 if m.group(2).lower() == "g" else n
+
+
+def parse_numa(spec: str) -> tuple[Node, ...]:
+    """``2`` (two default nodes), or per node ``MEM[:CPUS]`` separated by commas:
+    ``1G,1G``, ``512M:1,1536M:2``."""
+    spec = spec.strip()
+    if re.fullmatch(r"\d+", spec):
+        count = int(spec)
+        if not 1 <= count <= 8:
+            raise HarnessError(f"--numa {spec}: between 1 and 8 nodes")
+        return tuple(Node() for _ in range(count))
+    nodes = []
+    for part in spec.split(","):
+        mem, _, cpus = part.partition(":")
+        if cpus and not cpus.isdigit():
+            raise HarnessError(f"--numa {spec}: bad CPU count {cpus!r}")
+        nodes.append(Node(mem_mb=parse_size_mb(mem), cpus=int(cpus) if cpus else 1))
+    if any(n.cpus < 1 for n in nodes):
+        raise HarnessError(f"--numa {spec}: every node needs at least one CPU")
+    return tuple(nodes)
+
+
+DEFAULT = Topology()

@@ -1,0 +1,274 @@
+"""One guest: prepare its throw-away files, start QEMU, wait until SSH works, run commands,
+stop it. Nothing here knows KSM."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pexpect
+
+from . import image, initramfs, keys, reaper
+from .accel import Accel
+from .console import Console, ConsoleTimeout
+from .errors import VMError
+from .kernel import Kernel
+from .qemu import QemuConfig
+from .qmp import QMP, QMPError
+from .remote import CommandResult
+from .ssh import SSH, SSHProcess, SSHUnavailable
+from .topology import Topology
+
+READY = r"KSM-HARNESS-READY"
+BOOT_FAILED = r"KSM-HARNESS-BOOT-FAILED|Kernel panic - not syncing|ksm-initramfs: "
+
+# Guest sysctls applied by guest-init.sh before anything runs.
+GUEST_SYSCTLS: dict[str, str] = {
+    "kernel.numa_balancing": "0",          # no page moves behind a test's back
+    "kernel.sysrq": "1",                   # every sysrq function, for hang evidence
+    "kernel.hung_task_timeout_secs": "30",  # a D-state task is reported by the kernel itself
+    "kernel.hung_task_warnings": "-1",
+    "kernel.panic_on_oops": "0",           # an oops is reported; SSH usually survives it
+    "kernel.printk": "7 4 1 7",            # every kernel message reaches the console log
+    "vm.swappiness": "100",
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class VMSpec:
+    kernel: Kernel
+    base_image: Path
+    accel: Accel
+    topology: Topology = field(default_factory=Topology)
+    cmdline: tuple[str, ...] = ()
+    sysctls: dict[str, str] = field(default_factory=lambda: dict(GUEST_SYSCTLS))
+    boot_timeout: float = 120.0
+    name: str = "ksm-guest"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VM:
+    """Context manager; ``start()`` returns once a command over SSH has succeeded."""
+
+    def __init__(self, spec: VMSpec, run_dir: Path, log: Callable[[str], None] = _log) -> None:
+        self.spec = spec
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.console_log = self.dir / "console.log"
+        self.child: pexpect.spawn | None = None
+        self.console: Console | None = None
+        self.ssh: SSH | None = None
+        self.qmp: QMP | None = None
+        self.port = 0
+        self.timings: dict[str, float] = {}
+        self._reaper_key: int | None = None
+        self.config: QemuConfig | None = None
+
+    # --- preparation ------------------------------------------------------------------
+    def _prepare(self) -> QemuConfig:
+        spec = self.spec
+        missing = initramfs.missing_boot_drivers(spec.kernel)
+        if missing:
+            raise VMError(f"kernel {spec.kernel.release} has neither built in nor as modules: "
+                          f"{', '.join(missing)} (see guest-images/kernel.config)")
+        client, host = keys.generate("ksm-harness"), keys.generate("ksm-guest")
+        self._client_key, self._host_key = client.pkey, host.pkey
+        sysctl = "".join(f"{k} = {v}\n" for k, v in spec.sysctls.items())
+        init_dir = initramfs.INIT_DIR
+        files = {
+            "guest-init.sh": ((init_dir / "guest-init.sh").read_bytes(), 0o755),
+            "sshd_config": ((init_dir / "sshd_config").read_bytes(), 0o644),
+            "authorized_keys": ((client.public_line + "\n").encode(), 0o600),
+            "ssh_host_ed25519_key": (host.private_openssh, 0o600),
+            "ssh_host_ed25519_key.pub": ((host.public_line + "\n").encode(), 0o644),
+            "sysctl.conf": (sysctl.encode(), 0o644),
+        }
+        initrd = initramfs.compose(spec.kernel, files, self.dir / "initrd.img")
+        overlay = image.overlay(spec.base_image, self.dir / "root-overlay.qcow2")
+        for disk in spec.topology.disks:
+            with open(self.dir / f"disk-{disk.serial}.raw", "wb") as fh:
+                fh.truncate(disk.size_mb * 2**20)
+        return QemuConfig(kernel=spec.kernel.boot_image, initrd=initrd, root_disk=overlay,
+                          module_disk=initramfs.module_disk(spec.kernel),
+                          topology=spec.topology, accel=spec.accel.name, ssh_port=0,
+                          qmp_socket=self.dir / "qmp.sock", pidfile=self.dir / "qemu.pid",
+                          run_dir=self.dir, cmdline_extra=spec.cmdline, name=spec.name)
+
+    def dry_run(self) -> list[str]:
+        cfg = self._prepare()
+        cfg.ssh_port = _free_port()
+        return cfg.argv()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def alive(self) -> str | None:
+        """None while QEMU runs, else why it is gone."""
+        if self.child is None:
+            return "QEMU not started"
+        if self.child.isalive():
+            return None
+        return f"QEMU exited (status {self.child.exitstatus}, signal {self.child.signalstatus})"
+
+    def start(self) -> "VM":
+        t0 = time.monotonic()
+        self.config = self._prepare()
+        self.timings["prepare"] = time.monotonic() - t0
+        for attempt in range(5):
+            self.config.ssh_port = self.port = _free_port()
+            self._spawn(self.config)
+            try:
+                self._wait_ready(t0)
+                return self
+            except VMError as exc:
+                if "host forwarding" in str(exc) and attempt < 4:
+                    self._kill()  # the port was taken meanwhile: try another
+                    continue
+                self.stop()
+                raise
+        raise VMError("no free port for SSH forwarding after 5 tries")
+
+    def _spawn(self, cfg: QemuConfig) -> None:
+        argv = cfg.argv()
+        (self.dir / "qemu-cmdline.txt").write_text(" ".join(argv) + "\n")
+        self.t_spawn = time.monotonic()
+        self.child = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=None,
+                                   preexec_fn=reaper.die_with_parent, dimensions=(24, 240))
+        self._reaper_key = reaper.register(self.stop)
+        self.console = Console(self.child, self.console_log)
+
+    def _wait_ready(self, t0: float) -> None:
+        assert self.console is not None
+        spec = self.spec
+        start = time.monotonic()
+
+        def failed() -> str | None:
+            why = self.alive()
+            if why:
+                return why
+            lines = self.console.lines if self.console else []
+            for line in lines[-20:]:
+                if "ksm-initramfs:" in line or "Kernel panic" in line:
+                    return line.strip()
+            return None
+
+        try:
+            self.console.wait_for(READY, spec.boot_timeout, what="the guest's ready marker",
+                                  abort=failed)
+        except ConsoleTimeout as exc:
+            tail = self.console.tail(25)
+            if "host forwarding" in tail:
+                raise VMError("host forwarding rule failed") from None
+            raise VMError(f"guest did not boot: {exc.what} after {exc.timeout:.1f}s "
+                          f"[{self.spec.accel.name}]; console tail:\n{tail}") from None
+        self.timings["console_ready"] = time.monotonic() - self.t_spawn
+        self.ssh = SSH(self.port, self._client_key, self._host_key)
+        try:
+            self.ssh.connect(max(5.0, spec.boot_timeout - (time.monotonic() - start)),
+                             alive=self.alive)
+            self.ssh.run("true", timeout=30, check=True)
+        except (SSHUnavailable, Exception) as exc:
+            raise VMError(f"guest booted but SSH failed: {exc}; console tail:\n"
+                          f"{self.console.tail(25)}") from None
+        self.timings["ssh_ready"] = time.monotonic() - self.t_spawn
+        self.qmp = QMP(self.config.qmp_socket) if self.config else None
+        if self.qmp is not None:
+            try:
+                self.qmp.connect(5)
+            except QMPError:
+                self.qmp = None
+
+    def _kill(self) -> None:
+        if self.child is not None and self.child.isalive():
+            self.child.kill(9)
+            self.child.wait() if not self.child.isalive() else None
+        if self._reaper_key is not None:
+            reaper.unregister(self._reaper_key)
+            self._reaper_key = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Quit QEMU (QMP quit, then SIGKILL past ``timeout``); safe to call twice."""
+        if self.ssh is not None:
+            try:
+                self.ssh.close()
+            except Exception:
+                pass
+            self.ssh = None
+        if self.child is not None and self.child.isalive():
+            if self.qmp is not None:
+                try:
+                    self.qmp.command("quit")
+                except QMPError:
+                    pass
+            end = time.monotonic() + timeout
+            while self.child.isalive() and time.monotonic() < end:
+                time.sleep(0.02)
+            if self.child.isalive():
+                self.child.kill(9)
+        if self.child is not None:
+            try:
+                self.child.close(force=True)
+            except Exception:
+                pass
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        if self.console is not None:
+            self.console.close()
+        if self._reaper_key is not None:
+            reaper.unregister(self._reaper_key)
+            self._reaper_key = None
+        for name in ("root-overlay.qcow2", "initrd.img"):
+            (self.dir / name).unlink(missing_ok=True)
+        for disk in self.dir.glob("disk-*.raw"):
+            disk.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VM":
+        return self.start() if self.child is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- guest access (remote.Spawner) ----------------------------------------------------
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        if self.ssh is None:
+            raise VMError("guest has no SSH connection")
+        return self.ssh.run(cmd, timeout=timeout, check=check)
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        assert self.ssh is not None
+        self.ssh.put(local, remote, mode)
+
+    def get(self, remote: str, local: Path) -> None:
+        assert self.ssh is not None
+        self.ssh.get(remote, local)
+
+    def spawn(self, cmd: str) -> SSHProcess:
+        assert self.ssh is not None
+        return self.ssh.spawn(cmd)
+
+    def console_run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
+        assert self.console is not None
+        return self.console.run(cmd, timeout)
+
+
+def qemu_version() -> str:
+    r = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "unknown"
+
+
+def remove_run_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
