@@ -1,0 +1,383 @@
+"""The workloads on the host: a real Linux with one NUMA node and KSM left alone.
+
+A small local driver stands in for the guest (it implements harness.remote's Spawner and
+Process over subprocess), so these tests exercise ksmwork.c, ksm_py_worker.py and
+harness.workloads together, with no QEMU. Nothing here touches /sys/kernel/mm/ksm: MADV_MERGEABLE
+only flags the memory.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import workloads as wl
+from harness.errors import MissingPackageError
+from harness.remote import CommandResult, CommandTimeout
+from harness.workloads import (DataCorruption, Workload, WorkloadDied, WorkloadError,
+                               WorkloadTimeout)
+
+sys.path.insert(0, str(wl.WORKLOADS_DIR))
+import ksm_py_worker  # noqa: E402  (the worker is a script, not a package)
+
+PATTERNS = ("same:1", "unique:2", "zero", "lastbyte:3", "half:4")
+
+
+class LocalProcess:
+    """harness.remote.Process over a local subprocess; a reader thread gives read timeouts."""
+
+    def __init__(self, cmd: str) -> None:
+        self.popen = subprocess.Popen(["sh", "-c", cmd], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def send_line(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def read_line(self, timeout: float) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise CommandTimeout("read_line", timeout) from None
+        if line is None:
+            self.lines.put(None)  # stay at EOF
+            raise EOFError
+        return line
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout("wait", timeout) from None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+class LocalSpawner:
+    """harness.remote.Spawner on the host."""
+
+    def __init__(self) -> None:
+        self.spawned: list[LocalProcess] = []
+
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        t0 = time.monotonic()
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+        return CommandResult(cmd, p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        raise NotImplementedError
+
+    def get(self, remote: str, local: Path) -> None:
+        raise NotImplementedError
+
+    def spawn(self, cmd: str) -> LocalProcess:
+        proc = LocalProcess(cmd)
+        self.spawned.append(proc)
+        return proc
+
+
+def wait_until(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip(f"gcc missing: {wl.APT_INSTALL}")
+    return wl.build(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def spawner() -> Iterator[LocalSpawner]:
+    s = LocalSpawner()
+    yield s
+    for proc in s.spawned:
+        proc.kill()
+
+
+@pytest.fixture
+def work(binary: Path, spawner: LocalSpawner) -> Iterator[Workload]:
+    with Workload.start(spawner, str(binary)) as w:
+        yield w
+
+
+@pytest.fixture
+def pywork(spawner: LocalSpawner) -> Iterator[Workload]:
+    with Workload.start_python(spawner, str(wl.PY_WORKER_SOURCE), python=sys.executable) as w:
+        yield w
+
+
+def raw(binary: Path, *commands: str) -> tuple[list[str], int]:
+    """Run the binary on a fixed script: (reply lines, exit status)."""
+    p = subprocess.run([str(binary)], input="".join(c + "\n" for c in commands),
+                       capture_output=True, text=True, timeout=60)
+    return p.stdout.splitlines(), p.returncode
+
+
+# ---- build ----
+
+def test_build_is_cached_by_content(binary: Path, tmp_path: Path) -> None:
+    again = wl.build(binary.parent.parent)
+    assert again == binary and os.access(binary, os.X_OK)
+    src = tmp_path / "src"
+    shutil.copytree(wl.WORKLOADS_DIR, src, ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "ksmwork.c").write_text((src / "ksmwork.c").read_text() + "\n/* changed */\n")
+    changed = wl.build(binary.parent.parent, src)
+    assert changed != binary and changed.parent != binary.parent
+
+
+def test_build_without_gcc_names_the_packages(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wl.shutil, "which", lambda name: None)
+    with pytest.raises(MissingPackageError, match="apt-get install -y gcc libc6-dev"):
+        wl.build(tmp_path)
+
+
+def test_build_failure_is_a_build_error(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    (tmp_path / "ksmwork.c").write_text("int main(void) { return undeclared; }\n")
+    with pytest.raises(wl.BuildError, match="undeclared"):
+        wl.build(tmp_path / "cache", tmp_path)
+
+
+# ---- the C workload ----
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_every_pattern_verifies(work: Workload, pattern: str) -> None:
+    addr = work.alloc("r", 64, pattern)
+    assert addr > 0 and addr % 4096 == 0
+    assert work.verify("r") == 64
+    work.touch("r")
+    assert work.verify() == 64
+
+
+def test_patterns_have_the_promised_shape(work: Workload) -> None:
+    work.alloc("s", 4, "same:7")
+    work.alloc("u", 4, "unique:7")
+    work.alloc("l", 4, "lastbyte:7")
+    work.alloc("h", 4, "half:7")
+    work.alloc("z", 2, "zero")
+    head = {name: [work.peek(name, p, 0, 32) for p in range(4 if name != "z" else 2)]
+            for name in "sulhz"}
+    tail = {name: [work.peek(name, p, 4088, 8) for p in range(4)] for name in "sl"}
+    assert len(set(head["s"])) == 1 and len(set(head["u"])) == 4
+    assert head["l"] == head["s"] and len(set(tail["l"])) == 4 and set(tail["l"]).isdisjoint(tail["s"])
+    assert head["h"][:2] == head["s"][:2] and len(set(head["h"])) == 3
+    assert head["z"] == [bytes(32)] * 2
+
+
+def test_thp_region_verifies(work: Workload) -> None:
+    addr = work.alloc("t", 1024, "same:5", thp=True)
+    assert addr % (2 << 20) == 0
+    work.madvise("t", "nohugepage")
+    assert work.verify("t") == 1024
+
+
+def test_corrupt_is_detected_and_fails_the_exit(binary: Path) -> None:
+    lines, status = raw(binary, "alloc a 8 unique:1", "corrupt a 3 17", "verify a", "exit")
+    assert lines[1].startswith("ok corrupted a page 3 offset 17")
+    assert lines[2].startswith("err corrupt a page 3 offset 17 expected 0x")
+    assert lines[3] == "ok bye status=1" and status == 1
+
+
+def test_corruption_raises_with_details(work: Workload) -> None:
+    work.alloc("a", 16, "same:9")
+    before = work.peek("a", 5, 200, 1)[0]
+    work.corrupt("a", 5, 200)
+    with pytest.raises(DataCorruption) as info:
+        work.verify()
+    e = info.value
+    assert (e.region, e.page, e.offset, e.expected, e.got, e.pages) == \
+        ("a", 5, 200, before, before ^ 0xFF, 1)
+    assert "region a page 5 offset 200" in str(e) and e.child is None
+    assert work.exit(check=False) == 1
+
+
+def test_write_keeps_verify_passing(work: Workload) -> None:
+    work.alloc("a", 8, "same:1")
+    work.alloc("b", 8, "unique:2")
+    old = work.peek("a", 2)
+    work.write("a", 2)
+    assert work.peek("a", 2) != old
+    work.write("b", 3, same_seed=1)  # now identical to region a's pages
+    assert work.peek("b", 3, 0, 64) == work.peek("a", 0, 0, 64)
+    assert work.verify() == 16
+    assert work.exit() == 0
+
+
+def test_fork_children_verify_and_report_corruption(work: Workload) -> None:
+    work.alloc("a", 32, "half:3")
+    work.madvise("a", "merge")
+    pids = work.fork(2)
+    parent, children = work.pids()
+    assert parent == work.pid and children == pids and len(pids) == 2
+    assert work.children_verify() == 32
+    work.children("write a 1")
+    assert work.children_verify("a") == 32
+    assert work.verify() == 32  # the parent's copy is untouched
+    work.children("corrupt a 7")
+    with pytest.raises(DataCorruption) as info:
+        work.children_verify()
+    assert info.value.child in pids and info.value.page == 7
+    assert work.children_exit() == [1, 1]
+    assert work.pids()[1] == []
+    assert work.exit(check=False) == 1  # the children's verdict is the parent's
+
+
+def test_children_die_with_the_parent(work: Workload) -> None:
+    work.alloc("a", 4, "same:1")
+    pids = work.fork(3)
+    assert all(pid_alive(p) for p in pids)
+    assert work.pid is not None
+    os.kill(work.pid, signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "children to die")
+
+
+def test_dead_child_is_reported(work: Workload) -> None:
+    work.alloc("a", 4, "same:1")
+    pids = work.fork(2)
+    os.kill(pids[0], signal.SIGKILL)
+    with pytest.raises(WorkloadError, match=f"child {pids[0]} died .*signal 9"):
+        work.children_verify()
+    assert work.pids()[1] == [pids[1]]
+    assert work.children_verify() == 4
+
+
+def test_numa_queries_on_a_one_node_host(work: Workload) -> None:
+    work.alloc("a", 40, "unique:1")
+    assert work.nodes("a") == wl.NodeCounts(40, 0, 0, {})
+    moved = work.move("a", 0)
+    assert (moved.already, moved.moved, moved.failed, moved.unattempted) == (40, 0, 0, 0)
+    assert work.move("a", 0, move_all=True, first=10, count=5).on_target == 5
+    assert work.nodes("a", 0, 10).node0 == 10
+    assert work.migrate(0, 0) == 0
+    work.alloc("b", 4, "same:2", node=0)
+    assert work.policy("b") == ("bind", [0])
+    assert work.policy("a")[0] == "default"
+    assert work.verify() == 44
+
+
+def test_bad_commands_are_errors(work: Workload) -> None:
+    for line in ("bogus", "alloc a 0 same:1", "alloc a 4 nope:1", "alloc a 4 zero:1",
+                 "alloc a 4 same:x", "verify nothere", "write nothere 1", "fork 0",
+                 "children verify", "madvise nothere merge", "peek x 0 0 1"):
+        with pytest.raises(WorkloadError) as info:
+            work.command(line)
+        assert not isinstance(info.value, DataCorruption), line
+        assert info.value.reply.startswith("err "), line
+    work.alloc("a", 4, "same:1")
+    for line in ("alloc a 4 same:1", "write a 4", "corrupt a 0 4096", "madvise a sideways",
+                 "move a 1", "nodes a 3 5", "alloc b 4 same:1 node=7"):
+        with pytest.raises(WorkloadError):
+            work.command(line)
+    assert work.verify() == 4  # still serving
+
+
+def test_madvise_mlock_and_smaps(work: Workload) -> None:
+    work.alloc("a", 64, "same:1")
+    assert work.smaps("a")["mergeable"] == 0
+    work.madvise("a", "merge")
+    info = work.smaps("a")
+    assert info["mergeable"] == 1 and info["rss_kb"] == 256
+    work.madvise("a", "unmerge", 0, 32)
+    for advice in ("cold", "pageout", "hugepage", "nohugepage", "willneed"):
+        work.madvise("a", advice)
+    work.mlock("a")
+    assert work.smaps("a")["locked_kb"] == 256
+    work.munlock("a")
+    work.mlockall()
+    work.munlockall()
+    work.free("a")
+    assert work.verify() == 0
+
+
+def test_timeout_names_the_command_and_retires_the_workload(work: Workload) -> None:
+    with pytest.raises(WorkloadTimeout, match="'sleep 3000' within 0s"):
+        work.command("sleep 3000", timeout=0.3)
+    with pytest.raises(WorkloadError, match="timed out"):
+        work.verify()
+
+
+def test_crash_is_reported(work: Workload) -> None:
+    assert work.crash() == -signal.SIGSEGV  # Popen's way of saying "killed by SIGSEGV"
+
+
+def test_eof_exits_cleanly(binary: Path) -> None:
+    lines, status = raw(binary, "alloc a 4 zero", "verify")
+    assert lines == [lines[0], lines[1]] and lines[1].startswith("ok verified 4 pages")
+    assert status == 0
+
+
+def test_start_fails_clearly_for_a_missing_binary(spawner: LocalSpawner) -> None:
+    with pytest.raises(WorkloadError, match="did not start"):
+        Workload.start(spawner, "/nonexistent/ksmwork", timeout=10)
+
+
+# ---- the Python workload ----
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_python_worker_patterns_verify(pywork: Workload, pattern: str) -> None:
+    pywork.alloc("r", 16, pattern)
+    pywork.madvise("r", "merge")
+    assert pywork.verify() == 16
+    pywork.madvise("r", "unmerge")
+
+
+def test_python_worker_write_corrupt_exit(pywork: Workload) -> None:
+    pywork.alloc("a", 8, "same:4")
+    pywork.write("a", 1)
+    pywork.write("a", 2, same_seed=9)
+    assert pywork.verify("a") == 8
+    pywork.corrupt("a", 6, 4095)
+    with pytest.raises(DataCorruption) as info:
+        pywork.verify("a")
+    assert (info.value.region, info.value.page, info.value.offset) == ("a", 6, 4095)
+    with pytest.raises(WorkloadError):
+        pywork.command("fork 2")  # not in the Python subset
+    assert pywork.exit(check=False) == 1
+
+
+def test_python_and_c_pages_are_identical(work: Workload, pywork: Workload) -> None:
+    for w in (work, pywork):
+        w.alloc("s", 2, "same:11")
+        w.alloc("l", 3, "lastbyte:11")
+        w.alloc("u", 3, "unique:11")
+    for name, page in (("s", 1), ("l", 2), ("u", 2)):
+        for offset in (0, 2048, 4032):
+            assert work.peek(name, page, offset, 64) == pywork.peek(name, page, offset, 64)
+    expected = ksm_py_worker.key_page(ksm_py_worker.seedkey(11))
+    assert work.peek("s", 0, 0, 64) == expected[:64]

@@ -1,0 +1,1313 @@
+/*
+ * ksmwork: a KSM test workload driven by line commands on stdin.
+ *
+ * Every command line gets exactly one reply line on stdout, "ok ..." or "err ...", flushed at
+ * once, so a harness can check KSM counters between phases. Data corruption always yields a
+ * reply starting with "err corrupt" and makes the final exit status 1.
+ *
+ * Page content is a pure function of a 64-bit key: the page is the low 4096 bytes of
+ * key * R, R a fixed odd 32768-bit constant (words R[i] = mix64(RBASE + (i+1)*GOLDEN), bit 0 of
+ * R[0] set). Distinct keys give distinct pages, and the Python worker makes byte-identical pages
+ * with one big-int multiply, so both workloads can merge with each other.
+ *   seedkey(S)      = mix64(S ^ SEEDC)                 (same:S pages, half:S first half)
+ *   unique key p    = mix64(seedkey + GOLDEN*(p+1))    (unique:S, half:S second half)
+ *   lastbyte tail p = mix64((seedkey ^ TAILC) + GOLDEN*(p+1)) replaces the last 8 bytes
+ * A key of 0 is bumped to 1. The same seed in two regions (or processes) gives the same pages.
+ *
+ * Commands (NAME: region name; [FIRST COUNT]: optional page range, default the whole region):
+ *   alloc NAME PAGES PATTERN [node=N] [thp] [shared]
+ *        PATTERN: same:SEED | unique:SEED | zero | lastbyte:SEED | half:SEED.
+ *        node=N binds with mbind(MPOL_BIND) before touching; thp aligns to 2 MiB and
+ *        madvises MADV_HUGEPAGE before filling; shared maps MAP_SHARED (shmem, KSM ignores it).
+ *        -> ok NAME addr=0x... pages=N bytes=B ms=T
+ *   madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed [FIRST COUNT]
+ *   verify [NAME]          -> ok verified N pages ms=T
+ *                          | err corrupt NAME page P offset O expected 0xXX got 0xYY pages=K
+ *   write NAME PAGE [same:SEED]  new content (unique, or same:SEED's), expectation updated
+ *   corrupt NAME PAGE [OFFSET]   flip one byte WITHOUT updating the expectation
+ *   touch NAME             rewrite every page with its expected content
+ *   mlock NAME | munlock NAME | mlockall [future] | munlockall
+ *   fork N                 N children holding copies of all regions -> ok pids=a,b
+ *   children CMD...        forward CMD to every child; one aggregated reply:
+ *                          ok children=N TEXT (or per child "pid:TEXT | ..." when they differ)
+ *                          err ... child=PID failed=F/N (a corrupt reply is preferred)
+ *   children exit          children exit and are reaped -> ok children=N exited status=0,0
+ *   pids                   -> ok parent=P children=a,b
+ *   move NAME NODE [all] [FIRST COUNT]
+ *        move_pages(2), MPOL_MF_MOVE (MPOL_MF_MOVE_ALL with "all"). move_pages stops at the
+ *        first batch that fails to migrate, leaving later statuses untouched: "unattempted".
+ *        -> ok moved=M already=A failed=F unattempted=U notmoved=RET [EBUSY=n EACCES=n ...]
+ *   nodes NAME [FIRST COUNT]  -> ok node0=N node1=M other=K [ENOENT=n ...]
+ *   policy NAME            get_mempolicy of the first page -> ok mode=bind nodes=0,1
+ *   migrate FROM TO        migrate_pages(2) of this process -> ok notmoved=N
+ *   smaps NAME             -> ok vmas=V rss_kb=.. anon_kb=.. anonhuge_kb=.. swap_kb=..
+ *                             locked_kb=.. mergeable=M (VMAs with the "mg" flag)
+ *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
+ *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
+ *   free NAME | sleep MS | pid | regions | help
+ *   exit                   -> ok bye status=S, then exit S (EOF behaves the same, no reply)
+ *
+ * Exit status: 0, or 1 if any verify (own or a child's) found corruption. A fatal SIGSEGV or
+ * SIGBUS prints "err crashed signal N (NAME) addr=0x..." before dying of that signal.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Older libc headers may lack these; values are the kernel UAPI's. */
+#ifndef MADV_MERGEABLE
+#define MADV_MERGEABLE 12
+#endif
+#ifndef MADV_UNMERGEABLE
+#define MADV_UNMERGEABLE 13
+#endif
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#ifndef MADV_NOHUGEPAGE
+#define MADV_NOHUGEPAGE 15
+#endif
+#ifndef MADV_COLD
+#define MADV_COLD 20
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+/* <numaif.h> is libnuma's: spell out the mempolicy UAPI instead. */
+#define MPOL_DEFAULT 0
+#define MPOL_PREFERRED 1
+#define MPOL_BIND 2
+#define MPOL_INTERLEAVE 3
+#define MPOL_LOCAL 4
+#define MPOL_F_ADDR (1 << 1)
+#define MPOL_MF_MOVE (1 << 1)
+#define MPOL_MF_MOVE_ALL (1 << 2)
+
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+#define RBASE 0x4b534d574f524b00ULL /* "KSMWORK\0" */
+#define SEEDC 0x5345454400000000ULL
+#define TAILC 0x5441494c00000000ULL
+#define WRITEC 0x5752495445000000ULL
+
+#define MAX_REGIONS 64
+#define MAX_CHILDREN 256
+#define MAX_ARGS 16
+#define NODEMASK_BITS 1024 /* >= MAX_NUMNODES of any distro kernel */
+#define NODEMASK_LONGS (NODEMASK_BITS / (8 * sizeof(unsigned long)))
+#define REPLY_MAX 65536
+#define MAX_ERRNO 256
+#define HUGE_ALIGN (2UL << 20)
+
+enum kind { PAT_SAME, PAT_UNIQUE, PAT_ZERO, PAT_LASTBYTE, PAT_HALF };
+static const char *const kind_names[] = {"same", "unique", "zero", "lastbyte", "half"};
+
+struct region {
+	char name[32];
+	unsigned char *addr;
+	size_t pages;
+	void *map;     /* what mmap returned (differs from addr when aligned for THP) */
+	size_t maplen;
+	enum kind kind;
+	uint64_t seed;
+	uint64_t seedkey;
+	uint64_t *override; /* per-page key set by "write", 0 = pattern's */
+	int used;
+};
+
+struct child {
+	pid_t pid;
+	int cmd_fd;
+	FILE *rep;
+};
+
+/* What one page must hold. */
+struct pexp {
+	int zero;
+	uint64_t key;
+	int has_tail;
+	uint64_t tail;
+};
+
+static struct region regions[MAX_REGIONS];
+static struct child children[MAX_CHILDREN];
+static int nchildren;
+static int is_child;
+static int out_fd = 1;
+static int corruption_seen;
+static uint64_t write_counter;
+static size_t page_size;
+static size_t page_words;
+static uint64_t *rconst;    /* the multiplier R, page_words words */
+static uint64_t *scratch;   /* expected page cache for scratch_key */
+static uint64_t scratch_key;
+static unsigned char *zero_page;
+static char reply[REPLY_MAX];
+static size_t reply_len;
+
+/* ---- replies ---- */
+
+static void vapp(const char *fmt, va_list ap)
+{
+	if (reply_len >= sizeof(reply) - 1)
+		return;
+	int n = vsnprintf(reply + reply_len, sizeof(reply) - reply_len, fmt, ap);
+	if (n > 0)
+		reply_len += (size_t)n;
+	if (reply_len >= sizeof(reply))
+		reply_len = sizeof(reply) - 1;
+}
+
+__attribute__((format(printf, 1, 2))) static void app(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vapp(fmt, ap);
+	va_end(ap);
+}
+
+__attribute__((format(printf, 1, 2))) static int ok(const char *fmt, ...)
+{
+	va_list ap;
+	reply_len = 0;
+	app("ok ");
+	va_start(ap, fmt);
+	vapp(fmt, ap);
+	va_end(ap);
+	return 0;
+}
+
+__attribute__((format(printf, 1, 2))) static int err(const char *fmt, ...)
+{
+	va_list ap;
+	reply_len = 0;
+	app("err ");
+	va_start(ap, fmt);
+	vapp(fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static const char *errno_name(int e)
+{
+	switch (e) {
+	case EPERM: return "EPERM";
+	case ENOENT: return "ENOENT";
+	case ESRCH: return "ESRCH";
+	case EINTR: return "EINTR";
+	case EIO: return "EIO";
+	case E2BIG: return "E2BIG";
+	case EBADF: return "EBADF";
+	case EAGAIN: return "EAGAIN";
+	case ENOMEM: return "ENOMEM";
+	case EACCES: return "EACCES";
+	case EFAULT: return "EFAULT";
+	case EBUSY: return "EBUSY";
+	case EEXIST: return "EEXIST";
+	case ENODEV: return "ENODEV";
+	case EINVAL: return "EINVAL";
+	case ENOSPC: return "ENOSPC";
+	case EPIPE: return "EPIPE";
+	case ERANGE: return "ERANGE";
+	case ENOSYS: return "ENOSYS";
+	case EHWPOISON: return "EHWPOISON";
+	default: return NULL;
+	}
+}
+
+/* "Cannot allocate memory (ENOMEM)" */
+static const char *errstr(int e)
+{
+	static char buf[128];
+	const char *n = errno_name(e);
+	if (n)
+		snprintf(buf, sizeof(buf), "%s (%s)", strerror(e), n);
+	else
+		snprintf(buf, sizeof(buf), "%s (errno %d)", strerror(e), e);
+	return buf;
+}
+
+static void app_errno_counts(const size_t *counts)
+{
+	for (int e = 1; e < MAX_ERRNO; e++) {
+		if (!counts[e])
+			continue;
+		const char *n = errno_name(e);
+		if (n)
+			app(" %s=%zu", n, counts[e]);
+		else
+			app(" E%d=%zu", e, counts[e]);
+	}
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* ---- page content ---- */
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t nonzero(uint64_t k)
+{
+	return k ? k : 1;
+}
+
+static uint64_t seedkey(uint64_t seed)
+{
+	return nonzero(mix64(seed ^ SEEDC));
+}
+
+static struct pexp page_expect(const struct region *r, size_t p)
+{
+	struct pexp e = {0, 0, 0, 0};
+	if (r->override[p]) {
+		e.key = r->override[p];
+		return e;
+	}
+	switch (r->kind) {
+	case PAT_ZERO:
+		e.zero = 1;
+		break;
+	case PAT_SAME:
+		e.key = r->seedkey;
+		break;
+	case PAT_UNIQUE:
+		e.key = nonzero(mix64(r->seedkey + GOLDEN * (p + 1)));
+		break;
+	case PAT_LASTBYTE:
+		e.key = r->seedkey;
+		e.has_tail = 1;
+		e.tail = mix64((r->seedkey ^ TAILC) + GOLDEN * (p + 1));
+		break;
+	case PAT_HALF:
+		e.key = p < r->pages / 2 ? r->seedkey : nonzero(mix64(r->seedkey + GOLDEN * (p + 1)));
+		break;
+	}
+	return e;
+}
+
+/* scratch = low page_words words of key * R (little-endian), cached per key. */
+static const uint64_t *key_page(uint64_t key)
+{
+	if (key == scratch_key)
+		return scratch;
+	unsigned __int128 carry = 0;
+	for (size_t i = 0; i < page_words; i++) {
+		unsigned __int128 t = (unsigned __int128)key * rconst[i] + carry;
+		scratch[i] = (uint64_t)t;
+		carry = t >> 64;
+	}
+	scratch_key = key;
+	return scratch;
+}
+
+static void fill_page(unsigned char *dst, struct pexp e)
+{
+	if (e.zero) {
+		memset(dst, 0, page_size);
+		return;
+	}
+	memcpy(dst, key_page(e.key), page_size);
+	if (e.has_tail)
+		memcpy(dst + page_size - 8, &e.tail, 8);
+}
+
+/* Returns -1 when the page is intact, else the first bad offset (and the expected byte). */
+static long check_page(const unsigned char *pg, struct pexp e, unsigned char *expected)
+{
+	const unsigned char *want = e.zero ? zero_page : (const unsigned char *)key_page(e.key);
+	size_t body = e.has_tail ? page_size - 8 : page_size;
+	if (memcmp(pg, want, body) == 0 &&
+	    (!e.has_tail || memcmp(pg + body, &e.tail, 8) == 0))
+		return -1;
+	for (size_t o = 0; o < page_size; o++) {
+		unsigned char w = o < body ? want[o] : ((const unsigned char *)&e.tail)[o - body];
+		if (pg[o] != w) {
+			*expected = w;
+			return (long)o;
+		}
+	}
+	return -1; /* unreachable: memcmp saw a difference */
+}
+
+static void init_content(void)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+	page_size = ps > 0 ? (size_t)ps : 4096;
+	page_words = page_size / 8;
+	rconst = malloc(page_size);
+	scratch = malloc(page_size);
+	zero_page = calloc(1, page_size);
+	if (!rconst || !scratch || !zero_page) {
+		fprintf(stderr, "ksmwork: out of memory at start\n");
+		exit(2);
+	}
+	for (size_t i = 0; i < page_words; i++)
+		rconst[i] = mix64(RBASE + GOLDEN * (i + 1));
+	rconst[0] |= 1; /* odd R: key -> page is injective */
+	scratch_key = 0;
+	memset(scratch, 0, page_size); /* key 0 is the zero page */
+}
+
+/* ---- argument parsing ---- */
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	if (!s || !*s || *s == '-')
+		return -1;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 0);
+	if (errno || *end)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static struct region *find_region(const char *name)
+{
+	for (int i = 0; i < MAX_REGIONS; i++)
+		if (regions[i].used && strcmp(regions[i].name, name) == 0)
+			return &regions[i];
+	return NULL;
+}
+
+static struct region *need_region(const char *cmd, const char *name)
+{
+	struct region *r = find_region(name);
+	if (!r)
+		err("%s: no region '%s'", cmd, name);
+	return r;
+}
+
+/* Optional "FIRST COUNT" at argv[i], argv[i+1]; default the whole region. */
+static int parse_range(const char *cmd, const struct region *r, int argc, char **argv, int i,
+		       size_t *first, size_t *count)
+{
+	uint64_t f = 0, c = r->pages;
+	if (argc > i) {
+		if (argc != i + 2 || parse_u64(argv[i], &f) || parse_u64(argv[i + 1], &c))
+			return err("%s: bad page range (want FIRST COUNT)", cmd);
+		if (f >= r->pages || c == 0 || c > r->pages - f)
+			return err("%s: page range %llu+%llu outside region '%s' of %zu pages", cmd,
+				   (unsigned long long)f, (unsigned long long)c, r->name, r->pages);
+	}
+	*first = f;
+	*count = c;
+	return 0;
+}
+
+static int parse_page(const char *cmd, const struct region *r, const char *s, size_t *page)
+{
+	uint64_t p;
+	if (parse_u64(s, &p) || p >= r->pages)
+		return err("%s: bad page '%s' (region '%s' has %zu pages)", cmd, s, r->name, r->pages);
+	*page = p;
+	return 0;
+}
+
+static int parse_node(const char *cmd, const char *s, int *node)
+{
+	uint64_t n;
+	if (parse_u64(s, &n) || n >= NODEMASK_BITS)
+		return err("%s: bad node '%s'", cmd, s);
+	*node = (int)n;
+	return 0;
+}
+
+static void nodemask_set(unsigned long *mask, int node)
+{
+	memset(mask, 0, NODEMASK_LONGS * sizeof(unsigned long));
+	mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
+}
+
+/* ---- region commands ---- */
+
+static int cmd_alloc(int argc, char **argv)
+{
+	uint64_t pages, seed = 0;
+	int node = -1, thp = 0, shared = 0;
+	enum kind kind;
+	if (argc < 4)
+		return err("usage: alloc NAME PAGES PATTERN [node=N] [thp] [shared]");
+	if (strlen(argv[1]) >= sizeof(regions[0].name))
+		return err("alloc: name too long");
+	if (find_region(argv[1]))
+		return err("alloc: region '%s' exists", argv[1]);
+	if (parse_u64(argv[2], &pages) || pages == 0 || pages > (1ULL << 40) / page_size)
+		return err("alloc: bad page count '%s'", argv[2]);
+	const char *pat = argv[3], *colon = strchr(pat, ':');
+	size_t plen = colon ? (size_t)(colon - pat) : strlen(pat);
+	for (kind = PAT_SAME; kind <= PAT_HALF; kind++)
+		if (strlen(kind_names[kind]) == plen && strncmp(pat, kind_names[kind], plen) == 0)
+			break;
+	if (kind > PAT_HALF || (kind == PAT_ZERO) != !colon ||
+	    (colon && parse_u64(colon + 1, &seed)))
+		return err("alloc: bad pattern '%s' (same:SEED unique:SEED zero lastbyte:SEED half:SEED)",
+			   pat);
+	for (int i = 4; i < argc; i++) {
+		if (strncmp(argv[i], "node=", 5) == 0) {
+			if (parse_node("alloc", argv[i] + 5, &node))
+				return -1;
+		} else if (strcmp(argv[i], "thp") == 0) {
+			thp = 1;
+		} else if (strcmp(argv[i], "shared") == 0) {
+			shared = 1;
+		} else {
+			return err("alloc: unknown option '%s'", argv[i]);
+		}
+	}
+	struct region *r = NULL;
+	for (int i = 0; i < MAX_REGIONS && !r; i++)
+		if (!regions[i].used)
+			r = &regions[i];
+	if (!r)
+		return err("alloc: too many regions (max %d)", MAX_REGIONS);
+
+	long t0 = now_ms();
+	size_t len = pages * page_size;
+	size_t maplen = len + (thp ? HUGE_ALIGN : 0); /* THP needs a 2 MiB aligned start */
+	int flags = MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
+	void *map = mmap(NULL, maplen, PROT_READ | PROT_WRITE, flags, -1, 0);
+	if (map == MAP_FAILED)
+		return err("alloc: mmap %zu bytes: %s", maplen, errstr(errno));
+	unsigned char *addr = map;
+	if (thp) {
+		uintptr_t a = ((uintptr_t)map + HUGE_ALIGN - 1) & ~(HUGE_ALIGN - 1);
+		size_t head = a - (uintptr_t)map, tail = maplen - head - len;
+		if (head)
+			munmap(map, head);
+		if (tail)
+			munmap((unsigned char *)a + len, tail);
+		addr = (unsigned char *)a;
+		map = addr;
+		maplen = len;
+	}
+	uint64_t *override = calloc(pages, sizeof(uint64_t));
+	if (!override) {
+		munmap(map, maplen);
+		return err("alloc: no memory for %llu page expectations", (unsigned long long)pages);
+	}
+	if (node >= 0) {
+		unsigned long mask[NODEMASK_LONGS];
+		nodemask_set(mask, node);
+		if (syscall(SYS_mbind, addr, len, MPOL_BIND, mask, NODEMASK_BITS + 1, 0) != 0) {
+			int e = errno;
+			munmap(map, maplen);
+			free(override);
+			return err("alloc: mbind node %d: %s", node, errstr(e));
+		}
+	}
+	if (thp && madvise(addr, len, MADV_HUGEPAGE) != 0) {
+		int e = errno;
+		munmap(map, maplen);
+		free(override);
+		return err("alloc: madvise hugepage: %s", errstr(e));
+	}
+	snprintf(r->name, sizeof(r->name), "%s", argv[1]);
+	r->addr = addr;
+	r->pages = pages;
+	r->map = map;
+	r->maplen = maplen;
+	r->kind = kind;
+	r->seed = seed;
+	r->seedkey = seedkey(seed);
+	r->override = override;
+	r->used = 1;
+	for (size_t p = 0; p < pages; p++)
+		fill_page(addr + p * page_size, page_expect(r, p));
+	return ok("%s addr=%p pages=%zu bytes=%zu ms=%ld", r->name, (void *)addr, pages, len,
+		  now_ms() - t0);
+}
+
+static int cmd_free(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: free NAME");
+	struct region *r = need_region("free", argv[1]);
+	if (!r)
+		return -1;
+	if (munmap(r->map, r->maplen) != 0)
+		return err("free: munmap: %s", errstr(errno));
+	free(r->override);
+	memset(r, 0, sizeof(*r));
+	return ok("freed %s", argv[1]);
+}
+
+static int cmd_madvise(int argc, char **argv)
+{
+	static const struct { const char *name; int advice; } advs[] = {
+		{"merge", MADV_MERGEABLE},	{"unmerge", MADV_UNMERGEABLE},
+		{"hugepage", MADV_HUGEPAGE},	{"nohugepage", MADV_NOHUGEPAGE},
+		{"pageout", MADV_PAGEOUT},	{"cold", MADV_COLD},
+		{"willneed", MADV_WILLNEED},
+	};
+	size_t first = 0, count = 0;
+	if (argc < 3)
+		return err("usage: madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed"
+			   " [FIRST COUNT]");
+	struct region *r = need_region("madvise", argv[1]);
+	if (!r || parse_range("madvise", r, argc, argv, 3, &first, &count))
+		return -1;
+	for (size_t i = 0; i < sizeof(advs) / sizeof(advs[0]); i++) {
+		if (strcmp(argv[2], advs[i].name) != 0)
+			continue;
+		long t0 = now_ms();
+		if (madvise(r->addr + first * page_size, count * page_size, advs[i].advice) != 0)
+			return err("madvise %s %s: %s", r->name, argv[2], errstr(errno));
+		return ok("madvised %s %s pages=%zu ms=%ld", r->name, argv[2], count, now_ms() - t0);
+	}
+	return err("madvise: unknown advice '%s'", argv[2]);
+}
+
+/* Verifies one region; on the first corrupt region fills the reply (and returns its count). */
+static size_t verify_region(const struct region *r, int *reported)
+{
+	size_t bad = 0, first_page = 0;
+	long first_off = -1;
+	unsigned char want = 0, got = 0;
+	for (size_t p = 0; p < r->pages; p++) {
+		const unsigned char *pg = r->addr + p * page_size;
+		unsigned char w;
+		long off = check_page(pg, page_expect(r, p), &w);
+		if (off < 0)
+			continue;
+		if (!bad++) {
+			first_page = p;
+			first_off = off;
+			want = w;
+			got = pg[off];
+		}
+	}
+	if (bad && !*reported) {
+		*reported = 1;
+		err("corrupt %s page %zu offset %ld expected 0x%02x got 0x%02x pages=%zu", r->name,
+		    first_page, first_off, want, got, bad);
+	}
+	return bad;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	size_t pages = 0, bad = 0;
+	int reported = 0;
+	long t0 = now_ms();
+	if (argc > 2)
+		return err("usage: verify [NAME]");
+	if (argc == 2) {
+		struct region *r = need_region("verify", argv[1]);
+		if (!r)
+			return -1;
+		bad = verify_region(r, &reported);
+		pages = r->pages;
+	} else {
+		for (int i = 0; i < MAX_REGIONS; i++) {
+			if (!regions[i].used)
+				continue;
+			bad += verify_region(&regions[i], &reported);
+			pages += regions[i].pages;
+		}
+	}
+	if (bad) {
+		corruption_seen = 1;
+		if (argc == 1)
+			app(" total=%zu", bad); /* corrupt pages over all regions */
+		return -1;
+	}
+	return ok("verified %zu pages ms=%ld", pages, now_ms() - t0);
+}
+
+static int cmd_write(int argc, char **argv)
+{
+	size_t p = 0;
+	uint64_t seed, key;
+	if (argc != 3 && argc != 4)
+		return err("usage: write NAME PAGE [same:SEED]");
+	struct region *r = need_region("write", argv[1]);
+	if (!r || parse_page("write", r, argv[2], &p))
+		return -1;
+	if (argc == 4) {
+		if (strncmp(argv[3], "same:", 5) != 0 || parse_u64(argv[3] + 5, &seed))
+			return err("write: bad content '%s' (want same:SEED)", argv[3]);
+		key = seedkey(seed);
+	} else {
+		key = nonzero(mix64((r->seedkey ^ WRITEC) + GOLDEN * ++write_counter));
+	}
+	r->override[p] = key;
+	fill_page(r->addr + p * page_size, page_expect(r, p));
+	return ok("wrote %s page %zu", r->name, p);
+}
+
+static int cmd_corrupt(int argc, char **argv)
+{
+	size_t p = 0;
+	uint64_t off = 100;
+	if (argc != 3 && argc != 4)
+		return err("usage: corrupt NAME PAGE [OFFSET]");
+	struct region *r = need_region("corrupt", argv[1]);
+	if (!r || parse_page("corrupt", r, argv[2], &p))
+		return -1;
+	if (argc == 4 && (parse_u64(argv[3], &off) || off >= page_size))
+		return err("corrupt: bad offset '%s'", argv[3]);
+	unsigned char *b = r->addr + p * page_size + off;
+	unsigned char was = *b;
+	*b = (unsigned char)~was;
+	/* "corrupted", not "corrupt": only detected corruption starts with "err corrupt". */
+	return ok("corrupted %s page %zu offset %llu was 0x%02x now 0x%02x", r->name, p,
+		  (unsigned long long)off, was, *b);
+}
+
+static int cmd_touch(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: touch NAME");
+	struct region *r = need_region("touch", argv[1]);
+	if (!r)
+		return -1;
+	long t0 = now_ms();
+	for (size_t p = 0; p < r->pages; p++)
+		fill_page(r->addr + p * page_size, page_expect(r, p));
+	return ok("touched %s pages=%zu ms=%ld", r->name, r->pages, now_ms() - t0);
+}
+
+static int cmd_mlock(int argc, char **argv)
+{
+	int lock = strcmp(argv[0], "mlock") == 0;
+	if (argc != 2)
+		return err("usage: %s NAME", argv[0]);
+	struct region *r = need_region(argv[0], argv[1]);
+	if (!r)
+		return -1;
+	size_t len = r->pages * page_size;
+	if ((lock ? mlock(r->addr, len) : munlock(r->addr, len)) != 0)
+		return err("%s %s: %s", argv[0], r->name, errstr(errno));
+	return ok("%sed %s", argv[0], r->name);
+}
+
+static int cmd_mlockall(int argc, char **argv)
+{
+	if (strcmp(argv[0], "munlockall") == 0) {
+		if (argc != 1)
+			return err("usage: munlockall");
+		if (munlockall() != 0)
+			return err("munlockall: %s", errstr(errno));
+		return ok("munlocked all");
+	}
+	if (argc > 2 || (argc == 2 && strcmp(argv[1], "future") != 0))
+		return err("usage: mlockall [future]");
+	if (mlockall(MCL_CURRENT | (argc == 2 ? MCL_FUTURE : 0)) != 0)
+		return err("mlockall: %s", errstr(errno));
+	return ok("locked all");
+}
+
+static int cmd_peek(int argc, char **argv)
+{
+	size_t p = 0;
+	uint64_t off, len;
+	if (argc != 5)
+		return err("usage: peek NAME PAGE OFFSET LEN (LEN <= 64)");
+	struct region *r = need_region("peek", argv[1]);
+	if (!r || parse_page("peek", r, argv[2], &p))
+		return -1;
+	if (parse_u64(argv[3], &off) || parse_u64(argv[4], &len) || len == 0 || len > 64 ||
+	    off >= page_size || len > page_size - off)
+		return err("peek: bad OFFSET/LEN '%s %s'", argv[3], argv[4]);
+	const unsigned char *b = r->addr + p * page_size + off;
+	ok("hex=");
+	for (uint64_t i = 0; i < len; i++)
+		app("%02x", b[i]);
+	return 0;
+}
+
+/* Dies of SIGSEGV on purpose, so a harness can prove it notices a crashed workload. */
+static int cmd_crash(int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 1)
+		return err("usage: crash");
+	volatile int *volatile bad = NULL; /* volatile: the compiler cannot see the fault coming */
+	*bad = 1;
+	return err("crash: still alive");
+}
+
+/* ---- NUMA ---- */
+
+static int page_array(const struct region *r, size_t first, size_t count, void ***pages,
+		      int **status)
+{
+	*pages = malloc(count * sizeof(void *));
+	*status = malloc(count * sizeof(int));
+	if (!*pages || !*status) {
+		free(*pages);
+		free(*status);
+		return err("no memory for %zu page pointers", count);
+	}
+	for (size_t i = 0; i < count; i++)
+		(*pages)[i] = r->addr + (first + i) * page_size;
+	return 0;
+}
+
+static int cmd_nodes(int argc, char **argv)
+{
+	size_t first = 0, count = 0, n0 = 0, n1 = 0, other = 0, errs[MAX_ERRNO] = {0};
+	void **pages;
+	int *status;
+	if (argc != 2 && argc != 4)
+		return err("usage: nodes NAME [FIRST COUNT]");
+	struct region *r = need_region("nodes", argv[1]);
+	if (!r || parse_range("nodes", r, argc, argv, 2, &first, &count) ||
+	    page_array(r, first, count, &pages, &status))
+		return -1;
+	/* nodes == NULL: move_pages only reports where each page is. */
+	if (syscall(SYS_move_pages, 0, count, pages, NULL, status, 0) < 0) {
+		int e = errno;
+		free(pages);
+		free(status);
+		return err("nodes %s: move_pages: %s", r->name, errstr(e));
+	}
+	for (size_t i = 0; i < count; i++) {
+		int s = status[i];
+		if (s == 0)
+			n0++;
+		else if (s == 1)
+			n1++;
+		else if (s > 1)
+			other++;
+		else
+			errs[-s < MAX_ERRNO ? -s : 0]++;
+	}
+	free(pages);
+	free(status);
+	ok("node0=%zu node1=%zu other=%zu", n0, n1, other);
+	app_errno_counts(errs);
+	return 0;
+}
+
+static int cmd_move(int argc, char **argv)
+{
+	size_t first = 0, count = 0, moved = 0, already = 0, failed = 0, unattempted = 0, elsewhere = 0;
+	size_t errs[MAX_ERRNO] = {0};
+	int node = 0, all = 0, ai = 3;
+	void **pages;
+	int *status, *before, *nodes;
+	if (argc < 3)
+		return err("usage: move NAME NODE [all] [FIRST COUNT]");
+	struct region *r = need_region("move", argv[1]);
+	if (!r || parse_node("move", argv[2], &node))
+		return -1;
+	if (argc > 3 && strcmp(argv[3], "all") == 0) {
+		all = 1;
+		ai = 4;
+	}
+	if (parse_range("move", r, argc, argv, ai, &first, &count) ||
+	    page_array(r, first, count, &pages, &status))
+		return -1;
+	before = malloc(count * sizeof(int));
+	nodes = malloc(count * sizeof(int));
+	if (!before || !nodes) {
+		free(pages), free(status), free(before), free(nodes);
+		return err("move: no memory for %zu pages", count);
+	}
+	long t0 = now_ms();
+	if (syscall(SYS_move_pages, 0, count, pages, NULL, before, 0) < 0)
+		for (size_t i = 0; i < count; i++)
+			before[i] = -1;
+	for (size_t i = 0; i < count; i++) {
+		nodes[i] = node;
+		status[i] = INT_MIN; /* move_pages leaves it alone for pages it never tried */
+	}
+	long ret = syscall(SYS_move_pages, 0, count, pages, nodes, status,
+			   all ? MPOL_MF_MOVE_ALL : MPOL_MF_MOVE);
+	int e = errno;
+	if (ret < 0) {
+		free(pages), free(status), free(before), free(nodes);
+		return err("move %s to node %d: move_pages: %s", r->name, node, errstr(e));
+	}
+	for (size_t i = 0; i < count; i++) {
+		int s = status[i];
+		if (s == INT_MIN)
+			unattempted++;
+		else if (s == node && before[i] == node)
+			already++;
+		else if (s == node)
+			moved++;
+		else if (s >= 0)
+			elsewhere++;
+		else {
+			failed++;
+			errs[-s < MAX_ERRNO ? -s : 0]++;
+		}
+	}
+	free(pages), free(status), free(before), free(nodes);
+	ok("moved=%zu already=%zu failed=%zu unattempted=%zu notmoved=%ld", moved, already, failed,
+	   unattempted, ret);
+	if (elsewhere)
+		app(" elsewhere=%zu", elsewhere);
+	app_errno_counts(errs);
+	app(" ms=%ld", now_ms() - t0);
+	return 0;
+}
+
+static int cmd_migrate(int argc, char **argv)
+{
+	int from = 0, to = 0;
+	unsigned long oldm[NODEMASK_LONGS], newm[NODEMASK_LONGS];
+	if (argc != 3)
+		return err("usage: migrate FROM TO");
+	if (parse_node("migrate", argv[1], &from) || parse_node("migrate", argv[2], &to))
+		return -1;
+	nodemask_set(oldm, from);
+	nodemask_set(newm, to);
+	long t0 = now_ms();
+	long ret = syscall(SYS_migrate_pages, 0, NODEMASK_BITS + 1, oldm, newm);
+	if (ret < 0)
+		return err("migrate %d %d: migrate_pages: %s", from, to, errstr(errno));
+	return ok("notmoved=%ld ms=%ld", ret, now_ms() - t0);
+}
+
+static int cmd_policy(int argc, char **argv)
+{
+	static const char *const modes[] = {"default", "preferred", "bind", "interleave", "local"};
+	unsigned long mask[NODEMASK_LONGS];
+	int mode;
+	if (argc != 2)
+		return err("usage: policy NAME");
+	struct region *r = need_region("policy", argv[1]);
+	if (!r)
+		return -1;
+	memset(mask, 0, sizeof(mask));
+	if (syscall(SYS_get_mempolicy, &mode, mask, NODEMASK_BITS + 1, r->addr, MPOL_F_ADDR) != 0)
+		return err("policy %s: get_mempolicy: %s", r->name, errstr(errno));
+	int m = mode & 0xff; /* high bits carry mode flags */
+	ok("mode=%s nodes=", m >= 0 && m <= MPOL_LOCAL ? modes[m] : "unknown");
+	const char *sep = "";
+	for (int n = 0; n < NODEMASK_BITS; n++) {
+		if (mask[n / (8 * sizeof(unsigned long))] & (1UL << (n % (8 * sizeof(unsigned long))))) {
+			app("%s%d", sep, n);
+			sep = ",";
+		}
+	}
+	return 0;
+}
+
+/* Sums /proc/self/smaps fields over the VMAs that overlap the region. */
+static int cmd_smaps(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: smaps NAME");
+	struct region *r = need_region("smaps", argv[1]);
+	if (!r)
+		return -1;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return err("smaps: /proc/self/smaps: %s", errstr(errno));
+	uintptr_t lo = (uintptr_t)r->addr, hi = lo + r->pages * page_size;
+	unsigned long rss = 0, anon = 0, huge = 0, swap = 0, locked = 0, val;
+	int in = 0, vmas = 0, mergeable = 0;
+	char line[512];
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			in = s < hi && e > lo;
+			vmas += in;
+			continue;
+		}
+		if (!in)
+			continue;
+		if (sscanf(line, "Rss: %lu kB", &val) == 1)
+			rss += val;
+		else if (sscanf(line, "Anonymous: %lu kB", &val) == 1)
+			anon += val;
+		else if (sscanf(line, "AnonHugePages: %lu kB", &val) == 1)
+			huge += val;
+		else if (sscanf(line, "Swap: %lu kB", &val) == 1)
+			swap += val;
+		else if (sscanf(line, "Locked: %lu kB", &val) == 1)
+			locked += val;
+		else if (strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " mg"))
+			mergeable++;
+	}
+	fclose(f);
+	return ok("vmas=%d rss_kb=%lu anon_kb=%lu anonhuge_kb=%lu swap_kb=%lu locked_kb=%lu "
+		  "mergeable=%d", vmas, rss, anon, huge, swap, locked, mergeable);
+}
+
+/* ---- children ---- */
+
+static int serve(FILE *in);
+static int dispatch(char *line);
+
+static void describe_status(int st, char *buf, size_t len)
+{
+	if (WIFEXITED(st))
+		snprintf(buf, len, "exit %d", WEXITSTATUS(st));
+	else if (WIFSIGNALED(st))
+		snprintf(buf, len, "signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+	else
+		snprintf(buf, len, "status 0x%x", st);
+}
+
+static void drop_child(int i)
+{
+	close(children[i].cmd_fd);
+	fclose(children[i].rep);
+	children[i] = children[--nchildren];
+}
+
+static int cmd_fork(int argc, char **argv)
+{
+	uint64_t n;
+	if (is_child)
+		return err("fork: not supported in a child");
+	if (argc != 2 || parse_u64(argv[1], &n) || n == 0 || n > (uint64_t)(MAX_CHILDREN - nchildren))
+		return err("usage: fork N (1..%d more children)", MAX_CHILDREN - nchildren);
+	pid_t parent = getpid();
+	int first = nchildren;
+	for (uint64_t k = 0; k < n; k++) {
+		int cmd[2], rep[2];
+		if (pipe(cmd) != 0)
+			return err("fork: pipe: %s", errstr(errno));
+		if (pipe(rep) != 0) {
+			int e = errno;
+			close(cmd[0]), close(cmd[1]);
+			return err("fork: pipe: %s", errstr(e));
+		}
+		fflush(NULL);
+		pid_t pid = fork();
+		if (pid < 0) {
+			int e = errno;
+			close(cmd[0]), close(cmd[1]), close(rep[0]), close(rep[1]);
+			return err("fork: %s (after %d children)", errstr(e), nchildren - first);
+		}
+		if (pid == 0) {
+			/* A child must never outlive its parent (nor keep its SSH channel open). */
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() != parent)
+				_exit(3);
+			for (int i = 0; i < nchildren; i++) {
+				close(children[i].cmd_fd);
+				fclose(children[i].rep);
+			}
+			nchildren = 0;
+			is_child = 1;
+			close(cmd[1]);
+			close(rep[0]);
+			int devnull = open("/dev/null", O_RDWR);
+			if (devnull >= 0) {
+				dup2(devnull, 0);
+				dup2(devnull, 1);
+				close(devnull);
+			}
+			out_fd = rep[1];
+			FILE *in = fdopen(cmd[0], "r");
+			_exit(in ? serve(in) : 3);
+		}
+		close(cmd[0]);
+		close(rep[1]);
+		children[nchildren].pid = pid;
+		children[nchildren].cmd_fd = cmd[1];
+		children[nchildren].rep = fdopen(rep[0], "r");
+		if (!children[nchildren].rep)
+			return err("fork: fdopen: %s", errstr(errno));
+		nchildren++;
+	}
+	ok("pids=");
+	for (int i = first; i < nchildren; i++)
+		app("%s%d", i == first ? "" : ",", (int)children[i].pid);
+	return 0;
+}
+
+/* Reads child i's reply to the command just sent; a dead child yields an "err child" text. */
+static int child_reply(int i, int sent, char *buf, size_t len, int *st, int *reaped)
+{
+	char *got = NULL;
+	size_t cap = 0;
+	if (sent && getline(&got, &cap, children[i].rep) > 0) {
+		got[strcspn(got, "\n")] = 0;
+		snprintf(buf, len, "%s", got);
+		free(got);
+		return 0;
+	}
+	free(got);
+	char how[96] = "unknown status";
+	*reaped = waitpid(children[i].pid, st, 0) == children[i].pid;
+	if (*reaped)
+		describe_status(*st, how, sizeof(how));
+	snprintf(buf, len, "err child %d died (%s)", (int)children[i].pid, how);
+	return -1;
+}
+
+static int is_corrupt(const char *reply_text)
+{
+	return strncmp(reply_text, "err corrupt", 11) == 0;
+}
+
+static int cmd_children(int argc, char **argv)
+{
+	static char replies[MAX_CHILDREN][1024];
+	pid_t pids[MAX_CHILDREN];
+	int st[MAX_CHILDREN], reaped[MAX_CHILDREN], gone[MAX_CHILDREN], sent[MAX_CHILDREN];
+	char line[4096] = "";
+	int n = nchildren, failed = 0, worst = -1, same = 1;
+	if (argc < 2)
+		return err("usage: children CMD...");
+	if (n == 0)
+		return err("children: no children (use fork N)");
+	for (int i = 1; i < argc; i++) {
+		strncat(line, argv[i], sizeof(line) - strlen(line) - 3);
+		strcat(line, i + 1 < argc ? " " : "\n");
+	}
+	int exiting = strcmp(argv[1], "exit") == 0;
+	size_t len = strlen(line);
+	/* Send to all first so the children work in parallel, then collect. */
+	for (int i = 0; i < n; i++) {
+		pids[i] = children[i].pid;
+		sent[i] = write(children[i].cmd_fd, line, len) == (ssize_t)len;
+	}
+	for (int i = 0; i < n; i++) {
+		reaped[i] = 0;
+		gone[i] = child_reply(i, sent[i], replies[i], sizeof(replies[i]), &st[i], &reaped[i]);
+		if (exiting && !gone[i])
+			reaped[i] = waitpid(pids[i], &st[i], 0) == pids[i];
+		/* Exit status 1 is a verdict (corruption, already reported), not a failure. */
+		int bad = strncmp(replies[i], "ok", 2) != 0 ||
+			  (reaped[i] && !(WIFEXITED(st[i]) && WEXITSTATUS(st[i]) <= 1));
+		if (reaped[i] && WIFEXITED(st[i]) && WEXITSTATUS(st[i]) == 1)
+			corruption_seen = 1; /* the child found corruption earlier */
+		if (is_corrupt(replies[i]))
+			corruption_seen = 1;
+		if (bad) {
+			failed++;
+			if (worst < 0 || (is_corrupt(replies[i]) && !is_corrupt(replies[worst])))
+				worst = i;
+		}
+		same &= strcmp(replies[i], replies[0]) == 0;
+	}
+	char statuses[MAX_CHILDREN * 12] = "";
+	for (int i = 0; i < n && exiting; i++) {
+		size_t l = strlen(statuses);
+		snprintf(statuses + l, sizeof(statuses) - l, "%s%d", i ? "," : "",
+			 !reaped[i] ? -1 : WIFEXITED(st[i]) ? WEXITSTATUS(st[i]) : 128 + WTERMSIG(st[i]));
+	}
+	/* Forget reaped children, last to first so lower indexes stay valid. */
+	for (int i = n - 1; i >= 0; i--)
+		if (reaped[i] || gone[i])
+			drop_child(i);
+	if (worst >= 0) {
+		const char *text = replies[worst];
+		if (strncmp(text, "err ", 4) == 0)
+			return err("%s child=%d failed=%d/%d", text + 4, (int)pids[worst], failed, n);
+		return err("children: child=%d replied '%s' but exited with status=%s failed=%d/%d",
+			   (int)pids[worst], text, statuses, failed, n);
+	}
+	if (exiting)
+		return ok("children=%d exited status=%s", n, statuses);
+	if (same)
+		return ok("children=%d %s", n, replies[0] + (replies[0][2] == ' ' ? 3 : 2));
+	ok("children=%d", n);
+	for (int i = 0; i < n; i++)
+		app(" %s%d:%s", i ? "| " : "", (int)pids[i], replies[i] + 3);
+	return 0;
+}
+
+static int cmd_pids(int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 1)
+		return err("usage: pids");
+	ok("parent=%d children=", (int)getpid());
+	for (int i = 0; i < nchildren; i++)
+		app("%s%d", i ? "," : "", (int)children[i].pid);
+	return 0;
+}
+
+/* ---- misc ---- */
+
+static int cmd_sleep(int argc, char **argv)
+{
+	uint64_t ms;
+	if (argc != 2 || parse_u64(argv[1], &ms) || ms > 3600000)
+		return err("usage: sleep MS (<= 3600000)");
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+	return ok("slept %llu ms", (unsigned long long)ms);
+}
+
+static int cmd_pid(int argc, char **argv)
+{
+	(void)argv;
+	if (argc != 1)
+		return err("usage: pid");
+	return ok("pid=%d", (int)getpid());
+}
+
+static int cmd_regions(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	ok("regions=");
+	const char *sep = "";
+	for (int i = 0; i < MAX_REGIONS; i++) {
+		const struct region *r = &regions[i];
+		if (!r->used)
+			continue;
+		app("%s%s:%zu:%s", sep, r->name, r->pages, kind_names[r->kind]);
+		sep = ",";
+	}
+	return 0;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	return ok("commands: alloc madvise verify write corrupt touch mlock munlock mlockall "
+		  "munlockall fork children pids move nodes policy migrate smaps free sleep pid "
+		  "regions peek crash help exit");
+}
+
+static int exit_status(void)
+{
+	return corruption_seen ? 1 : 0;
+}
+
+/* Children get "exit" and are reaped, so their verdict counts in ours. */
+static void reap_children(void)
+{
+	if (nchildren == 0)
+		return;
+	char *argv[] = {"children", "exit"};
+	cmd_children(2, argv);
+	if (reply[0] == 'e')
+		fprintf(stderr, "ksmwork: %s\n", reply);
+}
+
+static int dispatch(char *line)
+{
+	static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
+		{"alloc", cmd_alloc},	    {"free", cmd_free},		{"madvise", cmd_madvise},
+		{"verify", cmd_verify},	    {"write", cmd_write},	{"corrupt", cmd_corrupt},
+		{"touch", cmd_touch},	    {"mlock", cmd_mlock},	{"munlock", cmd_mlock},
+		{"mlockall", cmd_mlockall}, {"munlockall", cmd_mlockall}, {"fork", cmd_fork},
+		{"children", cmd_children}, {"pids", cmd_pids},		{"move", cmd_move},
+		{"nodes", cmd_nodes},	    {"policy", cmd_policy},	{"migrate", cmd_migrate},
+		{"smaps", cmd_smaps},	    {"sleep", cmd_sleep},	{"pid", cmd_pid},
+		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
+		{"crash", cmd_crash},
+	};
+	char *argv[MAX_ARGS + 1];
+	int argc = 0;
+	for (char *tok = strtok(line, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
+		if (argc == MAX_ARGS)
+			return err("too many arguments (max %d)", MAX_ARGS);
+		argv[argc++] = tok;
+	}
+	if (argc == 0)
+		return err("empty command");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(argv[0], cmds[i].name) == 0)
+			return cmds[i].fn(argc, argv);
+	return err("unknown command '%s' (try help)", argv[0]);
+}
+
+static void send_reply(void)
+{
+	reply[reply_len++] = '\n';
+	for (size_t off = 0; off < reply_len;) {
+		ssize_t w = write(out_fd, reply + off, reply_len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			_exit(exit_status() ? exit_status() : 4); /* nobody is listening any more */
+		off += (size_t)w;
+	}
+	reply_len = 0;
+}
+
+/* The command loop, for the parent (stdin) and each child (its pipe); returns exit status. */
+static int serve(FILE *in)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	while (getline(&line, &cap, in) > 0) {
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (strncmp(p, "exit", 4) == 0 && (p[4] == 0 || strchr(" \t\r\n", p[4]))) {
+			reap_children();
+			ok("bye status=%d", exit_status());
+			send_reply();
+			break;
+		}
+		dispatch(p);
+		send_reply();
+	}
+	free(line);
+	reap_children();
+	if (corruption_seen && !is_child)
+		fprintf(stderr, "ksmwork: exiting with status 1: data corruption detected\n");
+	return exit_status();
+}
+
+/* Async-signal-safe report of a fatal fault, then die of the same signal. */
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	char buf[96], *p = buf;
+	const char *name = sig == SIGBUS ? "SIGBUS" : sig == SIGSEGV ? "SIGSEGV" : "SIG?";
+	const char *pre = "err crashed signal ";
+	while (*pre)
+		*p++ = *pre++;
+	if (sig >= 10)
+		*p++ = (char)('0' + sig / 10);
+	*p++ = (char)('0' + sig % 10);
+	*p++ = ' ';
+	*p++ = '(';
+	while (*name)
+		*p++ = *name++;
+	*p++ = ')';
+	const char *a = " addr=0x";
+	while (*a)
+		*p++ = *a++;
+	uintptr_t addr = (uintptr_t)si->si_addr;
+	for (int s = 60; s >= 0; s -= 4)
+		*p++ = "0123456789abcdef"[(addr >> s) & 15];
+	*p++ = '\n';
+	if (write(out_fd, buf, (size_t)(p - buf)) < 0) {
+		/* nothing left to do */
+	}
+	/* SA_RESETHAND: returning re-executes the access and dies of the default action. */
+}
+
+int main(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_fault;
+	sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN); /* a dead child shows as EPIPE, not as our death */
+	init_content();
+	return serve(stdin);
+}
