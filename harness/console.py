@@ -34,6 +34,7 @@ class Console:
         self.log_path = log_path
         self._log = log_path.open("ab", buffering=0)
         self.lines: list[str] = []
+        self.times: list[float] = []  # host monotonic time each line completed
         self._partial = ""
         self._cond = threading.Condition()
         self._listeners: list[Listener] = []
@@ -79,7 +80,9 @@ class Console:
 
     def _emit(self, lines: list[str]) -> None:
         lines = [_ANSI.sub("", line) for line in lines]
+        now = time.monotonic()
         self.lines.extend(lines)
+        self.times.extend(now for _ in lines)
         for line in lines:
             for fn in list(self._listeners):
                 try:

@@ -27,7 +27,7 @@ from .topology import Topology
 READY = r"KSM-HARNESS-READY"
 BOOT_FAILED = r"KSM-HARNESS-BOOT-FAILED|Kernel panic - not syncing|ksm-initramfs: "
 
-# Guest sysctls applied by guest-init.sh before anything runs.
+# Guest sysctls, written by the initramfs before anything else runs.
 GUEST_SYSCTLS: dict[str, str] = {
     "kernel.numa_balancing": "0",          # no page moves behind a test's back
     "kernel.sysrq": "1",                   # every sysrq function, for hang evidence
@@ -88,7 +88,8 @@ class VM:
                           f"{', '.join(missing)} (see guest-images/kernel.config)")
         client, host = keys.generate("ksm-harness"), keys.generate("ksm-guest")
         self._client_key, self._host_key = client.pkey, host.pkey
-        sysctl = "".join(f"{k} = {v}\n" for k, v in spec.sysctls.items())
+        sysctl = "".join(f"/proc/sys/{k.replace('.', '/')} {v}\n"
+                         for k, v in spec.sysctls.items())
         init_dir = initramfs.INIT_DIR
         files = {
             "guest-init.sh": ((init_dir / "guest-init.sh").read_bytes(), 0o755),
@@ -96,7 +97,7 @@ class VM:
             "authorized_keys": ((client.public_line + "\n").encode(), 0o600),
             "ssh_host_ed25519_key": (host.private_openssh, 0o600),
             "ssh_host_ed25519_key.pub": ((host.public_line + "\n").encode(), 0o644),
-            "sysctl.conf": (sysctl.encode(), 0o644),
+            "sysctl.list": (sysctl.encode(), 0o644),
         }
         initrd = initramfs.compose(spec.kernel, files, self.dir / "initrd.img")
         overlay = image.overlay(spec.base_image, self.dir / "root-overlay.qcow2")
