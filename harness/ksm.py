@@ -25,9 +25,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 from harness.errors import KernelError
 from harness.remote import CommandResult, CommandTimeout, Runner, quote

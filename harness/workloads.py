@@ -20,9 +20,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from harness.errors import HarnessError, MissingPackageError
-from harness.remote import CommandTimeout, Process, Spawner, quote
+from harness.remote import CommandTimeout, Process, Runner, Spawner, quote
 
 WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 PY_WORKER_SOURCE = WORKLOADS_DIR / "ksm_py_worker.py"
@@ -118,12 +119,23 @@ def build_all(cache_dir: Path, sources: Path = WORKLOADS_DIR) -> dict[str, Path]
     return built
 
 
+def install(guest: Runner, cache_dir: Path, guest_dir: str = GUEST_DIR) -> tuple[str, str]:
+    """Build if needed and upload ksmwork and the Python worker into ``guest_dir``; returns
+    their guest paths (GUEST_BINARY, GUEST_PY_WORKER with the default directory)."""
+    binary = build(cache_dir)
+    guest.run(f"mkdir -p {quote(guest_dir)}", timeout=30, check=True)
+    paths = (f"{guest_dir}/{MAIN_PROGRAM}", f"{guest_dir}/{PY_WORKER_SOURCE.name}")
+    guest.put(binary, paths[0], 0o755)
+    guest.put(PY_WORKER_SOURCE, paths[1], 0o755)
+    return paths
+
+
 def _require_gcc() -> str:
     gcc = shutil.which("gcc")
     if gcc is None:
         raise MissingPackageError(f"gcc is needed to build the guest workloads: {APT_INSTALL}")
     libc = subprocess.run([gcc, "-print-file-name=libc.a"], capture_output=True, text=True,
-                          timeout=30).stdout.strip()
+                          check=False, timeout=30).stdout.strip()
     if not os.path.isabs(libc):  # gcc echoes the bare name when it cannot find it
         raise MissingPackageError(
             f"static libc (libc.a) is needed to build the guest workloads: {APT_INSTALL}")
@@ -132,7 +144,7 @@ def _require_gcc() -> str:
 
 def _build_key(gcc: str, c_files: list[Path]) -> str:
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout
+                             check=False, timeout=30).stdout
     digest = hashlib.sha256()
     digest.update(version.encode())
     digest.update(" ".join(CFLAGS).encode())
@@ -151,7 +163,7 @@ def _compile(gcc: str, src: Path, target: Path) -> None:
     os.close(fd)
     try:
         result = subprocess.run([gcc, *CFLAGS, "-o", tmp, str(src)], capture_output=True,
-                                text=True, timeout=300)
+                                text=True, check=False, timeout=300)
         if result.returncode != 0:
             text = result.stderr + result.stdout
             if re.search(r"fatal error: \S+\.h: No such file|cannot find -lc\b", text):
@@ -185,7 +197,11 @@ class Reply:
 
     @property
     def fields(self) -> dict[str, str]:
-        return dict(_FIELD.findall(self.text))
+        """key=value words; the first wins ("ok bye status=0 children: ok ... status=0,0")."""
+        found: dict[str, str] = {}
+        for key, value in _FIELD.findall(self.text):
+            found.setdefault(key, value)
+        return found
 
     def number(self, key: str) -> int:
         value = self.fields.get(key)
@@ -307,7 +323,7 @@ class Workload:
         self._unusable = self._unusable or "it was killed"
         self.proc.kill()
 
-    def __enter__(self) -> Workload:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1191,15 +1191,19 @@ static int exit_status(void)
 	return corruption_seen ? 1 : 0;
 }
 
-/* Children get "exit" and are reaped, so their verdict counts in ours. */
-static void reap_children(void)
+/* Children get "exit" and are reaped, so their verdict counts in ours; note gets the
+ * aggregated children reply ("" without children). */
+static void reap_children(char *note, size_t len)
 {
+	note[0] = 0;
 	if (nchildren == 0)
 		return;
 	char *argv[] = {"children", "exit"};
 	cmd_children(2, argv);
-	if (reply[0] == 'e')
-		fprintf(stderr, "ksmwork: %s\n", reply);
+	size_t n = reply_len < len - 1 ? reply_len : len - 1;
+	memcpy(note, reply, n);
+	note[n] = 0;
+	reply_len = 0;
 }
 
 static int dispatch(char *line)
@@ -1247,6 +1251,7 @@ static void send_reply(void)
 /* The command loop, for the parent (stdin) and each child (its pipe); returns exit status. */
 static int serve(FILE *in)
 {
+	static char note[4096];
 	char *line = NULL;
 	size_t cap = 0;
 	while (getline(&line, &cap, in) > 0) {
@@ -1254,8 +1259,11 @@ static int serve(FILE *in)
 		while (*p == ' ' || *p == '\t')
 			p++;
 		if (strncmp(p, "exit", 4) == 0 && (p[4] == 0 || strchr(" \t\r\n", p[4]))) {
-			reap_children();
+			/* Nothing on stderr before the reply: a driver may merge it into stdout. */
+			reap_children(note, sizeof(note));
 			ok("bye status=%d", exit_status());
+			if (note[0])
+				app(" children: %s", note);
 			send_reply();
 			break;
 		}
@@ -1263,7 +1271,9 @@ static int serve(FILE *in)
 		send_reply();
 	}
 	free(line);
-	reap_children();
+	reap_children(note, sizeof(note)); /* EOF: nobody reads replies any more */
+	if (note[0] == 'e')
+		fprintf(stderr, "ksmwork: %s\n", note);
 	if (corruption_seen && !is_child)
 		fprintf(stderr, "ksmwork: exiting with status 1: data corruption detected\n");
 	return exit_status();

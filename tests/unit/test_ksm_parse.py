@@ -6,14 +6,22 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from harness import ksm
-from harness.ksm import (ExpectedCounts, Ksm, KsmError, KsmNoProgress, KsmSnapshot,
-                         KsmUnavailable, KsmUnmergeIncomplete, KsmWriteError)
+from harness.ksm import (
+    ExpectedCounts,
+    Ksm,
+    KsmError,
+    KsmNoProgress,
+    KsmSnapshot,
+    KsmUnavailable,
+    KsmUnmergeIncomplete,
+    KsmWriteError,
+)
 from harness.remote import CommandResult, CommandTimeout
 
 # /sys/kernel/mm/ksm of Debian's 6.1 kernel, freshly booted.
@@ -83,7 +91,8 @@ def test_scan_deadline() -> None:
 
 
 def test_parse_snapshot_and_snapshot_access() -> None:
-    text = "full_scans:3\npages_shared:64\n/sys/kernel/mm/ksm/run:1\nadvisor_mode:[none] scan-time\n"
+    text = ("full_scans:3\npages_shared:64\n/sys/kernel/mm/ksm/run:1\n"
+            "advisor_mode:[none] scan-time\n")
     values = ksm.parse_snapshot(text)
     assert values == {"full_scans": "3", "pages_shared": "64", "run": "1",
                       "advisor_mode": "[none] scan-time"}
@@ -138,7 +147,7 @@ class LocalRunner:
         t0 = time.monotonic()
         try:
             p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
-                               timeout=timeout)
+                               check=False, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise CommandTimeout(cmd, timeout) from None
         return CommandResult(cmd, p.returncode, p.stdout, p.stderr, time.monotonic() - t0)

@@ -15,19 +15,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from harness import workloads as wl
 from harness.errors import MissingPackageError
 from harness.remote import CommandResult, CommandTimeout
-from harness.workloads import (DataCorruption, Workload, WorkloadDied, WorkloadError,
-                               WorkloadTimeout)
+from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadTimeout
 
 sys.path.insert(0, str(wl.WORKLOADS_DIR))
-import ksm_py_worker  # noqa: E402  (the worker is a script, not a package)
+import ksm_py_worker
 
 PATTERNS = ("same:1", "unique:2", "zero", "lastbyte:3", "half:4")
 
@@ -82,14 +81,16 @@ class LocalSpawner:
 
     def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
         t0 = time.monotonic()
-        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                           check=False, timeout=timeout)
         return CommandResult(cmd, p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
     def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        raise NotImplementedError
+        shutil.copyfile(local, remote)
+        os.chmod(remote, mode)
 
     def get(self, remote: str, local: Path) -> None:
-        raise NotImplementedError
+        shutil.copyfile(remote, local)
 
     def spawn(self, cmd: str) -> LocalProcess:
         proc = LocalProcess(cmd)
@@ -143,7 +144,7 @@ def pywork(spawner: LocalSpawner) -> Iterator[Workload]:
 def raw(binary: Path, *commands: str) -> tuple[list[str], int]:
     """Run the binary on a fixed script: (reply lines, exit status)."""
     p = subprocess.run([str(binary)], input="".join(c + "\n" for c in commands),
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, check=False, timeout=60)
     return p.stdout.splitlines(), p.returncode
 
 
@@ -161,9 +162,20 @@ def test_build_is_cached_by_content(binary: Path, tmp_path: Path) -> None:
 
 def test_build_without_gcc_names_the_packages(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wl.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(MissingPackageError, match="apt-get install -y gcc libc6-dev"):
         wl.build(tmp_path)
+
+
+def test_install_uploads_both_workloads(binary: Path, spawner: LocalSpawner,
+                                        tmp_path: Path) -> None:
+    guest_dir = tmp_path / "opt" / "ksm"
+    paths = wl.install(spawner, binary.parent.parent, str(guest_dir))
+    assert paths == (f"{guest_dir}/ksmwork", f"{guest_dir}/ksm_py_worker.py")
+    assert os.access(paths[0], os.X_OK)
+    with Workload.start(spawner, paths[0]) as w:
+        w.alloc("a", 2, "zero")
+        assert w.exit() == 0
 
 
 def test_build_failure_is_a_build_error(tmp_path: Path) -> None:
@@ -195,7 +207,8 @@ def test_patterns_have_the_promised_shape(work: Workload) -> None:
             for name in "sulhz"}
     tail = {name: [work.peek(name, p, 4088, 8) for p in range(4)] for name in "sl"}
     assert len(set(head["s"])) == 1 and len(set(head["u"])) == 4
-    assert head["l"] == head["s"] and len(set(tail["l"])) == 4 and set(tail["l"]).isdisjoint(tail["s"])
+    assert head["l"] == head["s"] and len(set(tail["l"])) == 4
+    assert set(tail["l"]).isdisjoint(tail["s"])
     assert head["h"][:2] == head["s"][:2] and len(set(head["h"])) == 3
     assert head["z"] == [bytes(32)] * 2
 
