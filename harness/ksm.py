@@ -338,9 +338,9 @@ class Ksm:
         """A snapshot with ksmd paused: counters move while it scans. Sets run=0, reads,
         restores run, all in one guest command (writing run waits for ksmd's current batch)."""
         script = (f"cd {self.dir} || exit 3; r=$(cat run); "
-                  f"if [ \"$r\" = 1 ]; then echo 0 > run || exit 4; fi; "
+                  f"if [ \"$r\" = 1 ]; then /bin/echo 0 > run || exit 4; fi; "
                   f"grep -sH '' *; rc=$?; "
-                  f"if [ \"$r\" = 1 ]; then echo 1 > run || exit 5; fi; "
+                  f"if [ \"$r\" = 1 ]; then /bin/echo 1 > run || exit 5; fi; "
                   f"echo \"saved_run:$r\"; exit $rc")
         result = self._run(script, "exact counters (run=0, read, restore run)", self.timeout * 2)
         values = parse_snapshot(result.stdout)
@@ -373,8 +373,10 @@ class Ksm:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
             raise ValueError(f"refusing odd value {text!r} for {name}")
         path = f"{self.dir}/{name}"
-        result = self._run(f"echo {quote(text)} > {path} && cat {path}", f"writing {text} to "
-                           f"{path}", timeout or self.timeout)
+        # /bin/echo, not the shell's builtin: dash's echo reports every failed write as
+        # "I/O error", coreutils' (and busybox's) print the errno text (EBUSY, EINVAL...).
+        result = self._run(f"/bin/echo {quote(text)} > {path} && cat {path}",
+                           f"writing {text} to {path}", timeout or self.timeout)
         if not result.ok:
             detail = (result.stderr or result.stdout).strip()
             raise KsmWriteError(name, value, errno_from_text(detail), detail[-200:])

@@ -367,7 +367,18 @@ class Workload:
             status = None
         self.exit_status = status
         return WorkloadDied(f"workload '{self.name}' (pid {self.pid}) {what} during '{line}' "
-                            f"(exit status {status})", self.name, line, text, status)
+                            f"(exit status {status}){self._stderr_tail()}", self.name, line,
+                            text, status)
+
+    def _stderr_tail(self) -> str:
+        # Not in the Process protocol, but SSHProcess has it: why a program would not start.
+        read = getattr(self.proc, "stderr", None)
+        try:
+            text = str(read()) if callable(read) else ""
+        except Exception:  # noqa: BLE001  (diagnostics only: never hide the real failure)
+            text = ""
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        return f"; stderr: {tail}" if tail else ""
 
     def _corruption(self, line: str, text: str,
                     c: dict[str, int | str | None]) -> DataCorruption:

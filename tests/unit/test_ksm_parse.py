@@ -24,6 +24,8 @@ from harness.ksm import (
 )
 from harness.remote import CommandResult, CommandTimeout
 
+pytestmark = pytest.mark.host
+
 # /sys/kernel/mm/ksm of Debian's 6.1 kernel, freshly booted.
 DEFAULTS_61 = {
     "full_scans": "0", "max_page_sharing": "256", "merge_across_nodes": "1",
@@ -159,8 +161,9 @@ class LocalRunner:
         raise NotImplementedError
 
     def writes(self) -> list[str]:
-        return [c.split(" > ")[0].replace("echo ", "") + ">" + c.split(" > ")[1].split()[0]
-                .rsplit("/", 1)[-1] for c in self.commands if c.startswith("echo ")]
+        """Knob writes made by Ksm.set, as "value>name"."""
+        return [c.split(" > ")[0].replace("/bin/echo ", "") + ">" + c.split(" > ")[1].split()[0]
+                .rsplit("/", 1)[-1] for c in self.commands if c.startswith("/bin/echo ")]
 
 
 @pytest.fixture
@@ -227,6 +230,12 @@ def test_set_reads_back_and_reports_errno(k: Ksm, fake: Path) -> None:
     with pytest.raises(KsmWriteError) as info:
         k.set("use_zero_pages", 1)
     assert info.value.errno_name == "EISDIR" and info.value.name == "use_zero_pages"
+    # A failed write, as the kernel's EBUSY would fail: /dev/full fails every write (ENOSPC).
+    (fake / "stable_node_chains_prune_millisecs").unlink()
+    (fake / "stable_node_chains_prune_millisecs").symlink_to("/dev/full")
+    with pytest.raises(KsmWriteError, match="No space left on device") as info:
+        k.set("stable_node_chains_prune_millisecs", 1000)
+    assert info.value.errno_name == "ENOSPC"
     with pytest.raises(ValueError):
         k.set("run", "1; reboot")
 

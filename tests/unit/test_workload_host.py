@@ -28,6 +28,8 @@ from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadT
 sys.path.insert(0, str(wl.WORKLOADS_DIR))
 import ksm_py_worker
 
+pytestmark = pytest.mark.host
+
 PATTERNS = ("same:1", "unique:2", "zero", "lastbyte:3", "half:4")
 
 
