@@ -442,6 +442,13 @@ class Workload:
     def touch(self, name: str, timeout: float | None = None) -> None:
         self.command(f"touch {name}", timeout or self._timeout(self._pages(name)))
 
+    def churn(self, name: str, ms: int, timeout: float | None = None) -> int:
+        """Rewrite the region's expected content in a loop for ``ms`` ms (C workload): writes
+        break KSM pages while ksmd merges them back. Returns the page writes done."""
+        pages = self._pages(name)
+        reply = self.command(f"churn {name} {ms}", timeout or self._timeout(pages) + ms / 1000)
+        return reply.number("writes")
+
     def peek(self, name: str, page: int, offset: int = 0, length: int = 16) -> bytes:
         return bytes.fromhex(self.command(f"peek {name} {page} {offset} {length}")
                              .fields["hex"])

@@ -23,12 +23,16 @@
  *   madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed [FIRST COUNT]
  *   verify [NAME]          -> ok verified N pages ms=T
  *                          | err corrupt NAME page P offset O expected 0xXX got 0xYY pages=K
+ *                            (first bad byte; pages=K bad pages; without NAME also total=)
  *   write NAME PAGE [same:SEED]  new content (unique, or same:SEED's), expectation updated
  *   corrupt NAME PAGE [OFFSET]   flip one byte WITHOUT updating the expectation
  *   touch NAME             rewrite every page with its expected content
+ *   churn NAME MS          "touch" in a loop for MS ms (races COW breaks with ksmd's merges;
+ *                          "children churn" runs it in every child at once)
+ *                          -> ok churned NAME passes=P writes=W ms=T
  *   mlock NAME | munlock NAME | mlockall [future] | munlockall
  *   fork N                 N children holding copies of all regions -> ok pids=a,b
- *   children CMD...        forward CMD to every child; one aggregated reply:
+ *   children CMD...        forward CMD to every child (not fork/children); one reply:
  *                          ok children=N TEXT (or per child "pid:TEXT | ..." when they differ)
  *                          err ... child=PID failed=F/N (a corrupt reply is preferred)
  *   children exit          children exit and are reaped -> ok children=N exited status=0,0
@@ -45,7 +49,8 @@
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
  *   free NAME | sleep MS | pid | regions | help
- *   exit                   -> ok bye status=S, then exit S (EOF behaves the same, no reply)
+ *   exit                   -> ok bye status=S [children: <children exit reply>], then
+ *                          exit S (children are told to exit first; EOF: the same, no reply)
  *
  * Exit status: 0, or 1 if any verify (own or a child's) found corruption. A fatal SIGSEGV or
  * SIGBUS prints "err crashed signal N (NAME) addr=0x..." before dying of that signal.
@@ -691,6 +696,29 @@ static int cmd_touch(int argc, char **argv)
 	return ok("touched %s pages=%zu ms=%ld", r->name, r->pages, now_ms() - t0);
 }
 
+/* Rewrites the expected content over and over for MS ms: every write to a merged page breaks
+ * its KSM page (COW) while ksmd merges it back, so the two race; the data must survive. */
+static int cmd_churn(int argc, char **argv)
+{
+	uint64_t ms, passes = 0, writes = 0;
+	if (argc != 3 || parse_u64(argv[2], &ms) || ms > 3600000)
+		return err("usage: churn NAME MS (<= 3600000)");
+	struct region *r = need_region("churn", argv[1]);
+	if (!r)
+		return -1;
+	long t0 = now_ms(), end = t0 + (long)ms;
+	do {
+		for (size_t p = 0; p < r->pages; p++, writes++) {
+			fill_page(r->addr + p * page_size, page_expect(r, p));
+			if ((p & 255) == 255 && now_ms() >= end)
+				break;
+		}
+		passes++;
+	} while (now_ms() < end);
+	return ok("churned %s passes=%llu writes=%llu ms=%ld", r->name,
+		  (unsigned long long)passes, (unsigned long long)writes, now_ms() - t0);
+}
+
 static int cmd_mlock(int argc, char **argv)
 {
 	int lock = strcmp(argv[0], "mlock") == 0;
@@ -1183,7 +1211,7 @@ static int cmd_help(int argc, char **argv)
 	(void)argc, (void)argv;
 	return ok("commands: alloc madvise verify write corrupt touch mlock munlock mlockall "
 		  "munlockall fork children pids move nodes policy migrate smaps free sleep pid "
-		  "regions peek crash help exit");
+		  "regions peek crash churn help exit");
 }
 
 static int exit_status(void)
@@ -1217,7 +1245,7 @@ static int dispatch(char *line)
 		{"nodes", cmd_nodes},	    {"policy", cmd_policy},	{"migrate", cmd_migrate},
 		{"smaps", cmd_smaps},	    {"sleep", cmd_sleep},	{"pid", cmd_pid},
 		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
-		{"crash", cmd_crash},
+		{"crash", cmd_crash},	    {"churn", cmd_churn},
 	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;

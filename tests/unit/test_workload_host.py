@@ -273,6 +273,15 @@ def test_fork_children_verify_and_report_corruption(work: Workload) -> None:
     assert work.exit(check=False) == 1  # the children's verdict is the parent's
 
 
+def test_churn_keeps_data_intact(work: Workload) -> None:
+    work.alloc("a", 64, "half:2")
+    work.madvise("a", "merge")
+    assert work.churn("a", 100) >= 64
+    work.fork(2)
+    assert work.children("churn a 50").ok
+    assert work.children_verify() == 64 and work.verify() == 64
+
+
 def test_children_die_with_the_parent(work: Workload) -> None:
     work.alloc("a", 4, "same:1")
     pids = work.fork(3)
