@@ -42,6 +42,8 @@ def ensure(tools: list[str] | None = None, install: bool = True) -> None:
     if not pkgs:
         return
     line = "apt-get install -y --no-install-recommends " + " ".join(pkgs)
+    if os.environ.get("KSM_HARNESS_NO_INSTALL"):
+        install = False
     if install and os.geteuid() == 0:
         print(f"ksm-harness: installing Debian packages: {' '.join(pkgs)}", file=sys.stderr)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

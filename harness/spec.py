@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import accel, image, kernel as kernel_mod
+from . import accel, deps, image, kernel as kernel_mod
 from .errors import HarnessError
 from .topology import Topology, parse_numa, parse_size_mb
 from .vm import VMSpec
@@ -31,6 +31,7 @@ def _stderr(msg: str) -> None:
 
 
 def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
+    deps.ensure(["qemu-system-x86_64", "qemu-img"])
     if opts.accel not in ("auto", "kvm", "tcg"):
         raise HarnessError(f"--accel {opts.accel}: choose auto, kvm or tcg")
     kern = (kernel_mod.load(opts.kernel, opts.modules) if opts.kernel

@@ -125,18 +125,30 @@ class VM:
         return f"QEMU exited (status {self.child.exitstatus}, signal {self.child.signalstatus})"
 
     def start(self) -> "VM":
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Prepare files and start QEMU without waiting. Call from the main thread: the
+        kernel kills QEMU when the thread that forked it exits (PR_SET_PDEATHSIG)."""
         t0 = time.monotonic()
         self.config = self._prepare()
         self.timings["prepare"] = time.monotonic() - t0
+        self.config.ssh_port = self.port = _free_port()
+        self._spawn(self.config)
+
+    def wait_ready(self) -> "VM":
+        """Wait for the guest's ready marker and a working SSH login."""
+        assert self.config is not None
         for attempt in range(5):
-            self.config.ssh_port = self.port = _free_port()
-            self._spawn(self.config)
             try:
-                self._wait_ready(t0)
+                self._wait_ready()
                 return self
             except VMError as exc:
                 if "host forwarding" in str(exc) and attempt < 4:
                     self._kill()  # the port was taken meanwhile: try another
+                    self.config.ssh_port = self.port = _free_port()
+                    self._spawn(self.config)
                     continue
                 self.stop()
                 raise
@@ -151,7 +163,7 @@ class VM:
         self._reaper_key = reaper.register(self.stop)
         self.console = Console(self.child, self.console_log)
 
-    def _wait_ready(self, t0: float) -> None:
+    def _wait_ready(self) -> None:
         assert self.console is not None
         spec = self.spec
         start = time.monotonic()

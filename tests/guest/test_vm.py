@@ -1,0 +1,84 @@
+"""The VM layer on real QEMU guests: topology, both channels, isolation of the base image,
+guests side by side."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from harness.topology import Topology, parse_numa
+from harness.vm import VM
+
+
+def test_guest_has_the_declared_numa_topology(vm: VM) -> None:
+    r = vm.run("cat /sys/devices/system/node/online; nproc; "
+               "cat /sys/devices/system/node/node0/cpulist /sys/devices/system/node/node1/cpulist",
+               check=True)
+    assert r.stdout.split() == ["0-1", "2", "0", "1"]
+
+
+def test_boot_is_clean(vm: VM) -> None:
+    # The topology flags avoid the topology_sane WARNING; nothing else may warn at boot.
+    r = vm.run("dmesg | grep -E 'WARNING|BUG|Oops|Call Trace' || true", check=True)
+    assert r.stdout == "", r.stdout
+
+
+def test_run_returns_status_stdout_stderr(vm: VM) -> None:
+    r = vm.run("echo out; echo err >&2; exit 7")
+    assert (r.status, r.stdout, r.stderr) == (7, "out\n", "err\n")
+
+
+def test_put_and_get(vm: VM, tmp_path: Path) -> None:
+    src = tmp_path / "blob"
+    src.write_bytes(bytes(range(256)) * 64)
+    vm.put(src, "/tmp/blob", mode=0o755)
+    assert vm.run("stat -c %a /tmp/blob", check=True).stdout.strip() == "755"
+    vm.get("/tmp/blob", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+
+
+def test_console_is_a_second_channel(vm: VM) -> None:
+    r = vm.console_run("cat /proc/sys/kernel/hostname")
+    assert r.status == 0 and r.stdout.strip() == "ksm-guest"
+
+
+def test_ssh_is_bound_to_loopback_and_host_key_pinned(vm: VM) -> None:
+    assert vm.config is not None
+    assert f"hostfwd=tcp:127.0.0.1:{vm.port}-:22" in " ".join(vm.config.argv())
+    keys = vm.ssh.conn.client.get_host_keys()  # type: ignore[union-attr]
+    assert keys.lookup(f"[127.0.0.1]:{vm.port}") is not None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_base_image_is_untouched(vm_factory, vm_spec) -> None:
+    before = _sha256(vm_spec.base_image)
+    guest = vm_factory(topology=Topology(nodes=parse_numa("1")))
+    guest.run("dd if=/dev/urandom of=/root/junk bs=1M count=16 && rm -rf /usr/share/zoneinfo "
+              "&& sync", check=True, timeout=120)
+    guest.stop()
+    assert _sha256(vm_spec.base_image) == before
+
+
+def test_two_guests_side_by_side(vm_pool) -> None:
+    a = VM(vm_pool.base, vm_pool.run_dir / "side-a")
+    b = VM(vm_pool.base, vm_pool.run_dir / "side-b")
+    vm_pool.live += [a, b]
+    try:
+        a.launch()
+        b.launch()  # both QEMUs run before either is ready
+        a.wait_ready()
+        b.wait_ready()
+        assert a.port != b.port
+        assert a.run("echo a", check=True).stdout == "a\n"
+        assert b.run("echo b", check=True).stdout == "b\n"
+    finally:
+        vm_pool.stop(a)
+        vm_pool.stop(b)

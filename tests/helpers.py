@@ -1,0 +1,56 @@
+"""Shared helpers for ksm-harness's own tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def harness_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def run_harness(*args: str, env: dict[str, str] | None = None, timeout: float = 600
+                ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(harness_cmd(*args), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """PIDs of direct children of ``pid`` whose command is ``name``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            comm = (proc / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and comm.startswith(name[:15]):
+            out.append(int(proc.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
