@@ -151,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {want:<40} {got:<16} {n}")
     if s.frame_wrong:
         print("\nculprit disagreements (log: ours vs corpus):")
-        for name, got, want in s.frame_wrong:
-            print(f"  {name:<6} {got} vs {want}")
+        for name, ours, theirs in s.frame_wrong:
+            print(f"  {name:<6} {ours} vs {theirs}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # piped into head
+        sys.exit(0)

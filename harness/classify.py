@@ -3,12 +3,19 @@
 The kernel prints every failure (WARN, BUG, oops, sanitizer report, hang
 detector, OOM kill, ...) as a header line followed by registers and stack
 traces.  We spot those headers, gather the lines that belong to each report
-and name it: a category, a title and the culprit function.
+and name it: a category (WARNING, BUG, KASAN, HUNG_TASK, OOM, ...), a title
+("WARNING in ksm_scan_thread") and the culprit function, found by skipping the
+reporting machinery and generic helpers in the stack.
 
 Input may carry ``[ 12.345678]`` timestamps, ``[ T123]``/``[ C1]`` caller ids,
 ``<4>`` levels, ``\\r``, interleaved CPUs and cut lines.  With caller ids,
-lines of other tasks are kept out of a report.  :class:`StreamClassifier` works
-line by line for a live console; :func:`classify` is the batch wrapper.
+lines of other tasks are kept out of a report; on a timestamped console,
+unprefixed lines are userspace output and are ignored.
+
+Reports come in log order and the first is the primary one: a panic that an
+oops causes is part of the oops' report.  Each OOM kill is its own report of
+category OOM, so a caller can allow them.  :class:`StreamClassifier` works line
+by line on a live console; :func:`classify` is the batch wrapper.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ _PREFIX = re.compile(
     r"(?: ?\[ *(?P<ctx>[CT]\d+)\])?"
     r"(?: *\[\d+:[^\]]*: *\d+\])?"  # Android's [cpu:comm:pid]
 )
+# A kernel line glued after other output, like a shell prompt: "# [   9.91] ...".
+_GLUED = re.compile(r"(?:<\d{1,3}>)?\[ *\d+\.\d{6}\]")
 # Old lockdep put its headers in brackets: "[ INFO: ... ]".
 _BRACKETED = re.compile(r"\[ (.*\S) \]$")
 
@@ -57,12 +66,17 @@ class _Line:
     text: str  # msg stripped
     ctx: str  # caller id ("T123", "C1") or ""
     prefixed: bool  # carries a kernel timestamp, level or caller id
+    glued: bool  # the prefix came after other text on the line
 
 
 def _parse_line(idx: int, raw: str) -> _Line:
     raw = raw.rstrip("\n").replace("\r", "")
     m = _PREFIX.match(raw)
     assert m is not None  # every part is optional
+    glued = False
+    if not (m["ts"] or m["ctx"]) and (g := _GLUED.search(raw, 1)):
+        m, glued = _PREFIX.match(raw, g.start()), True
+        assert m is not None
     msg = raw[m.end():]
     if (m["ts"] or m["ctx"]) and msg.startswith(" "):
         msg = msg[1:]
@@ -70,7 +84,7 @@ def _parse_line(idx: int, raw: str) -> _Line:
     if b := _BRACKETED.match(text):
         text = b[1]
     return _Line(idx, raw, msg, text, m["ctx"] or "",
-                 bool(m["lvl"] or m["ts"] or m["ctx"]))
+                 bool(m["lvl"] or m["ts"] or m["ctx"]), glued)
 
 
 # --- stack frames ------------------------------------------------------------
@@ -183,7 +197,7 @@ _HELPER = re.compile(r"(?:^|_)(?:" + "|".join([
     r"k[vz]?free\w*", r"vfree", r"kmem_cache_(?:alloc|free)\w*", r"kmem_cache\w*", r"slab_\w+",
     r"k[mzc]alloc\w*", r"kv[mz]alloc\w*", r"krealloc\w*", r"v[mz]alloc\w*", r"alloc_pages\w*",
     r"alloc_frozen_pages\w*", r"free_large_kmalloc", r"get_page_from_freelist", r"mod_timer\w*",
-    r"lock_timer_base", r"add_timer\w*",
+    r"lock_timer_base", r"add_timer\w*", r"memdup_user\w*", r"strndup_user", r"kmemdup\w*",
 ]) + r")")
 
 
@@ -252,8 +266,6 @@ _OOPS_NAMES = frozenset({"kernel_bug", "warning_at", "oops", "invalid_opcode",
                          "internal_error", "stack_overflow"})
 _ALLOC_SKIP = (r"kmemleak|alloc|kmem|slab|mmap|create_object|idr_get|list_lru_init"
                r"|kasprintf|pcpu_create|strn?dup|memdup")
-_HANG_SKIP = (r"sched|_lock|slowlock|(?:^|_)down|completion|kthread|wait|synchronize"
-              r"|context_switch|switch_to|cancel_delayed_work|io_schedule|freezer|refrigerator")
 
 _KINDS: tuple[_Kind, ...] = (
     _k("kasan", "KASAN", rf"BUG: KASAN: (?P<bug>.+?)(?: in (?P<fn>{_SYM})| on address| at addr|$)",
@@ -303,8 +315,8 @@ _KINDS: tuple[_Kind, ...] = (
     _k("vm_bug_on", "VM_BUG_ON", r"page dumped because: (?P<macro>VM_BUG_ON\w*)", "{macro}",
        how="rip", preamble=True),
     _k("warning_at", "WARNING",
-       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?P<src>[\w./+-]+:\d+) (?:at )?"
-       rf"(?P<fn>{_SYM})", "WARNING", how="header"),
+       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?P<src>[\w./+-]+:\d+)"
+       rf"(?: (?:at )?(?P<fn>{_SYM}))?", "WARNING", how="header"),
     _k("deadlock", "LOCKDEP",
        r"(?:WARNING|INFO): (?:possible circular locking dependency|possible recursive locking"
        r"|possible irq lock inversion dependency) detected", "possible deadlock", how="at", gap=30,
@@ -335,7 +347,7 @@ _KINDS: tuple[_Kind, ...] = (
     _k("nonstatic_key", "LOCKDEP", r"INFO: trying to register non-static key",
        "INFO: trying to register non-static key", skip=r"stack|lock|IRQ"),
     _k("spinlock", "LOCKDEP", r"BUG: spinlock (?P<what>.+?) on CPU", "BUG: spinlock {what}",
-       skip=r"spin"),
+       skip=r"spin|_(?:un)?lock(?:_\w+)?$"),
     _k("atomic_sleep", "ATOMIC_SLEEP", r"BUG: sleeping function called from invalid context",
        "BUG: sleeping function called from invalid context"),
     _k("sched_atomic", "ATOMIC_SLEEP", r"BUG: scheduling while atomic",
@@ -396,11 +408,13 @@ _KINDS: tuple[_Kind, ...] = (
     _k("bug", "BUG", r"BUG: (?P<what>\S.*)", "BUG: {what}", stack=False, generic=True),
 )
 
-# Cheap test before trying every header.
-_MAYBE_HEADER = re.compile(
-    r"BUG|WARNING|INFO:|UBSAN|[Pp]anic|PANIC|Oops|fault|error|opcode|overflow|corruption"
-    r"|refcount_t|[Uu]sercopy|oom|[Oo]ut of memory|Unable|Alignment|unreferenced|VFS:|LOCKUP"
-    r"|dumped because|stack segment"
+# Cheap test before trying every header: each header holds one of these.
+_HEADER_WORDS = (
+    "BUG", "WARNING:", "INFO:", "UBSAN:", "panic", "PANIC", "Oops", "protection fault",
+    "divide", "invalid opcode", "stack segment", "stack overflow", "corruption", "double add",
+    "refcount_t:", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
+    "Internal error", "Unhandled fault", "unreferenced object", "VFS: Busy", "LOCKUP",
+    "dumped because",
 )
 _BENIGN = re.compile(
     r"WARNING: /etc/ssh/moduli does not exist|WARNING: [Tt]he mand mount option"
@@ -426,7 +440,7 @@ def _match_header(line: _Line, trusted: bool) -> tuple[_Kind, re.Match[str]] | N
     """The kind of report a line opens.  Only ``trusted`` lines (kernel-prefixed,
     or any line of an unprefixed log) may use loose wording or a mid-line start."""
     text = line.text
-    if not text or not _MAYBE_HEADER.search(text) or _BENIGN.match(text):
+    if not any(w in text for w in _HEADER_WORDS) or _BENIGN.match(text):
         return None
     for kind in _KINDS:
         if (trusted or not kind.generic) and (m := kind.regex.match(text)):
@@ -546,8 +560,9 @@ class StreamClassifier:
         self._n += 1
         self._prefixed |= ln.prefixed
         done: list[Report] = []
-        # On a timestamped console an unprefixed "WARNING: ..." is likely a userspace echo.
-        hit = _match_header(ln, trusted=ln.prefixed or not self._prefixed)
+        # On a timestamped console an unprefixed "WARNING: ..." is likely a userspace echo;
+        # a glued line may be a syslog copy, so it only gets strict headers too.
+        hit = _match_header(ln, trusted=(ln.prefixed and not ln.glued) or not self._prefixed)
         owner = self._owner(ln)
         if hit:
             kind, m = hit
@@ -673,37 +688,35 @@ _ACCESS = re.compile(r"\b(Read|Write) (?:of size|at addr)")
 
 
 def _finish(p: _Pending) -> Report:
-    kind, groups = p.kind, {k: (v or "") for k, v in p.match.groupdict().items()}
-    texts = [ln.text for ln in p.lines[p.head:]]
+    kind = p.kind
+    groups = {k: v or "" for k, v in p.match.groupdict().items()}
+    texts = [ln.text for ln in p.lines[p.head:]]  # from the header on
     category, title, skip = kind.category, kind.title, kind.skip
     if kind.name in ("warning_at", "kernel_bug"):
         category, title, skip = _by_source(p, groups, category, title, skip)
-    if kind.name == "kasan":
+    elif kind.name == "slub" and "kasan" in groups["what"]:
+        category = "KASAN"
+    elif kind.name == "kasan":
         access = next((m[1] for t in texts[:30] if (m := _ACCESS.search(t))), "")
         groups["access"] = f" {access}" if access else ""
-    if kind.name == "slub" and "kasan" in groups["what"]:
-        category = "KASAN"
-    if kind.name in ("oom_invoked", "oom_killed", "oom_constraint"):
+
+    frame: str | None = None
+    if kind.category == "OOM":
         title = _oom_title(p)
     elif kind.name == "panic":
-        title = "kernel panic: " + groups["why"].rstrip(" .")
+        title, frame = _panic_name(groups["why"], texts)
     else:
         title = title.format(**groups)[:_MAX_TITLE]
-    if kind.name == "panic":
-        frame = _panic_frame(groups["why"], texts)
-        if frame:
-            what = "stack is corrupted" if "stack-protector" in groups["why"] \
-                else "corrupted stack end"
-            title = f"kernel panic: {what} in {frame}"
-    elif frame := _culprit(p, texts, skip):
-        title = f"{title} in {frame}"
-    corrupted = kind.corrupted or _TIMESTAMP.search(p.lines[p.head].text) is not None
-    if kind.stack and not any(_is_frame_line(t) for t in texts[1:]):
-        corrupted = True
-    if any(_INTERLEAVED.search(t) for t in texts[1:]):
-        corrupted = True  # another report with its own stack got mixed in
-    if kind.name == "panic" and _CONSEQUENCE.search(groups["why"]):
-        corrupted = True  # the report it ends was lost
+        if frame := _culprit(p, texts, skip):
+            title = f"{title} in {frame}"
+
+    corrupted = (
+        kind.corrupted
+        or bool(_TIMESTAMP.search(texts[0]))  # another message got into the header line
+        or (kind.stack and not any(_is_frame_line(t) for t in texts[1:]))
+        or any(_INTERLEAVED.search(t) for t in texts[1:])  # another report got mixed in
+        or (kind.name == "panic" and bool(_CONSEQUENCE.search(groups["why"])))  # its oops is lost
+    )
     lines = [ln for ln in p.lines if ln.idx <= p.last_like]
     return Report(category, title, frame, corrupted, lines[0].idx, p.last_like,
                   "\n".join(ln.raw for ln in lines))
@@ -734,43 +747,48 @@ def _oom_title(p: _Pending) -> str:
     return "out of memory"
 
 
-def _panic_frame(why: str, texts: list[str]) -> str | None:
+def _panic_name(why: str, texts: list[str]) -> tuple[str, str | None]:
+    """Title and culprit of a panic; only stack corruption panics name a function."""
+    frame = None
     if m := re.search(rf"stack is corrupted in: (?P<fn>{_SYM})\+0x", why):
-        return _clean(m["fn"])
-    if "stack-protector" in why:
-        return _pick(_stack(texts, False), re.compile(r"stack_chk"))
-    if "corrupted stack end" in why:
-        return _stall_frame(texts, re.compile(r"schedule|retint_kernel"), interrupted=False)
-    return None
+        frame = _clean(m["fn"])
+    elif "stack-protector" in why:
+        frame = _pick(_stack(texts, False), re.compile(r"stack_chk"))
+    elif "corrupted stack end" in why:
+        frame = _stall_frame(texts, re.compile(r"schedule|retint_kernel"), interrupted=False)
+    if frame:
+        what = "stack is corrupted" if "stack-protector" in why else "corrupted stack end"
+        return f"kernel panic: {what} in {frame}", frame
+    return "kernel panic: " + why.rstrip(" .")[:_MAX_TITLE], None
 
 
 def _culprit(p: _Pending, texts: list[str], skip: re.Pattern[str] | None) -> str | None:
+    """The function to blame, by the kind's ``how``; texts[0] is the header."""
     how = p.kind.how
     helpers = _helper_funcs(texts)
-    cands: list[str] = []
     if how == "none":
         return None
-    if how == "last":
+    if how == "last":  # workqueue reports name the work function
         m = next((m for t in texts if (m := re.search(rf"last function: ({_SYM})", t))), None)
         return _clean(m[1]) if m else None
     if how == "stall":
         return _stall_frame(texts, skip, helpers=helpers)
     if how == "hang":
         return _hang_frame(texts, helpers)
+    cands: list[str] = []
     if how == "at":
         cands = _at_frames(texts)
     elif how == "irqsafe":
         at = next((i for i, t in enumerate(texts) if re.search(r"which became \S+-safe at:", t)), 0)
         cands = _stack(texts[at:], True) + _at_frames(texts)
     elif how == "header" and p.match.groupdict().get("fn"):
-        cands.append(_clean(p.match["fn"]))
+        cands = [_clean(p.match["fn"])]
     if how in ("header", "rip"):
         cands += [fn for t in texts if (fn := _rip_of(t))][:1]
-        if re.fullmatch(r"[\w./+-]+\.c:\d+", src := p.match.groupdict().get("src") or "") \
-                and _HELPER_FILE.match(src):
+        src = p.match.groupdict().get("src") or ""
+        if re.fullmatch(r"[\w./+-]+\.c:\d+", src) and _HELPER_FILE.match(src):
             helpers.update(cands)  # a WARN/BUG site in generic code blames its caller
-    cands += _stack(texts, p.kind.direct)
-    return _pick(cands, skip, helpers)
+    return _pick(cands + _stack(texts, p.kind.direct), skip, helpers)
 
 
 def _stack(texts: list[str], direct: bool, rip: bool = False) -> list[str]:
@@ -878,7 +896,10 @@ def _stall_frame(texts: list[str], skip: re.Pattern[str] | None, interrupted: bo
     return first
 
 
-_HANG_SKIP_RE = re.compile(_HANG_SKIP)
+# A hung task sleeps in generic waiting code; blame who waits.
+_HANG_SKIP = re.compile(r"sched|_lock|slowlock|(?:^|_)down|completion|kthread|wait|synchronize"
+                        r"|context_switch|switch_to|cancel_delayed_work|io_schedule|freezer"
+                        r"|refrigerator")
 
 
 def _hang_frame(texts: list[str], helpers: set[str]) -> str | None:
@@ -888,4 +909,4 @@ def _hang_frame(texts: list[str], helpers: set[str]) -> str | None:
             return "rtnl_lock"
         if re.match(r"synchronize_(?:rcu|srcu|net|sched)", f):
             return "synchronize_rcu"  # one bucket: hangs waiting for a grace period
-    return _pick(frames, _HANG_SKIP_RE, helpers)
+    return _pick(frames, _HANG_SKIP, helpers)
