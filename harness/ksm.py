@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.errors import KernelError
-from harness.remote import CommandResult, CommandTimeout, Runner, quote
+from harness.remote import CommandFailed, CommandResult, CommandTimeout, Process, Runner, quote
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 
@@ -84,8 +85,15 @@ class KsmWriteError(KsmError):
         self.errno_name = errno_name
 
 
-class KsmTimeout(KsmError):
-    """A KSM file write (typically run=2) did not return: a hang candidate."""
+class KsmTimeout(KsmError, CommandTimeout):
+    """A KSM file write (typically run=2) did not return: a hang candidate. Also a
+    CommandTimeout, so whatever treats guest command timeouts as hangs (the health monitor's
+    hang evidence) treats this one the same way."""
+
+    def __init__(self, message: str, command: str = "", timeout: float = 0.0) -> None:
+        Exception.__init__(self, message)
+        self.command = command
+        self.timeout = timeout
 
 
 class KsmNoProgress(KsmError):
@@ -191,6 +199,13 @@ def parse_process_stat(text: str) -> dict[str, int]:
         elif value in ("yes", "no"):
             stats[m.group(1)] = int(value == "yes")
     return stats
+
+
+def _read_all(ksm_dir: str) -> str:
+    """Shell that prints ``name:value`` for every readable file of ``ksm_dir`` with builtins
+    only (no process to fork: a fork+exec costs ~80 ms in a TCG guest)."""
+    return (f"for __kf in {ksm_dir}/*; do if read -r __kv < \"$__kf\"; then "
+            f"echo \"${{__kf##*/}}:$__kv\"; fi; done 2>/dev/null")
 
 
 def errno_from_text(text: str) -> str:
@@ -312,9 +327,12 @@ class Ksm:
 
     def snapshot(self) -> KsmSnapshot:
         """Every readable KSM file, read in one guest command."""
-        self.files()
-        result = self.runner.run(f"cd {self.dir} && grep -sH '' *", timeout=self.timeout)
-        values = parse_snapshot(result.stdout)
+        files = self.files()
+        for _ in range(3):  # a file caught mid-rewrite reads empty (fake trees only): again
+            result = self.runner.run(_read_all(self.dir), timeout=self.timeout)
+            values = parse_snapshot(result.stdout)
+            if not values or all(name in values for name in files):
+                break
         if not values:
             raise KsmError(f"could not read {self.dir}: {result.stderr.strip()[:200]}")
         return KsmSnapshot(values)
@@ -325,7 +343,8 @@ class Ksm:
 
     def _read(self, name: str) -> int:
         self.require(name)
-        result = self.runner.run(f"cat {self.dir}/{name}", timeout=self.timeout, check=True)
+        result = self.runner.run(f"read -r __k < {self.dir}/{name} && echo \"$__k\"",
+                                 timeout=self.timeout, check=True)
         return KsmSnapshot({name: result.stdout.strip()})[name]
 
     def knobs(self) -> dict[str, str]:
@@ -337,15 +356,17 @@ class Ksm:
     def exact_counters(self) -> KsmSnapshot:
         """A snapshot with ksmd paused: counters move while it scans. Sets run=0, reads,
         restores run, all in one guest command (writing run waits for ksmd's current batch)."""
-        script = (f"cd {self.dir} || exit 3; r=$(cat run); "
-                  f"if [ \"$r\" = 1 ]; then /bin/echo 0 > run || exit 4; fi; "
-                  f"grep -sH '' *; rc=$?; "
-                  f"if [ \"$r\" = 1 ]; then /bin/echo 1 > run || exit 5; fi; "
-                  f"echo \"saved_run:$r\"; exit $rc")
+        d, echo = self.dir, self._echo()
+        script = (f"__kr=; read -r __kr < {d}/run; __ks=0\n"
+                  f"if [ \"$__kr\" = 1 ]; then {echo} 0 > {d}/run || __ks=4; fi\n"
+                  f"if [ $__ks = 0 ]; then {_read_all(d)}; fi\n"
+                  f"if [ \"$__kr\" = 1 ]; then {echo} 1 > {d}/run || __ks=5; fi\n"
+                  f"echo \"saved_run:$__kr\"; echo \"exact_status:$__ks\"")
         result = self._run(script, "exact counters (run=0, read, restore run)", self.timeout * 2)
         values = parse_snapshot(result.stdout)
-        if result.status in (3, 4, 5) or "saved_run" not in values:
-            raise KsmError(f"reading exact KSM counters failed (exit {result.status}): "
+        status = values.pop("exact_status", "?")
+        if status != "0" or not values.get("saved_run"):
+            raise KsmError(f"reading exact KSM counters failed (step {status}): "
                            f"{result.stderr.strip()[:200]}")
         values["run"] = values.pop("saved_run")
         return KsmSnapshot(values)
@@ -375,8 +396,9 @@ class Ksm:
         path = f"{self.dir}/{name}"
         # /bin/echo, not the shell's builtin: dash's echo reports every failed write as
         # "I/O error", coreutils' (and busybox's) print the errno text (EBUSY, EINVAL...).
-        result = self._run(f"/bin/echo {quote(text)} > {path} && cat {path}",
-                           f"writing {text} to {path}", timeout or self.timeout)
+        result = self._run(f"{self._echo()} {quote(text)} > {path} && read -r __k < {path} "
+                           f"&& echo \"$__k\"", f"writing {text} to {path}",
+                           timeout or self.timeout)
         if not result.ok:
             detail = (result.stderr or result.stdout).strip()
             raise KsmWriteError(name, value, errno_from_text(detail), detail[-200:])
@@ -384,6 +406,12 @@ class Ksm:
         # run=2 reads back 2 once unmerged; other knobs read back what was written.
         if selected_value(got) != text:
             raise KsmWriteError(name, value, "readback", f"reads back {got!r}")
+
+    def _echo(self) -> str:
+        # /bin/echo, not the shell's builtin: dash's echo reports every failed write as
+        # "I/O error", coreutils' (and busybox's) print the errno text (EBUSY, EINVAL...).
+        # bash's builtin does too: a GuestShell (bash) saves the fork+exec.
+        return "echo" if getattr(self.runner, "echo_reports_errno", False) else "/bin/echo"
 
     def _run(self, cmd: str, what: str, timeout: float) -> CommandResult:
         try:
@@ -492,3 +520,308 @@ class Ksm:
                     f"({done} full scans done, {min_full_scans} required)")
         raise KsmNoProgress(f"{what}; before: {before.summary()}; after: {snap.summary()}",
                             before, snap)
+
+    def wait_counts(self, expected: dict[str, int], pages: int | None = None,
+                    timeout: float | None = None, min_full_scans: int = 2,
+                    what: str = "") -> KsmSnapshot:
+        """Wait (event-driven, with a deadline from the scan rate) until the counters are
+        exactly ``expected`` on a snapshot taken with ksmd paused; return that snapshot. On
+        timeout raise KsmCountMismatch naming each counter that is off (or KsmNoProgress's
+        "ksmd made no progress" message when ksmd did not scan at all)."""
+        if pages is None:
+            pages = max(expected.get("pages_shared", 0) + expected.get("pages_sharing", 0)
+                        + expected.get("pages_unshared", 0), 1)
+        try:
+            return self.wait_merged(lambda snap: not count_mismatches(snap, expected),
+                                    min_full_scans=min_full_scans, timeout=timeout,
+                                    pages=pages, exact=True, expect=what)
+        except KsmNoProgress as e:
+            last = self.exact_counters() if e.after.get("run") == RUN_MERGE else e.after
+            wrong = count_mismatches(last, expected)
+            if not wrong or e.after["full_scans"] == e.before["full_scans"]:
+                raise
+            where = f" {what}" if what else ""
+            raise KsmCountMismatch(f"KSM counters wrong{where} after waiting "
+                                   f"{e.after.taken - e.before.taken:.0f}s: "
+                                   f"{describe_mismatches(wrong)} (all: {last.summary()})",
+                                   last, wrong) from None
+
+    def assert_counts(self, expected: dict[str, int], what: str = "") -> KsmSnapshot:
+        """Read the counters with ksmd paused and check them now (no waiting)."""
+        snap = self.exact_counters()
+        check_counts(snap, expected, what)
+        return snap
+
+
+# ---- exact expectations (what the kernel defines) ----
+
+# The counters a scenario asserts exactly; the order is the order of failure messages.
+EXACT_COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+                  "stable_node_chains", "stable_node_dups")
+
+
+class KsmCountMismatch(KsmError):
+    """The KSM counters are not what the kernel's rules say they must be. The message names
+    every counter that is off, its value and the expected one."""
+
+    def __init__(self, message: str, snapshot: KsmSnapshot,
+                 mismatches: dict[str, tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
+        self.mismatches = mismatches  # counter -> (got, expected)
+
+
+def count_mismatches(snap: KsmSnapshot, expected: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """{counter: (got, expected)} for every expected counter the snapshot does not match (a
+    counter this kernel lacks is skipped: detect, don't assume)."""
+    return {name: (snap[name], want) for name, want in expected.items()
+            if name in snap and snap[name] != want}
+
+
+def describe_mismatches(mismatches: dict[str, tuple[int, int]]) -> str:
+    """``pages_sharing is 4079, expected 4080; pages_unshared is 1, expected 0``."""
+    return "; ".join(f"{name} is {got}, expected {want}"
+                     for name, (got, want) in mismatches.items())
+
+
+def check_counts(snap: KsmSnapshot, expected: dict[str, int], what: str = "") -> None:
+    """Raise KsmCountMismatch naming each counter that differs from ``expected``."""
+    wrong = count_mismatches(snap, expected)
+    if wrong:
+        where = f" {what}" if what else ""
+        raise KsmCountMismatch(f"KSM counters wrong{where}: {describe_mismatches(wrong)} "
+                               f"(all: {snap.summary()})", snap, wrong)
+
+
+class Layout:
+    """What the guest maps MADV_MERGEABLE, to derive the counters KSM must end with.
+
+    ``same(content, pages, node)`` adds pages of one identical content (any label: "same:1",
+    "zero"...) on a NUMA node (None when the test does not bind them, which needs
+    merge_across_nodes=1); ``unique(pages)`` adds pages that match nothing. Each page must be
+    mapped once (a process forked after merging maps KSM pages again: see ``ksm_fork``).
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, int | None], int] = {}
+        self.unique_pages = 0
+        self.fork_sharing = 0
+
+    def same(self, content: str, pages: int, node: int | None = None) -> Layout:
+        key = (content, node)
+        self.groups[key] = self.groups.get(key, 0) + pages
+        return self
+
+    def zero(self, pages: int, node: int | None = None) -> Layout:
+        return self.same("zero", pages, node)
+
+    def unique(self, pages: int) -> Layout:
+        self.unique_pages += pages
+        return self
+
+    def ksm_fork(self, pages: int, children: int = 1) -> Layout:
+        """Children forked after ``pages`` pages were merged map those KSM pages again: each
+        such mapping joins its KSM page's stable node beyond max_page_sharing (stable_tree_
+        search finds the page already is that KSM page), so pages_sharing grows by
+        pages * children and nothing else moves."""
+        self.fork_sharing += pages * children
+        return self
+
+    def expected(self, max_page_sharing: int = 256, merge_across_nodes: bool = True,
+                 use_zero_pages: bool = False) -> dict[str, int]:
+        """The exact counters after at least two full scans with nothing changing.
+
+        Zero-filled content with use_zero_pages=1 maps the kernel's zero page instead of a KSM
+        page: it counts nowhere (6.1 has no ksm_zero_pages counter) and its rmap items go away.
+        With merge_across_nodes=0 each node has its own stable tree: one content on two nodes
+        makes two sets of KSM pages."""
+        merged: dict[tuple[str, int | None], int] = {}
+        for (content, node), pages in self.groups.items():
+            if use_zero_pages and content == "zero":
+                continue
+            if not merge_across_nodes and node is None:
+                raise ValueError(f"content {content!r} has no node: with merge_across_nodes=0 "
+                                 "the expectation depends on where pages are")
+            key = (content, node if not merge_across_nodes else None)
+            merged[key] = merged.get(key, 0) + pages
+        out = {name: 0 for name in EXACT_COUNTERS}
+        out["pages_unshared"] = self.unique_pages
+        for pages in merged.values():
+            e = expected_counts(pages, max_page_sharing)
+            out["pages_shared"] += e.pages_shared
+            out["pages_sharing"] += e.pages_sharing
+            out["pages_unshared"] += e.unmerged
+            out["stable_node_chains"] += e.stable_node_chains
+            out["stable_node_dups"] += e.stable_node_dups
+        out["pages_sharing"] += self.fork_sharing
+        return out
+
+    @property
+    def pages(self) -> int:
+        """Mergeable pages in all (to size scan deadlines)."""
+        return sum(self.groups.values()) + self.unique_pages + self.fork_sharing
+
+
+ZERO_COUNTS = {name: 0 for name in EXACT_COUNTERS}
+
+
+class PendingWrite:
+    """A KSM file write running in the background in the guest (``run=2`` blocks until every
+    page is unmerged: tests race it with fork, exit, swapoff...)."""
+
+    def __init__(self, proc: Process, name: str, value: int | str, started: float) -> None:
+        self.proc = proc
+        self.name = name
+        self.value = value
+        self.started = started
+        self.status: int | None = None
+        self.detail = ""
+        self._early: str | None = None  # a line read by done()
+
+    def done(self) -> bool:
+        """True once the write has returned (never blocks for long; the outcome is then
+        reported by :meth:`wait`)."""
+        if self.status is not None or self._early is not None:
+            return True
+        try:
+            self._early = self.proc.read_line(0.01)
+        except CommandTimeout:
+            return False
+        except (EOFError, OSError):
+            self._early = ""
+        return True
+
+    def wait(self, timeout: float = 300.0) -> float:
+        """Wait for the write to return; raise KsmTimeout past ``timeout`` (a hang candidate)
+        or KsmWriteError if the kernel refused it; return how long it took since the start."""
+        deadline = time.monotonic() + timeout
+        lines: list[str] = []
+        while self.status is None:
+            left = deadline - time.monotonic()
+            try:
+                if self._early is not None:
+                    line, self._early = self._early, None
+                    if not line:
+                        raise EOFError
+                elif left <= 0:
+                    raise CommandTimeout("", timeout)
+                else:
+                    line = self.proc.read_line(left)
+            except CommandTimeout:
+                self.proc.kill()
+                raise KsmTimeout(f"writing {self.value} to KSM's {self.name} did not return "
+                                 f"within {timeout:.0f}s (KSM or ksmd hung?)") from None
+            except (EOFError, OSError):
+                raise KsmError(f"background write of {self.value} to {self.name} lost its "
+                               f"channel; output: {' | '.join(lines)}") from None
+            m = re.fullmatch(r"rc=(\d+)", line.strip())
+            if m:
+                self.status = int(m.group(1))
+            else:
+                lines.append(line.strip())
+        self.detail = " | ".join(lines)
+        took = time.monotonic() - self.started
+        if self.status != 0:
+            raise KsmWriteError(self.name, self.value, errno_from_text(self.detail),
+                                self.detail[-200:])
+        return took
+
+
+def write_in_background(runner: Runner, name: str, value: int | str,
+                        ksm_dir: str = KSM_DIR) -> PendingWrite:
+    """Start ``echo VALUE > /sys/kernel/mm/ksm/NAME`` in the guest without waiting for it."""
+    spawn = getattr(runner, "spawn", None)
+    if spawn is None:
+        raise KsmError("a background KSM write needs a runner that can spawn (a VM)")
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", text) or not re.fullmatch(r"[a-z_]+", name):
+        raise ValueError(f"refusing odd KSM write {name}={text!r}")
+    proc = spawn(f"{{ /bin/echo {text} > {ksm_dir}/{name}; }} 2>&1; echo rc=$?")
+    return PendingWrite(proc, name, value, time.monotonic())
+
+
+class GuestShell:
+    """A :class:`harness.remote.Runner` over one long-lived bash in the guest.
+
+    Under TCG a new SSH exec costs ~250-350 ms (sshd forks a session, execs a shell, the command
+    forks again); a command sent to a shell that is already running costs ~25 ms when it uses
+    builtins only. KSM control polls counters in tight loops, hence this. ``put``/``get``/
+    ``spawn`` go to the underlying VM.
+
+    Each command runs in the shell itself, inside ``{ ...; }`` with stdin from /dev/null (so a
+    command cannot read the protocol), or in a subshell ``( ... )`` when it uses exit, cd, exec,
+    set or trap (which would change or end the shared shell). A command past its timeout ends
+    the shell (a new one starts with the next command). bash's builtin echo reports the errno
+    text of a failed write, so Ksm writes knobs with it (``echo_reports_errno``).
+    """
+
+    MARK = "\x01KSMSH"
+    echo_reports_errno = True
+
+    def __init__(self, spawner: Runner, shell: str = "bash --noprofile --norc") -> None:
+        self.spawner = spawner
+        self.shell = shell
+        self.proc: Process | None = None
+        self.errfile = f"/tmp/.ksm-shell-{os.getpid()}-{id(self):x}.err"
+        self.commands = 0
+
+    def _start(self) -> Process:
+        spawn = getattr(self.spawner, "spawn", None)
+        if spawn is None:
+            raise KsmError("GuestShell needs a runner that can spawn (a VM)")
+        self.proc = spawn(f"exec {self.shell}")
+        return self.proc
+
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        proc = self.proc or self._start()
+        t0 = time.monotonic()
+        isolate = re.search(r"(^|[^\w$-])(exit|cd|exec|set|trap)\b", cmd) is not None
+        body = f"( {cmd}\n)" if isolate else f"{{ {cmd}\n}}"
+        script = (f"{body} </dev/null 2>{self.errfile}; printf '\\n{self.MARK} %d\\n' $?; "
+                  f"while IFS= read -r __l || [ -n \"$__l\" ]; do printf '%s\\n' \"$__l\"; "
+                  f"done <{self.errfile}; printf '{self.MARK}E\\n'")
+        out: list[str] = []
+        err: list[str] = []
+        status: int | None = None
+        try:
+            proc.send_line(script)
+            deadline = t0 + timeout
+            while True:
+                line = proc.read_line(max(deadline - time.monotonic(), 0.001))
+                if status is None:
+                    if line.startswith(self.MARK + " "):
+                        status = int(line.split()[1])
+                    else:
+                        out.append(line)
+                elif line == self.MARK + "E":
+                    break
+                else:
+                    err.append(line)
+        except CommandTimeout:
+            self.close()
+            raise CommandTimeout(cmd, timeout) from None
+        except (EOFError, OSError) as e:
+            self.close()
+            status, err = 255, err + [f"guest shell ended ({type(e).__name__})"]
+        self.commands += 1
+        # Our printf put a newline before the mark: the command's own output is the rest.
+        stdout = "".join(line + "\n" for line in out)[:-1] if out else ""
+        stderr = "".join(line + "\n" for line in err)
+        result = CommandResult(cmd, status, stdout, stderr, time.monotonic() - t0)
+        if check and not result.ok:
+            raise CommandFailed(result)
+        return result
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        self.spawner.put(local, remote, mode)
+
+    def get(self, remote: str, local: Path) -> None:
+        self.spawner.get(remote, local)
+
+    def spawn(self, cmd: str) -> Process:
+        return self.spawner.spawn(cmd)  # type: ignore[attr-defined,no-any-return]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc = None

@@ -519,6 +519,15 @@ class Workload:
         """rss_kb anon_kb anonhuge_kb swap_kb locked_kb, vmas and mergeable (VMAs flagged mg)."""
         return {k: int(v) for k, v in self.command(f"smaps {name}").fields.items()}
 
+    def pageflags(self, name: str, first: int | None = None,
+                  count: int | None = None) -> dict[str, int]:
+        """What backs the region's pages (C workload, root in the guest): present, swapped,
+        ksm (pages mapping a KSM page), ksmpfns (distinct KSM pages), thp, zero (the zero
+        page), nopfn (PFN hidden or unreadable)."""
+        line = f"pageflags {name}" + _range(first, count)
+        f = self.command(line, self._timeout(count or self._pages(name))).fields
+        return {k: int(v) for k, v in f.items()}
+
     def sleep(self, ms: int) -> None:
         self.command(f"sleep {ms}", BASE_TIMEOUT + ms / 1000)
 

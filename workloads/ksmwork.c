@@ -46,6 +46,12 @@
  *   migrate FROM TO        migrate_pages(2) of this process -> ok notmoved=N
  *   smaps NAME             -> ok vmas=V rss_kb=.. anon_kb=.. anonhuge_kb=.. swap_kb=..
  *                             locked_kb=.. mergeable=M (VMAs with the "mg" flag)
+ *   pageflags NAME [FIRST COUNT]
+ *        what backs each page, from /proc/self/pagemap and /proc/kpageflags (root: PFNs):
+ *        -> ok present=P swapped=S ksm=K ksmpfns=D thp=T zero=Z nopfn=N
+ *           ksm: pages mapping a KSM page, ksmpfns: distinct KSM pages among them, thp: pages
+ *           in a transparent huge page, zero: pages mapping the zero page, nopfn: present
+ *           pages whose PFN was hidden (no CAP_SYS_ADMIN) or unreadable in kpageflags
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
  *   free NAME | sleep MS | pid | regions | help
@@ -981,6 +987,84 @@ static int cmd_smaps(int argc, char **argv)
 		  "mergeable=%d", vmas, rss, anon, huge, swap, locked, mergeable);
 }
 
+/* ---- what backs the pages ---- */
+
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+#define PM_SWAP (1ULL << 62)
+#define PM_PRESENT (1ULL << 63)
+#define KPF_KSM 21
+#define KPF_THP 22
+#define KPF_ZERO_PAGE 24
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int cmd_pageflags(int argc, char **argv)
+{
+	size_t first = 0, count = 0, present = 0, swapped = 0, ksm = 0, thp = 0, zero = 0, nopfn = 0;
+	if (argc != 2 && argc != 4)
+		return err("usage: pageflags NAME [FIRST COUNT]");
+	struct region *r = need_region("pageflags", argv[1]);
+	if (!r || parse_range("pageflags", r, argc, argv, 2, &first, &count))
+		return -1;
+	uint64_t *pm = malloc(count * sizeof(uint64_t)), *pfns = malloc(count * sizeof(uint64_t));
+	if (!pm || !pfns) {
+		free(pm), free(pfns);
+		return err("pageflags: no memory for %zu entries", count);
+	}
+	int pmfd = open("/proc/self/pagemap", O_RDONLY);
+	int kfd = open("/proc/kpageflags", O_RDONLY);
+	if (pmfd < 0) {
+		int e = errno;
+		free(pm), free(pfns);
+		if (kfd >= 0)
+			close(kfd);
+		return err("pageflags: /proc/self/pagemap: %s", errstr(e));
+	}
+	off_t off = (off_t)(((uintptr_t)r->addr / page_size + first) * sizeof(uint64_t));
+	ssize_t got = pread(pmfd, pm, count * sizeof(uint64_t), off);
+	int e = errno;
+	close(pmfd);
+	if (got != (ssize_t)(count * sizeof(uint64_t))) {
+		free(pm), free(pfns);
+		if (kfd >= 0)
+			close(kfd);
+		return err("pageflags: short pagemap read (%zd): %s", got, errstr(e));
+	}
+	size_t nksm = 0;
+	for (size_t i = 0; i < count; i++) {
+		if (pm[i] & PM_SWAP)
+			swapped++;
+		if (!(pm[i] & PM_PRESENT))
+			continue;
+		present++;
+		uint64_t pfn = pm[i] & PM_PFN_MASK, flags = 0;
+		if (!pfn || kfd < 0 ||
+		    pread(kfd, &flags, sizeof(flags), (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
+			nopfn++;
+			continue;
+		}
+		if (flags & (1ULL << KPF_KSM)) {
+			ksm++;
+			pfns[nksm++] = pfn;
+		}
+		thp += (flags >> KPF_THP) & 1;
+		zero += (flags >> KPF_ZERO_PAGE) & 1;
+	}
+	if (kfd >= 0)
+		close(kfd);
+	qsort(pfns, nksm, sizeof(uint64_t), cmp_u64);
+	size_t distinct = 0;
+	for (size_t i = 0; i < nksm; i++)
+		distinct += i == 0 || pfns[i] != pfns[i - 1];
+	free(pm), free(pfns);
+	return ok("present=%zu swapped=%zu ksm=%zu ksmpfns=%zu thp=%zu zero=%zu nopfn=%zu", present,
+		  swapped, ksm, distinct, thp, zero, nopfn);
+}
+
 /* ---- children ---- */
 
 static int serve(FILE *in);
@@ -1211,7 +1295,7 @@ static int cmd_help(int argc, char **argv)
 	(void)argc, (void)argv;
 	return ok("commands: alloc madvise verify write corrupt touch mlock munlock mlockall "
 		  "munlockall fork children pids move nodes policy migrate smaps free sleep pid "
-		  "regions peek crash churn help exit");
+		  "regions peek crash churn pageflags help exit");
 }
 
 static int exit_status(void)
@@ -1245,7 +1329,7 @@ static int dispatch(char *line)
 		{"nodes", cmd_nodes},	    {"policy", cmd_policy},	{"migrate", cmd_migrate},
 		{"smaps", cmd_smaps},	    {"sleep", cmd_sleep},	{"pid", cmd_pid},
 		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
-		{"crash", cmd_crash},	    {"churn", cmd_churn},
+		{"crash", cmd_crash},	    {"churn", cmd_churn},	{"pageflags", cmd_pageflags},
 	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;

@@ -1,0 +1,249 @@
+"""Fixtures of the KSM scenario suite.
+
+- ``ksm_guest`` (module): the module's guest, checked for KSM, with the workloads uploaded once
+  and KSM's boot-time knob values recorded.
+- ``ksm`` (test): a :class:`harness.ksm.Ksm` for that guest. Before the test: nothing merged,
+  knobs at their boot values, then fast scanning (pages_to_scan=10000, sleep_millisecs=0) and
+  run=0 (the test starts ksmd when its workload is in place). After the test: run=2 first (so
+  merge_across_nodes and max_page_sharing can change back), every knob restored, nothing left
+  merged.
+- ``workload``: a factory starting the C workload (or its Python twin) in the guest, optionally
+  inside a memory cgroup; every workload still running is told to exit (then killed) after the
+  test.
+- ``memcg``, ``zram_swap``, ``thp_mode``: memory cgroups, a zram swap device and the THP mode,
+  each undone after the test.
+- ``ksm_seed``: the chaos seed, from ``--ksm-seed`` (or $KSM_SEED), random otherwise; a failing
+  test that used it gets a report section naming it.
+
+A scenario whose kernel lacks a feature (a knob, NUMA nodes, zram, a swap disk) is skipped with
+the reason; see :func:`skip_unless`.
+"""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from harness import paths, workloads
+from harness.ksm import (
+    FAST_PAGES_TO_SCAN,
+    FAST_SLEEP_MILLISECS,
+    ZERO_COUNTS,
+    GuestShell,
+    Ksm,
+    KsmError,
+    KsmUnavailable,
+    count_mismatches,
+    describe_mismatches,
+)
+from harness.workloads import Workload, WorkloadError
+from tests.ksm import guestsys
+from tests.ksm.guestsys import MemCgroup, Unavailable
+
+SEED_OPTION = "--ksm-seed"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("ksm-harness").addoption(
+        SEED_OPTION, type=int, default=None,
+        help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; a "
+             "failure prints the seed to rerun with)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"ksm_report_{report.when}", report)
+    seed = getattr(item, "ksm_seed", None)
+    if seed is not None and report.failed:
+        report.sections.append(("ksm-seed", f"this test used ksm seed {seed}: rerun with "
+                                            f"{SEED_OPTION}={seed}"))
+
+
+@contextmanager
+def skip_unless() -> Iterator[None]:
+    """Turn a missing kernel feature into a skip that says what is missing."""
+    try:
+        yield
+    except (Unavailable, KsmUnavailable) as e:
+        pytest.skip(str(e))
+
+
+class KsmGuest:
+    """The module's guest, ready for KSM scenarios: the workloads uploaded (once per VM), a
+    long-lived guest shell, and KSM's knobs as the kernel booted with them. When the health
+    monitor replaced a crashed or hung VM (the ``vm`` fixture's ``generation`` moved), the next
+    :meth:`ensure` redoes all of it on the new VM."""
+
+    def __init__(self, vm) -> None:  # type: ignore[no-untyped-def]
+        self.vm = vm  # SSH: one exec per command (~300 ms under TCG); spawns workloads
+        self.generation: object = None
+        self.sh: GuestShell = GuestShell(vm)  # ~10-50 ms a command: use this one
+        self.binary = self.py_worker = ""
+        self.boot_knobs: dict[str, str] = {}
+        self.nodes: list[int] = []
+        self.ensure()
+
+    def ensure(self) -> None:
+        generation = getattr(self.vm, "generation", 0)
+        if generation == self.generation:
+            return
+        self.sh.close()
+        self.sh = GuestShell(self.vm)
+        k = Ksm(self.sh)
+        with skip_unless():
+            k.files()
+        self.binary, self.py_worker = workloads.install(self.vm, paths.cache_dir())
+        # KSM's knobs as the kernel booted with them (no test has run in this guest yet).
+        self.boot_knobs = k.defaults_capture()
+        self.nodes = guestsys.online_nodes(self.sh)
+        self.generation = generation
+
+    def close(self) -> None:
+        self.sh.close()
+
+
+@pytest.fixture(scope="module")
+def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
+    """The module's guest made ready for KSM scenarios (see KsmGuest)."""
+    guest = KsmGuest(vm)
+    yield guest
+    guest.close()
+
+
+@pytest.fixture
+def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
+    ksm_guest.ensure()
+    k = Ksm(ksm_guest.sh)
+    boot = ksm_guest.boot_knobs
+    # A clean start: nothing merged, the boot knob values (a previous test's restore failing
+    # is reported there; here we only refuse to run on top of its leftovers).
+    left = k.unmerge_all()
+    rest = count_mismatches(left, ZERO_COUNTS)
+    if rest:
+        pytest.fail(f"KSM not clean before the test (run=2 left {describe_mismatches(rest)})",
+                    pytrace=False)
+    now = k.defaults_capture()
+    for name, value in boot.items():
+        if name != "run" and now.get(name) != value:
+            k.set(name, value)
+    k.set("pages_to_scan", FAST_PAGES_TO_SCAN)
+    k.set("sleep_millisecs", FAST_SLEEP_MILLISECS)
+    k.set("run", 0)
+    yield k
+    k.restore(boot)
+    left = k.exact_counters()
+    rest = count_mismatches(left, ZERO_COUNTS)
+    if rest:
+        raise KsmError(f"KSM counters not back to 0 after the test and run=2: "
+                       f"{describe_mismatches(rest)}")
+
+
+WorkloadFactory = Callable[..., Workload]
+
+
+@pytest.fixture
+def workload(ksm_guest: KsmGuest, ksm: Ksm,
+             request: pytest.FixtureRequest) -> Iterator[WorkloadFactory]:
+    """``workload(python=False, cgroup=None)`` starts a workload in the guest (inside the
+    memory cgroup before it allocates anything). All are stopped after the test, before the
+    ``ksm`` fixture restores KSM."""
+    started: list[Workload] = []
+
+    def start(python: bool = False, cgroup: MemCgroup | None = None,
+              name: str | None = None) -> Workload:
+        if python:
+            w = Workload.start_python(ksm_guest.vm, ksm_guest.py_worker,
+                                      name=name or f"py{len(started)}")
+        else:
+            w = Workload.start(ksm_guest.vm, ksm_guest.binary, name=name or f"c{len(started)}")
+        started.append(w)
+        if cgroup is not None:
+            assert w.pid is not None
+            cgroup.add(w.pid)
+        return w
+
+    yield start
+    corrupt = []
+    for w in reversed(started):
+        if w.exit_status is not None:
+            continue
+        try:
+            if w.exit(timeout=120, check=False) == 1:
+                corrupt.append(w.name)
+        except WorkloadError:
+            w.kill()
+    call = getattr(request.node, "ksm_report_call", None)
+    if corrupt and call is not None and call.passed:
+        pytest.fail(f"workload(s) {', '.join(corrupt)} exited with status 1: they detected "
+                    "data corruption the test did not check", pytrace=False)
+
+
+@pytest.fixture
+def memcg(ksm_guest: KsmGuest) -> Iterator[Callable[[str], MemCgroup]]:
+    """``memcg(name)``: a memory cgroup, removed (its processes killed) after the test."""
+    made: list[MemCgroup] = []
+
+    def make(name: str) -> MemCgroup:
+        with skip_unless():
+            group = MemCgroup(ksm_guest.sh, f"ksmtest-{name}")
+        made.append(group)
+        return group
+
+    yield make
+    for group in made:
+        group.remove()
+
+
+@pytest.fixture
+def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
+    """A 256 MiB zram swap device, switched on for the test and reset after it."""
+    vm = ksm_guest.sh
+    with skip_unless():
+        dev = guestsys.zram_create(vm, 256)
+    guestsys.swapon(vm, dev, priority=20)
+    yield dev
+    guestsys.zram_remove(vm, dev)
+
+
+@pytest.fixture
+def thp_mode(ksm_guest: KsmGuest) -> Iterator[Callable[[str], None]]:
+    """``thp_mode("always"|"madvise"|"never")`` for the test; the boot value comes back."""
+    vm = ksm_guest.sh
+    saved = guestsys.read_selected(vm, guestsys.THP_ENABLED)
+    if saved is None:
+        pytest.skip("the guest kernel has no transparent hugepages")
+
+    def set_mode(mode: str) -> None:
+        guestsys.write_file(vm, guestsys.THP_ENABLED, mode)
+
+    yield set_mode
+    guestsys.write_file(vm, guestsys.THP_ENABLED, saved)
+
+
+@pytest.fixture
+def ksm_seed(request: pytest.FixtureRequest) -> int:
+    """The chaos seed (reported with any failure of the test that uses it)."""
+    given = request.config.getoption(SEED_OPTION, default=None)
+    if given is None and os.environ.get("KSM_SEED"):
+        given = int(os.environ["KSM_SEED"])
+    seed = given if given is not None else random.SystemRandom().randrange(1, 2**31)
+    request.node.ksm_seed = seed
+    print(f"ksm seed {seed}")
+    return seed
+
+
+def require_knob(k: Ksm, name: str) -> None:
+    with skip_unless():
+        k.require(name)
+
+
+def require_nodes(ksm_guest: KsmGuest, count: int) -> list[int]:
+    if len(ksm_guest.nodes) < count:
+        pytest.skip(f"needs {count} NUMA nodes, the guest has {len(ksm_guest.nodes)}: boot "
+                    f"with --numa {count}")
+    return ksm_guest.nodes

@@ -1,0 +1,236 @@
+"""Scenario 1: merge and unmerge with exact counters; the knobs refuse bad values; and proof that
+the suite's two checks (data verification, exact counters) fire.
+
+Several processes (two C workloads and the Python worker) map several page classes: identical
+pages shared across processes, unique pages, zero pages, pages differing only in their last
+bytes, and half-identical regions. The kernel defines the counters exactly once ksmd has done
+two full scans with nothing changing (see harness.ksm.Layout): every phase asserts all six with
+ksmd paused, and every phase verifies every byte of every process.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness.ksm import (
+    RUN_UNMERGE,
+    ZERO_COUNTS,
+    Ksm,
+    KsmCountMismatch,
+    KsmNoProgress,
+    KsmWriteError,
+    Layout,
+    selected_value,
+)
+from harness.workloads import DataCorruption
+
+# (knob, value the kernel must refuse with EINVAL). Values are what mm/ksm.c's parsers reject:
+# kstrtouint/kstrtoul/kstrtoint failures, run > 2, merge_across_nodes > 1, max_page_sharing < 2,
+# kstrtobool on anything but 0/1/y/n/on/off.
+INVALID = [
+    ("run", "3"), ("run", "-1"), ("run", "x"),
+    ("pages_to_scan", "-1"), ("pages_to_scan", "many"), ("pages_to_scan", "4294967296"),
+    ("sleep_millisecs", "-5"), ("sleep_millisecs", "1e3"),
+    ("merge_across_nodes", "2"), ("merge_across_nodes", "-1"),
+    ("max_page_sharing", "1"), ("max_page_sharing", "0"), ("max_page_sharing", "-3"),
+    ("max_page_sharing", "lots"),
+    ("use_zero_pages", "2"), ("use_zero_pages", "maybe"),
+    ("stable_node_chains_prune_millisecs", "-1"), ("stable_node_chains_prune_millisecs", "x"),
+]
+
+
+def build_processes(workload):  # type: ignore[no-untyped-def]
+    """Three processes and their page classes; returns (workloads, layout, per-process merged
+    pages) with max_page_sharing=256 in mind (no group leaves a lone page unmerged)."""
+    a, b, p = workload(name="A"), workload(name="B"), workload(python=True, name="P")
+    a.alloc("s1", 1536, "same:1")     # shared with B and P
+    a.alloc("u", 512, "unique:11")
+    a.alloc("z", 256, "zero")
+    a.alloc("lb", 256, "lastbyte:5")  # identical but for the last 8 bytes: all unique
+    a.alloc("h", 512, "half:7")       # 256 pages same:7, 256 unique
+    b.alloc("s1", 1024, "same:1")
+    b.alloc("s2", 300, "same:2")
+    p.alloc("s1", 200, "same:1")
+    p.alloc("s2", 100, "same:2")
+    for w in (a, b, p):
+        for name in w.regions:
+            w.madvise(name, "merge")
+    layout = (Layout().same("same:1", 1536 + 1024 + 200).same("same:2", 300 + 100)
+              .same("same:7", 256).zero(256).unique(512 + 256 + 256))
+    return (a, b, p), layout
+
+
+def verify_all(*ws) -> None:  # type: ignore[no-untyped-def]
+    for w in ws:
+        assert w.verify() == sum(w.regions.values())
+
+
+def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    (a, b, p), layout = build_processes(workload)
+    expected = layout.expected()
+    assert expected == {"pages_shared": 11 + 2 + 1 + 1, "pages_sharing": 2749 + 398 + 255 + 255,
+                        "pages_unshared": 1024, "pages_volatile": 0,
+                        "stable_node_chains": 2, "stable_node_dups": 13}
+    ksm.set("run", 1)
+    ksm.wait_counts(expected, what="after merging three processes")
+    verify_all(a, b, p)
+
+    # Per process: every mergeable page has an rmap item; the merged ones count in
+    # ksm_merging_pages (when this kernel has the files).
+    stat = ksm.process_stat(a.pid)
+    if "ksm_merging_pages" in stat:
+        assert stat["ksm_merging_pages"] == 1536 + 256 + 256, stat
+    if "ksm_rmap_items" in stat:
+        assert stat["ksm_rmap_items"] == 1536 + 512 + 256 + 256 + 512, stat
+
+    # Writes break KSM pages (COW): 10 pages of B's s1 get unique content.
+    for page in range(10):
+        b.write("s1", page * 50)
+    layout.groups[("same:1", None)] -= 10
+    layout.unique(10)
+    ksm.wait_counts(layout.expected(), what="after B rewrote 10 merged pages")
+    verify_all(a, b, p)
+
+    # MADV_UNMERGEABLE breaks B's s2 pages at once; ksmd drops their rmap items on its scan.
+    b.madvise("s2", "unmerge")
+    layout.groups[("same:2", None)] -= 300
+    ksm.wait_counts(layout.expected(), what="after B's MADV_UNMERGEABLE of s2")
+    verify_all(a, b, p)
+
+    # The Python process exits: its 300 pages leave the trees.
+    p.exit()
+    layout.groups[("same:1", None)] -= 200
+    layout.groups[("same:2", None)] -= 100
+    ksm.wait_counts(layout.expected(), what="after P exited")
+    verify_all(a, b)
+
+    # run=2 unmerges everything; then run=0: every counter stays 0.
+    ksm.set("run", RUN_UNMERGE, timeout=300)
+    ksm.set("run", 0)
+    snap = ksm.assert_counts(ZERO_COUNTS, "after run=2 then run=0")
+    assert snap["full_scans"] == 0, "run=2 resets full_scans"
+    verify_all(a, b)
+
+    # And KSM merges it all again.
+    ksm.set("run", 1)
+    ksm.wait_counts(layout.expected(), what="after merging again")
+    verify_all(a, b)
+
+
+def test_invalid_knob_values_are_einval_and_change_nothing(ksm: Ksm) -> None:
+    """Every knob refuses values its parser rejects with EINVAL, and nothing changes."""
+    before = ksm.knobs()
+    wrong = []
+    tried = 0
+    for knob, value in INVALID:
+        if not ksm.has(knob):
+            continue
+        tried += 1
+        try:
+            ksm.set(knob, value)
+            wrong.append(f"{knob}={value} was accepted")
+        except KsmWriteError as refused:
+            if refused.errno_name != "EINVAL":
+                wrong.append(f"{knob}={value} gave {refused.errno_name}, not EINVAL: {refused}")
+        after = ksm.knobs()
+        if after != before:
+            changed = {n: (before.get(n), v) for n, v in after.items() if before.get(n) != v}
+            wrong.append(f"{knob}={value} changed knobs (was, now): {changed}")
+            for name, (was, _) in changed.items():
+                if was is not None:
+                    ksm.set(name, selected_value(was))
+    assert tried >= 10
+    assert not wrong, "\n".join(wrong)
+
+
+def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    """merge_across_nodes and max_page_sharing: EBUSY while pages are shared (state
+    unchanged), the current value is always accepted, and run=2 makes them changeable."""
+    w = workload()
+    w.alloc("s", 512, "same:3", node=0)
+    w.madvise("s", "merge")
+    ksm.set("run", 1)
+    expected = Layout().same("same:3", 512).expected()
+    ksm.wait_counts(expected, what="merged")
+    for knob, other in (("merge_across_nodes", 0), ("max_page_sharing", 100)):
+        current = ksm.get(knob)
+        with pytest.raises(KsmWriteError) as refused:
+            ksm.set(knob, other)
+        assert refused.value.errno_name == "EBUSY", str(refused.value)
+        assert ksm.get(knob) == current
+        ksm.set(knob, current)  # writing the current value is not a change
+    ksm.assert_counts(expected, "after the refused writes")
+    ksm.set("run", RUN_UNMERGE, timeout=300)
+    ksm.set("max_page_sharing", 100)
+    ksm.set("merge_across_nodes", 0)
+    ksm.set("run", 1)
+    again = Layout().same("same:3", 512, node=0).expected(max_page_sharing=100,
+                                                          merge_across_nodes=False)
+    assert (again["pages_shared"], again["stable_node_chains"]) == (6, 1)
+    ksm.wait_counts(again, what="merged again with max_page_sharing=100, merge_across_nodes=0")
+    w.verify()
+
+
+# ---- the checks can fire ----
+
+def test_corruption_check_fires(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    """A byte flipped behind the workload's back (in a merged page, in the parent and in a
+    child) is reported as DataCorruption with its place: the verification is not a no-op."""
+    w = workload()
+    w.alloc("s", 256, "same:4")
+    w.madvise("s", "merge")
+    ksm.set("run", 1)
+    ksm.wait_counts(Layout().same("same:4", 256).expected(), what="merged")
+    w.corrupt("s", 17, 99)
+    with pytest.raises(DataCorruption) as found:
+        w.verify()
+    c = found.value
+    assert (c.region, c.page, c.offset, c.pages, c.child) == ("s", 17, 99, 1, None), str(c)
+    assert "DATA CORRUPTION" in str(c)
+    # The same check runs in forked children, and their verdict reaches the parent.
+    w.write("s", 17, same_seed=4)  # repair: expectation and content agree again
+    w.verify()
+    (child,) = w.fork(1)
+    w.children("corrupt s 200")
+    with pytest.raises(DataCorruption) as found:
+        w.children_verify()
+    assert (found.value.page, found.value.child) == (200, child), str(found.value)
+    assert w.children_exit() == [1]  # the child exits with the corruption status
+    assert w.exit(check=False) == 1  # and so does the parent
+
+
+def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    """A deliberately wrong expectation fails with a message naming the counter, its value and
+    the expected one."""
+    w = workload()
+    w.alloc("s", 300, "same:5")
+    w.alloc("u", 20, "unique:5")
+    w.madvise("s", "merge")
+    w.madvise("u", "merge")
+    ksm.set("run", 1)
+    right = Layout().same("same:5", 300).unique(20).expected()
+    ksm.wait_counts(right, what="merged")
+    wrong = dict(right, pages_sharing=right["pages_sharing"] + 1)
+    with pytest.raises(KsmCountMismatch) as mismatch:
+        ksm.wait_counts(wrong, timeout=3, what="with a wrong expectation")
+    message = str(mismatch.value)
+    assert (f"pages_sharing is {right['pages_sharing']}, expected {right['pages_sharing'] + 1}"
+            in message), message
+    assert mismatch.value.mismatches == {
+        "pages_sharing": (right["pages_sharing"], right["pages_sharing"] + 1)}
+    with pytest.raises(KsmCountMismatch, match="pages_unshared is 20, expected 0"):
+        ksm.assert_counts(dict(right, pages_unshared=0))
+    w.verify()
+
+
+def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    """When ksmd cannot finish a scan, the wait ends at its deadline with "ksmd made no
+    progress" and the counters, instead of hanging."""
+    w = workload()
+    w.alloc("s", 64, "same:6")
+    w.madvise("s", "merge")
+    ksm.set("pages_to_scan", 1)
+    ksm.set("sleep_millisecs", 600000)
+    ksm.set("run", 1)
+    with pytest.raises(KsmNoProgress, match="ksmd made no progress") as stalled:
+        ksm.wait_counts(Layout().same("same:6", 64).expected(), timeout=3)
+    assert "full_scans=" in str(stalled.value)
