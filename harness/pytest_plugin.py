@@ -7,6 +7,7 @@ Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture)
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,8 +15,12 @@ import pytest
 
 from . import paths, reaper, spec as spec_mod
 from .errors import HarnessError
+from .guest import Guest
+from .monitor import Finding, TestWindow
+from .remote import CommandTimeout
 from .topology import Topology
 from .vm import VM, VMSpec
+from .workloads import WorkloadTimeout
 
 VM_FIXTURES = {"vm", "fresh_vm", "vm_factory", "vm_spec"}
 
@@ -38,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "guest: needs a booted QEMU guest")
     config.addinivalue_line("markers", "host: runs on the host only, no QEMU")
     config.addinivalue_line("markers", "fresh_vm: give this test its own VM")
+    config.addinivalue_line("markers", "allow_kernel(*categories): kernel reports of these "
+                            "categories (e.g. OOM) do not fail the test")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -109,33 +116,152 @@ def vm_pool(vm_spec: VMSpec, run_dir: Path, request: pytest.FixtureRequest) -> I
     pool.stop_all()
 
 
+def _guest(pool: VMPool, name: str, topology: Topology | None = None,
+           cmdline: tuple[str, ...] = ()) -> Guest:
+    return Guest(lambda: pool.boot(topology=topology, cmdline=cmdline, name=name), pool.stop)
+
+
 @pytest.fixture(scope="module")
-def vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[VM]:
-    """One booted guest shared by the tests of a module."""
-    name = Path(str(request.module.__file__)).stem
-    guest = vm_pool.boot(name=name)
+def vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """One booted guest shared by the tests of a module (replaced after a crash or hang)."""
+    guest = _guest(vm_pool, Path(str(request.module.__file__)).stem)
     yield guest
-    vm_pool.stop(guest)
+    guest.close()
 
 
 @pytest.fixture
-def fresh_vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[VM]:
+def fresh_vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Guest]:
     """A guest of this test's own."""
-    guest = vm_pool.boot(name=request.node.name[:40])
+    guest = _guest(vm_pool, request.node.name[:40])
     yield guest
-    vm_pool.stop(guest)
+    guest.close()
 
 
 @pytest.fixture
-def vm_factory(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Callable[..., VM]]:
+def vm_factory(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Callable[..., Guest]]:
     """Boot guests with a custom topology/cmdline: ``vm_factory(topology=..., cmdline=...)``."""
-    made: list[VM] = []
+    made: list[Guest] = []
 
-    def make(topology: Topology | None = None, cmdline: tuple[str, ...] = ()) -> VM:
-        guest = vm_pool.boot(topology=topology, cmdline=cmdline, name=request.node.name[:40])
+    def make(topology: Topology | None = None, cmdline: tuple[str, ...] = ()) -> Guest:
+        guest = _guest(vm_pool, request.node.name[:40], topology, cmdline)
         made.append(guest)
         return guest
 
     yield make
     for guest in made:
-        vm_pool.stop(guest)
+        guest.close()
+
+
+# --- the kernel health monitor around every guest test ------------------------------------
+
+HANG_ERRORS: tuple[type[BaseException], ...] = (CommandTimeout, WorkloadTimeout)
+FINDINGS = pytest.StashKey[dict[str, list[Finding]]]()
+WINDOWS = pytest.StashKey[list[tuple[Guest, TestWindow]]]()
+
+
+def _guests(item: pytest.Item) -> list[Guest]:
+    found: list[Guest] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Guest) and value not in found:
+            found.append(value)
+    return found
+
+
+def _allowed(item: pytest.Item) -> tuple[str, ...]:
+    mark = item.get_closest_marker("allow_kernel")
+    return tuple(mark.args) if mark else ()
+
+
+def _test_name(item: pytest.Item) -> str:
+    return re.sub(r"[^\w./:\[\]=-]", "_", item.nodeid)[-120:]
+
+
+def _open_windows(item: pytest.Item) -> None:
+    windows = []
+    for guest in _guests(item):
+        if guest.boot_findings:
+            item.stash.setdefault(FINDINGS, {}).setdefault("call", []).extend(
+                guest.boot_findings)
+            guest.boot_findings = []
+        windows.append((guest, guest.monitor.begin(_test_name(item))))
+    item.stash[WINDOWS] = windows
+
+
+def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None) -> None:
+    findings: list[Finding] = []
+    for guest, window in item.stash.get(WINDOWS, []):
+        if guest.vm.stopped:  # torn down by its fixture: only its last reports count
+            findings += [Finding(r.title, r.category, r.text, r) for r in guest.monitor.flush()
+                         if r.start_line >= window.start_line
+                         and r.category not in _allowed(item)]
+            continue
+        dead = guest.alive()
+        hung = isinstance(excinfo, HANG_ERRORS) and dead is None
+        evidence = guest.monitor.hang_evidence() if hung else ""
+        found = guest.monitor.end(window, allow=_allowed(item), responsive=not hung)
+        if not hung and dead is None and not window.answered:
+            # no answer: usually a panic still being printed; give QEMU a moment to exit
+            dead = guest.vm.wait_exit(10.0)
+            if dead is None:
+                hung = True
+                evidence = guest.monitor.hang_evidence()
+        tail = guest.vm.console.tail(60) if guest.vm.console else ""
+        found = found or [Finding(f"at the end of the test: {r.title}", r.category, r.text, r)
+                          for r in guest.monitor.flush()
+                          if r.start_line >= window.start_line and r.category not in _allowed(item)]
+        if hung:
+            cause = excinfo if isinstance(excinfo, HANG_ERRORS) else "the guest stopped answering"
+            findings.append(Finding(f"guest hung: {cause}", "HANG",
+                                    f"{evidence}\n--- console tail ---\n{tail}"))
+            guest.broken = "hung"
+        elif dead is not None:
+            if not found:
+                findings.append(Finding(f"guest died: {dead}", "VM_DEAD",
+                                        f"--- console tail ---\n{tail}"))
+            guest.broken = "dead"
+        findings.extend(found)
+        if found and (dead or hung):
+            found[0].details += f"\n--- console tail ---\n{tail}"
+        if guest.broken:
+            try:
+                guest.replace()  # the next test gets a fresh VM
+            except HarnessError as exc:
+                findings.append(Finding(f"could not replace the guest: {exc}", "VM_DEAD", ""))
+    item.stash[WINDOWS] = []
+    if findings:
+        item.stash.setdefault(FINDINGS, {}).setdefault(phase, []).extend(findings)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    yield
+    _open_windows(item)  # after fixtures: the guest exists; setup output is boot-time noise
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    outcome = yield
+    _close_windows(item, "call", outcome.excinfo[1] if outcome.excinfo else None)
+    _open_windows(item)  # teardown (e.g. run=2 in a fixture) is watched too
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    outcome = yield
+    _close_windows(item, "teardown", outcome.excinfo[1] if outcome.excinfo else None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    findings = item.stash.get(FINDINGS, {}).get(call.when, [])
+    if not findings:
+        return
+    first = findings[0]
+    body = "\n\n".join(f"[{f.category}] {f.title}\n{f.details}" for f in findings)
+    if rep.failed and rep.longrepr is not None and call.when == "call":
+        body += f"\n\n--- the test's own failure ---\n{rep.longrepr}"
+    rep.outcome = "failed"
+    rep.longrepr = f"{first.title}\n\n{body}"
+    rep.user_properties.append(("kernel_report", first.title))

@@ -1,15 +1,16 @@
-"""SSH to the guest: fabric for commands and file transfer, paramiko underneath, the
-guest's host key pinned, every call bounded by a deadline."""
+"""SSH to the guest: fabric's Connection for the login, paramiko channels for commands and
+files, the guest's host key pinned, every step bounded by a deadline (a frozen guest must
+never block us: paramiko's own channel open and fabric's run wait forever there)."""
 from __future__ import annotations
 
 import logging
+import shlex
 import socket
 import time
 from pathlib import Path
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from .remote import CommandFailed, CommandResult, CommandTimeout
 
@@ -119,34 +120,85 @@ class SSH:
     def connected(self) -> bool:
         return bool(self.conn and self.conn.is_connected)
 
-    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
-        if self.conn is None:
+    def _channel(self, timeout: float, cmd: str = "(a new SSH channel)") -> paramiko.Channel:
+        if self.conn is None or self.conn.transport is None or not self.conn.transport.is_active():
             raise SSHUnavailable("not connected")
-        t0 = time.monotonic()
+        # open_session waits forever on a frozen guest unless given a deadline
         try:
-            r = self.conn.run(cmd, hide=True, warn=True, timeout=timeout, in_stream=False)
-        except CommandTimedOut:
-            raise CommandTimeout(cmd, timeout) from None
-        except UnexpectedExit as exc:  # not raised with warn=True, kept for clarity
-            r = exc.result
-        result = CommandResult(cmd, r.exited if r.exited is not None else -1, r.stdout, r.stderr,
-                               time.monotonic() - t0)
+            return self.conn.transport.open_session(timeout=timeout)
+        except paramiko.SSHException as exc:
+            if "Timeout" in str(exc) or "timeout" in str(exc):
+                raise CommandTimeout(cmd, timeout) from None
+            raise SSHUnavailable(f"cannot open an SSH channel: {exc}") from None
+
+    def exec(self, cmd: str, timeout: float = 60.0, stdin: bytes | None = None
+             ) -> tuple[int, bytes, bytes, float]:
+        """Run ``cmd``; every step (channel open, input, output, exit) within ``timeout``."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        chan = self._channel(timeout, cmd)
+        try:
+            chan.settimeout(0.2)
+            chan.exec_command(cmd)
+            if stdin is not None:
+                view = memoryview(stdin)
+                while view:
+                    if time.monotonic() > deadline:
+                        raise CommandTimeout(cmd, timeout)
+                    try:
+                        sent = chan.send(view[:32768])
+                    except socket.timeout:
+                        continue
+                    view = view[sent:]
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            stdout_eof = False
+            while not (stdout_eof and chan.exit_status_ready()):
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(cmd, timeout)
+                if not self.conn or not self.conn.transport or not self.conn.transport.is_active():
+                    raise SSHUnavailable(f"SSH connection lost while running: {cmd}")
+                if stdout_eof:
+                    time.sleep(0.01)
+                else:
+                    try:
+                        chunk = chan.recv(65536)  # waits at most the channel's 0.2 s
+                        out += chunk
+                        stdout_eof = not chunk
+                    except socket.timeout:
+                        pass
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            status = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return status, bytes(out), bytes(err), time.monotonic() - t0
+
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        status, out, err, took = self.exec(cmd, timeout)
+        result = CommandResult(cmd, status, out.decode(errors="replace"),
+                               err.decode(errors="replace"), took)
         if check and not result.ok:
             raise CommandFailed(result)
         return result
 
-    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        assert self.conn is not None
-        self.conn.put(str(local), remote)
-        self.conn.sftp().chmod(remote, mode)
+    def put(self, local: Path, remote: str, mode: int = 0o644, timeout: float = 120.0) -> None:
+        q = shlex.quote(remote)
+        status, _, err, _ = self.exec(f"cat > {q} && chmod {mode:o} {q}", timeout,
+                                      stdin=Path(local).read_bytes())
+        if status != 0:
+            raise SSHUnavailable(f"put {local} -> {remote} failed: {err.decode(errors='replace')}")
 
-    def get(self, remote: str, local: Path) -> None:
-        assert self.conn is not None
-        self.conn.get(remote, str(local))
+    def get(self, remote: str, local: Path, timeout: float = 120.0) -> None:
+        status, out, err, _ = self.exec(f"cat {shlex.quote(remote)}", timeout)
+        if status != 0:
+            raise SSHUnavailable(f"get {remote} failed: {err.decode(errors='replace')}")
+        Path(local).write_bytes(out)
 
     def spawn(self, cmd: str) -> SSHProcess:
-        assert self.conn is not None and self.conn.transport is not None
-        return SSHProcess(self.conn.transport.open_session(), cmd)
+        return SSHProcess(self._channel(30.0, cmd), cmd)
 
     def close(self) -> None:
         if self.conn is not None:

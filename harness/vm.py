@@ -78,6 +78,7 @@ class VM:
         self.timings: dict[str, float] = {}
         self._reaper_key: int | None = None
         self.config: QemuConfig | None = None
+        self.stopped = False  # stop() was called: QEMU's exit is ours, not a crash
 
     # --- preparation ------------------------------------------------------------------
     def _prepare(self) -> QemuConfig:
@@ -123,6 +124,13 @@ class VM:
         if self.child.isalive():
             return None
         return f"QEMU exited (status {self.child.exitstatus}, signal {self.child.signalstatus})"
+
+    def wait_exit(self, timeout: float) -> str | None:
+        """Wait up to ``timeout`` for QEMU to exit (e.g. after a panic); alive() after."""
+        end = time.monotonic() + timeout
+        while self.alive() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.alive()
 
     def start(self) -> "VM":
         self.launch()
@@ -214,6 +222,7 @@ class VM:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Quit QEMU (QMP quit, then SIGKILL past ``timeout``); safe to call twice."""
+        self.stopped = True
         if self.ssh is not None:
             try:
                 self.ssh.close()

@@ -38,6 +38,8 @@ mount -t tmpfs tmpfs $R/tmp
 mount --move /proc $R/proc
 mount --move /sys $R/sys
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup
+# memory and pids controllers for child cgroups (memory.max, memory.reclaim in scenarios)
+echo "+memory +pids" > $R/sys/fs/cgroup/cgroup.subtree_control
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # sysctls: "path value" lines, written with the shell's own echo (no exec)
 while read -r path value; do

@@ -1,0 +1,37 @@
+"""A test's handle on "the guest": delegates to the current VM and its monitor, and can
+replace a crashed or hung VM with a fresh one, so objects that hold the guest (KSM control,
+fixtures) keep working across the replacement."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .monitor import Finding, Monitor
+from .vm import VM
+
+
+class Guest:
+    def __init__(self, boot: Callable[[], VM], stop: Callable[[VM], None]) -> None:
+        self._boot, self._stop = boot, stop
+        self.broken: str | None = None   # why the VM must be replaced before the next test
+        self.generation = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.vm = self._boot()
+        self.monitor = Monitor(self.vm)
+        # reports printed while booting go to the first test that uses this guest
+        self.boot_findings = [Finding(f"at boot: {r.title}", r.category, r.text, r)
+                              for r in self.monitor.flush()]
+        self.generation += 1
+
+    def replace(self) -> None:
+        self._stop(self.vm)
+        self.broken = None
+        self._start()
+
+    def close(self) -> None:
+        self._stop(self.vm)
+
+    def __getattr__(self, name: str) -> Any:
+        # run, put, get, spawn, console, console_run, config, port, ssh, alive, ...
+        return getattr(self.vm, name)

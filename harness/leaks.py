@@ -1,0 +1,80 @@
+"""Reusable leak checks for after a scenario. Each returns problems as messages that name
+the counter, the expected and the actual value; ``check_*`` raise LeakError with them."""
+from __future__ import annotations
+
+import re
+
+from .remote import Runner
+
+KSM_DIR = "/sys/kernel/mm/ksm"
+# After run=2 and the workloads' exit, every one of these is 0 by definition.
+IDLE_COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+                 "stable_node_chains", "stable_node_dups")
+KSM_SLABS = ("ksm_rmap_item", "ksm_stable_node", "ksm_mm_slot")
+
+
+class LeakError(AssertionError):
+    pass
+
+
+def ksm_counters(runner: Runner) -> dict[str, int]:
+    r = runner.run(f"cd {KSM_DIR} && grep -H . * 2>/dev/null", timeout=30)
+    out: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
+
+def ksm_idle_problems(counters: dict[str, int]) -> list[str]:
+    return [f"{name} {counters[name]} != 0 after unmerge"
+            for name in IDLE_COUNTERS if counters.get(name, 0) != 0]
+
+
+def check_ksm_idle(runner: Runner, unmerge_timeout: float = 300.0) -> dict[str, int]:
+    """run=2 (unmerge everything), then every KSM counter must read 0."""
+    runner.run(f"echo 2 > {KSM_DIR}/run", timeout=unmerge_timeout, check=True)
+    counters = ksm_counters(runner)
+    problems = ksm_idle_problems(counters)
+    if problems:
+        raise LeakError("; ".join(problems))
+    return counters
+
+
+def slab_objects(runner: Runner) -> dict[str, int]:
+    """Active objects of the KSM caches (visible because we boot with slab_nomerge)."""
+    r = runner.run("cat /proc/slabinfo", timeout=30)
+    counts: dict[str, int] = {}
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] in KSM_SLABS:
+            counts[fields[0]] = int(fields[1])
+    return counts
+
+
+def slab_problems(baseline: dict[str, int], now: dict[str, int], slack: int = 256) -> list[str]:
+    """Per-cpu slabs keep a residue of objects after everything is freed, so compare with
+    the baseline plus ``slack``, not with 0 (a leaked workload leaves thousands)."""
+    problems = []
+    for name in KSM_SLABS:
+        if name in baseline and now.get(name, 0) > baseline[name] + slack:
+            problems.append(f"slab {name} {now[name]} objects > baseline "
+                            f"{baseline[name]} + {slack}")
+    return problems
+
+
+def check_slabs(runner: Runner, baseline: dict[str, int], slack: int = 256) -> None:
+    problems = slab_problems(baseline, slab_objects(runner), slack)
+    if problems:
+        raise LeakError("; ".join(problems))
+
+
+def kmemleak_reports(runner: Runner) -> list[str] | None:
+    """Unreferenced objects after a kmemleak scan; None when the kernel has no kmemleak."""
+    path = "/sys/kernel/debug/kmemleak"
+    if not runner.run(f"test -w {path}", timeout=10).ok:
+        return None
+    runner.run(f"echo scan > {path}", timeout=300)
+    text = runner.run(f"cat {path}", timeout=60).stdout
+    return re.findall(r"^unreferenced object .*$", text, re.M)

@@ -1,0 +1,169 @@
+"""Kernel health monitor: watches a guest's console for the whole run, marks each test's
+start and end in the kernel log, and tells which test a kernel report, a taint or a hang
+belongs to. Reporting stays out of here: callers get ``Finding`` objects.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .classify import Report, StreamClassifier
+from .console import ConsoleTimeout
+from .qmp import QMPError
+from .remote import CommandTimeout
+
+if TYPE_CHECKING:
+    from .vm import VM
+
+# Taint flags (Documentation/admin-guide/tainted-kernels.rst), bit -> letter, meaning.
+TAINT_FLAGS = {
+    0: ("P", "proprietary module"), 1: ("F", "module force loaded"), 2: ("S", "SMP unsafe"),
+    3: ("R", "module force unloaded"), 4: ("M", "machine check"), 5: ("B", "bad page"),
+    6: ("U", "user request"), 7: ("D", "kernel died (oops/BUG)"), 8: ("A", "ACPI overridden"),
+    9: ("W", "kernel warning"), 10: ("C", "staging driver"), 11: ("I", "firmware workaround"),
+    12: ("O", "out-of-tree module"), 13: ("E", "unsigned module"), 14: ("L", "soft lockup"),
+    15: ("K", "live patched"), 16: ("X", "auxiliary"), 17: ("T", "randstruct"),
+    18: ("N", "test module"),
+}
+# A test marker; notice level so that it reaches a console at loglevel 7.
+MARK = "<5>ksm-harness: {what} {test}"
+END_TIMEOUT = 30.0
+
+
+def taint_letters(value: int) -> str:
+    return "".join(TAINT_FLAGS.get(b, ("?", ""))[0] for b in range(32) if value >> b & 1)
+
+
+def taint_meaning(value: int) -> str:
+    return ", ".join(f"{TAINT_FLAGS.get(b, ('?', f'bit {b}'))[0]} ({TAINT_FLAGS.get(b, ('', f'bit {b}'))[1]})"
+                     for b in range(32) if value >> b & 1)
+
+
+@dataclass
+class Finding:
+    """Something wrong that a test is to fail for."""
+    title: str                  # the failure message, e.g. "WARNING in ksm_scan_thread"
+    category: str               # classifier category, or TAINT / HANG / VM_DEAD
+    details: str                # report text and evidence
+    report: Report | None = None
+
+
+@dataclass
+class TestWindow:
+    name: str
+    start_line: int
+    taint_before: int | None
+    end_line: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    answered: bool = False  # the guest ran the END marker command: it is alive and usable
+
+
+class Monitor:
+    """One per VM; fed by the console's reader thread."""
+
+    def __init__(self, vm: "VM", allow: tuple[str, ...] = ()) -> None:
+        self.vm = vm
+        self.reports: list[Report] = []
+        self._lock = threading.Lock()
+        self._classifier = StreamClassifier()
+        self.current: TestWindow | None = None
+        assert vm.console is not None
+        # Lines before the monitor attached (the boot) are classified first.
+        for line in vm.console.lines:
+            self._feed(line)
+        vm.console.add_listener(self._feed)
+
+    def _feed(self, line: str) -> None:
+        with self._lock:
+            self.reports.extend(self._classifier.feed(line))
+
+    def flush(self) -> list[Report]:
+        with self._lock:
+            self.reports.extend(self._classifier.flush())
+            return list(self.reports)
+
+    # --- per-test windows -----------------------------------------------------------------
+    def _kmsg(self, what: str, test: str) -> str:
+        text = MARK.format(what=what, test=test).replace("'", "")
+        return f"echo '{text}' > /dev/kmsg"
+
+    def _taint(self) -> int | None:
+        try:
+            r = self.vm.run("cat /proc/sys/kernel/tainted", timeout=20)
+            return int(r.stdout.strip()) if r.ok else None
+        except Exception:
+            return None
+
+    def begin(self, test: str) -> TestWindow:
+        assert self.vm.console is not None
+        start = self.vm.console.mark()
+        taint = self._taint()
+        try:
+            self.vm.run(self._kmsg("START", test), timeout=20)
+        except Exception:
+            pass  # a dead guest shows up at end()
+        self.current = TestWindow(test, start, taint)
+        return self.current
+
+    def end(self, window: TestWindow, allow: tuple[str, ...] = (),
+            responsive: bool = True) -> list[Finding]:
+        """Close the window: wait for the END marker to come through the console (so every
+        earlier kernel line has), then collect reports and taint. ``responsive=False`` (a
+        hung guest) skips what needs the guest to answer."""
+        console = self.vm.console
+        assert console is not None
+        responsive = responsive and self.vm.alive() is None
+        if responsive:
+            try:
+                self.vm.run(self._kmsg("END", window.name), timeout=20, check=True)
+                console.wait_for(f"ksm-harness: END {window.name}"[:60], END_TIMEOUT,
+                                 start=window.start_line, what="the test's END marker")
+                window.answered = True
+            except Exception:
+                pass  # a hung or dying guest: the reports so far still count
+        window.end_line = console.mark()
+        for report in self.flush():
+            if window.start_line <= report.start_line < window.end_line:
+                if report.category in allow:
+                    continue
+                window.findings.append(Finding(report.title, report.category,
+                                               report.text, report))
+        if window.answered:
+            after = self._taint()
+            before = window.taint_before
+            if after is not None and before is not None and after & ~before:
+                new = after & ~before
+                if not any(f.report is not None for f in window.findings):
+                    window.findings.append(Finding(
+                        f"kernel tainted during the test: {taint_letters(new)}", "TAINT",
+                        f"/proc/sys/kernel/tainted {before} -> {after}: "
+                        f"newly set {taint_meaning(new)}"))
+        self.current = None
+        return window.findings
+
+    # --- hangs ----------------------------------------------------------------------------
+    def hang_evidence(self, settle: float = 2.0, limit: float = 30.0) -> str:
+        """sysrq w (blocked tasks), l (all CPUs' backtraces), m (memory) through the
+        emulated keyboard, which works with userspace dead; the QMP status; the console."""
+        console = self.vm.console
+        assert console is not None
+        start = console.mark()
+        parts = []
+        status = "unknown"
+        if self.vm.qmp is not None:
+            try:
+                status = self.vm.qmp.status()
+                for key in ("w", "l", "m"):
+                    self.vm.qmp.sysrq(key)
+            except QMPError as exc:
+                status = f"QMP failed: {exc}"
+        # wait until the dumps stop coming (console quiet), bounded
+        end = time.monotonic() + limit
+        while time.monotonic() < end and console.silent_for() < settle:
+            time.sleep(0.1)
+        parts.append(f"QMP status: {status}")
+        dumped = console.text(start)
+        parts.append("sysrq w/l/m output:\n" + (dumped or "(nothing: the kernel did not answer)"))
+        return "\n".join(parts)
