@@ -110,11 +110,19 @@ def cmd_triage(args: argparse.Namespace) -> int:
 def cmd_pytest(args: argparse.Namespace, default_paths: list[str]) -> int:
     """`run` (the KSM suite) and `selftest` (our own tests) both go through pytest."""
     import pytest
-    argv = list(args.rest) or []
-    if not any(not a.startswith("-") for a in argv):
+    argv = [a for a in args.rest if a != "--"]
+    if not any(_is_test_path(a) for a in argv):
         argv += [str(paths.REPO / p) for p in default_paths]
     return int(pytest.main(["-c", str(paths.REPO / "tox.ini"), "--rootdir", str(paths.REPO)]
                            + argv))
+
+
+def _is_test_path(arg: str) -> bool:
+    """A test file, directory or node id, as opposed to an option's value."""
+    if arg.startswith("-"):
+        return False
+    path = arg.split("::")[0]
+    return "::" in arg or path.endswith(".py") or os.path.isdir(path)
 
 
 def main(argv: list[str] | None = None) -> int:
