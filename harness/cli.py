@@ -147,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in ("triage", "run", "selftest"):
+        # their options belong to triage / pytest: pass them through untouched
+        args = argparse.Namespace(cmd=argv[0], rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:

@@ -66,3 +66,11 @@ def test_kernel_without_ksm_is_refused(tmp_path: Path) -> None:
     assert r.returncode == 2
     _one_clear_line(r.stderr, "ksm-harness: kernel 6.")
     assert "without CONFIG_KSM=y" in r.stderr
+
+
+def test_triage_options_pass_through() -> None:
+    import json
+    log = Path(__file__).parent / "data" / "ksm_warning.log"
+    r = run_harness("triage", "--json", str(log))
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)[0]["title"] == "WARNING in ksm_scan_thread"
