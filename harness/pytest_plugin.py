@@ -265,3 +265,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep.outcome = "failed"
     rep.longrepr = f"{first.title}\n\n{body}"
     rep.user_properties.append(("kernel_report", first.title))
+
+
+# --- reports (JUnit properties and titles, JSON, KTAP, reproducers): harness/report.py -----
+pytest_plugins = ["harness.report"]

@@ -1,0 +1,182 @@
+"""harness.report: JUnit titles and properties (validated against junit-10.xsd), JSON results,
+KTAP, reproducers and summary.html, on a throw-away pytest run (pytester, no VM)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import report
+from harness.guest import Guest
+
+pytest_plugins = ["pytester"]
+
+# A conftest that does what the health monitor and the VM fixtures do, without a VM: a kernel
+# report replaces the failure text with its title first, and the run-wide properties are set.
+FAKE_CONFTEST = '''
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if call.when == "call" and item.get_closest_marker("kernel_warning"):
+        title = "WARNING in ksm_scan_thread"
+        rep.outcome = "failed"
+        rep.longrepr = (f"{title}\\n\\n[WARNING] {title}\\nWARNING: CPU: 0 PID: 31 at "
+                        "mm/ksm.c:2500 ksm_scan_thread+0x1/0x2\\nCall Trace: ...")
+        rep.user_properties.append(("kernel_report", title))
+
+@pytest.fixture
+def guestish(request, tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("[    0.000000] Linux version 6.1.0-test\\n")
+    cmd = tmp_path / "qemu-cmdline.txt"
+    cmd.write_text("qemu-system-x86_64 -accel tcg -m 2048\\n")
+    for k, v in (("kernel", "/k/bzImage"), ("kernel_release", "6.1.0-test"),
+                 ("kernel_config_hash", "abc123"), ("accelerator", "tcg"),
+                 ("topology", "2 node(s) [1024M:1,1024M:1] 2 cpu(s)"),
+                 ("console_log", str(log)), ("qemu_cmdline", str(cmd)), ("seed", "42")):
+        request.node.user_properties.append((k, v))
+'''
+
+FAKE_TESTS = '''
+import pytest
+
+def test_ok(guestish):
+    pass
+
+@pytest.mark.kernel_warning
+def test_warns(guestish):
+    pass
+
+def test_counter(guestish):
+    shared = 3
+    assert shared == 0, f"pages_shared {shared} != 0 after unmerge"
+
+def test_skip():
+    pytest.skip("no zram in this kernel")
+'''
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, tmp_path: Path):
+    pytester.makeconftest(FAKE_CONFTEST)
+    pytester.makepyfile(test_fake=FAKE_TESTS)
+    pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
+    out = tmp_path / "out"
+    res = pytester.runpytest("-p", "harness.report", "--junitxml", str(out / "junit.xml"),
+                             "--results-json", str(out / "results.json"),
+                             "--ktap", str(out / "results.ktap"),
+                             "--report-dir", str(out / "report"))
+    return res, out
+
+
+def test_results_json(run) -> None:
+    res, out = run
+    res.assert_outcomes(passed=1, failed=2, skipped=1)
+    doc = json.loads((out / "results.json").read_text())
+    tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
+    assert doc["summary"] == {"passed": 1, "failed": 2, "skipped": 1}
+    assert tests["test_warns"]["message"] == "WARNING in ksm_scan_thread"
+    assert tests["test_warns"]["kernel_report"] == "WARNING in ksm_scan_thread"
+    assert tests["test_warns"]["category"] == "WARNING"
+    assert tests["test_counter"]["message"].startswith("pages_shared 3 != 0 after unmerge")
+    assert tests["test_counter"]["category"] == "ASSERTION"
+    assert tests["test_skip"]["message"] == "no zram in this kernel"
+    assert tests["test_ok"]["properties"]["kernel_release"] == "6.1.0-test"
+    assert tests["test_ok"]["properties"]["seed"] == "42"
+
+
+def test_junit_titles_and_properties(run) -> None:
+    _, out = run
+    root = ET.parse(out / "junit.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite is not None
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["kernel_release"] == "6.1.0-test"
+    assert props["accelerator"] == "tcg"
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert cases["test_warns"].find("properties") is None  # not allowed by junit-10.xsd
+    failure = cases["test_warns"].find("failure")
+    assert failure is not None and failure.get("message") == "WARNING in ksm_scan_thread"
+    assert "mm/ksm.c:2500" in (failure.text or "")
+    msg = cases["test_counter"].find("failure").get("message")  # type: ignore[union-attr]
+    assert msg.startswith("pages_shared 3 != 0 after unmerge")
+    assert "\n" not in msg
+    sysout = cases["test_warns"].find("system-out").text or ""  # type: ignore[union-attr]
+    assert "seed: 42" in sysout and "[[ATTACHMENT|" in sysout
+
+
+@pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
+def test_junit_validates_against_jenkins_xsd(run) -> None:
+    _, out = run
+    assert report.validate_junit(out / "junit.xml") == []
+
+
+@pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
+def test_plain_pytest_junit_with_properties_does_not_validate(tmp_path: Path) -> None:
+    # why we reshape: pytest's own per-test-case <properties> break junit-10.xsd
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<testsuites><testsuite name="s" tests="1" failures="0" errors="0">'
+                   '<testcase name="t"><properties><property name="a" value="b"/></properties>'
+                   '</testcase></testsuite></testsuites>')
+    assert report.validate_junit(bad)
+
+
+def test_ktap(run) -> None:
+    _, out = run
+    text = (out / "results.ktap").read_text().splitlines()
+    assert text[:2] == ["KTAP version 1", "1..4"]
+    assert "# WARNING in ksm_scan_thread" in text
+    assert any(line.startswith("not ok 2 test_fake.py::test_warns") for line in text)
+    assert any(line.endswith("# SKIP no zram in this kernel") for line in text)
+
+
+def test_reproducer_and_summary(run) -> None:
+    _, out = run
+    rdir = out / "report"
+    script = rdir / "failures" / "test_fake.py_test_warns" / "reproducer.sh"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "--ksm-seed 42" in text and "test_fake.py::test_warns" in text
+    assert "qemu-system-x86_64 -accel tcg" in text
+    assert (script.parent / "console.log").read_text().startswith("[    0.000000] Linux")
+    r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    html = (rdir / "summary.html").read_text()
+    assert "WARNING in ksm_scan_thread" in html and "reproducer" in html
+    assert not (rdir / "failures" / "test_fake.py_test_ok").exists()
+
+
+def test_rerun_argv_keeps_kernel_topology_seed() -> None:
+    argv = report.rerun_argv("tests/ksm/test_merge.py::test_a[x]",
+                             {"kernel": "/k/bzImage", "numa": "512M:1,1536M:1",
+                              "accel": "auto", "append": ""}, "7")
+    assert argv == ["./ksm-harness", "run", "tests/ksm/test_merge.py::test_a[x]",
+                    "--kernel", "/k/bzImage", "--numa", "512M:1,1536M:1", "--ksm-seed", "7"]
+
+
+def test_title_of() -> None:
+    assert report.title_of("AssertionError: pages_shared 3 != 0\nassert 3 == 0") == \
+        "pages_shared 3 != 0"
+    assert report.title_of("\nFailed: guest failed to boot: x\n") == "guest failed to boot: x"
+
+
+def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
+    guest = Guest.__new__(Guest)
+    kernel = SimpleNamespace(path=Path("/k/vmlinux"), release="6.1.0-9", config_hash="c0ffee")
+    spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
+                           topology=SimpleNamespace(describe=lambda: "2 node(s)"))
+    guest.vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
+    props = dict(report.guest_properties(item))  # type: ignore[arg-type]
+    assert props["kernel_release"] == "6.1.0-9" and props["kernel_config_hash"] == "c0ffee"
+    assert props["console_log"] == str(tmp_path / "console.log")
+    assert props["seed"] == "5" and props["accelerator"] == "tcg"
