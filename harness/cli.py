@@ -125,6 +125,54 @@ def _is_test_path(arg: str) -> bool:
     return "::" in arg or path.endswith(".py") or os.path.isdir(path)
 
 
+def _add_bisect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree", required=True, metavar="PATH", help="kernel git tree")
+    p.add_argument("-k", dest="scenario", required=True, metavar="SCENARIO",
+                   help="pytest -k expression selecting the scenario in tests/ksm")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="run the scenario N times per commit (bad if any run matches)")
+    p.add_argument("--report-dir", default="results", metavar="DIR",
+                   help="where verdicts, results and the signature go (default results/)")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from . import bisect
+    tree = Path(args.tree).expanduser()
+    if not tree.is_dir():
+        raise HarnessError(f"--tree {tree}: no such directory")
+    if args.runs < 1:
+        raise HarnessError("--runs must be at least 1")
+    if args.cmd == "bisect":
+        return bisect.bisect(tree, args.good, args.bad, args.scenario, args.runs,
+                             Path(args.report_dir), args.jobs)
+    # under `git bisect run` any status 1..127 but 125 means "bad": our own errors must abort
+    try:
+        sig = bisect.Signature.load(Path(args.signature)) if args.signature else None
+        return bisect.step(tree.resolve(), args.scenario, args.runs, sig,
+                           Path(args.report_dir), args.jobs).status
+    except Exception as exc:  # noqa: BLE001 -- never let a traceback read as "bad"
+        print(f"ksm-harness: bisect-step: {exc}", file=sys.stderr)
+        return bisect.ABORT
+
+
+def cmd_junit_check(args: argparse.Namespace) -> int:
+    from .report import validate_junit
+    bad = 0
+    for f in args.files:
+        if not Path(f).is_file():
+            raise HarnessError(f"{f}: no such file")
+        try:
+            errors = validate_junit(Path(f))
+        except FileNotFoundError as exc:
+            raise HarnessError(str(exc)) from None
+        print(f"{f}: {'valid' if not errors else 'INVALID'} (junit-10.xsd)")
+        for e in errors:
+            print(f"  {e}")
+        bad += bool(errors)
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ksm-harness", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -147,6 +195,27 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
+    p = sub.add_parser("build", help="configure (defconfig + guest-images/kernel.config, "
+                       "checked) and build a kernel tree")
+    p.add_argument("--tree", required=True, metavar="PATH", help="kernel source tree")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
+
+    p = sub.add_parser("bisect-step", help="for `git bisect run`: build, run a scenario N "
+                       "times; exit 0 good, 1 bad (same failure signature), 125 skip")
+    _add_bisect_options(p)
+    p.add_argument("--signature", metavar="FILE",
+                   help="the bad end's failure signature (from `ksm-harness bisect`); without "
+                        "it any kernel report or assertion failure is bad")
+
+    p = sub.add_parser("bisect", help="record the bad end's failure, drive git bisect, print "
+                       "the first bad commit with its evidence")
+    _add_bisect_options(p)
+    p.add_argument("--good", required=True, metavar="REV")
+    p.add_argument("--bad", required=True, metavar="REV")
+
+    p = sub.add_parser("junit-check", help="validate JUnit XML against Jenkins' junit-10.xsd")
+    p.add_argument("files", nargs="+", metavar="XML")
+
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in ("triage", "run", "selftest"):
         # their options belong to triage / pytest: pass them through untouched
@@ -163,7 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "triage":
             return cmd_triage(args)
         if args.cmd == "run":
+            from . import matrix
+            if matrix.wanted(args.rest):
+                return matrix.main(args.rest)
             return cmd_pytest(args, ["tests/ksm"])
+        if args.cmd == "build":
+            from . import build
+            return build.main(args.tree, args.jobs)
+        if args.cmd in ("bisect-step", "bisect"):
+            return cmd_bisect(args)
+        if args.cmd == "junit-check":
+            return cmd_junit_check(args)
         if args.cmd == "selftest":
             return cmd_pytest(args, ["tests/unit", "tests/guest"])
     except HarnessError as exc:

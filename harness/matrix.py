@@ -1,0 +1,186 @@
+"""The nightly matrix: ``ksm-harness run --kernel A --kernel B [--numa 2 --numa 1G:1,3G:1]
+[--baseline results.json] [pytest options]`` runs the suite once per kernel (and topology),
+one after the other, each pytest run writing its own results; then prints a scenario x kernel
+table and the failures that are new against the baseline. Exit status 1 when anything new
+failed (without a baseline: when anything failed).
+
+The table and the comparison are pure functions over results files, tested on recorded ones.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import HarnessError
+from .report import Result, load_results
+
+SHORT = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skip",
+         "xfailed": "xfail", None: "-"}
+
+
+@dataclass
+class Column:
+    label: str               # what the table shows: kernel release (and topology)
+    kernel: str | None
+    numa: str | None
+    results: dict[str, Result]
+
+
+def wanted(argv: list[str]) -> bool:
+    """Matrix mode: more than one --kernel or --numa, or a --baseline."""
+    kernels, numas, baseline, _ = split_args(argv)
+    return len(kernels) > 1 or len(numas) > 1 or baseline is not None
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str], str | None, list[str]]:
+    """(kernels, topologies, baseline, the other pytest arguments)."""
+    kernels: list[str] = []
+    numas: list[str] = []
+    baseline: str | None = None
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        for opt, into in (("--kernel", kernels), ("--numa", numas), ("--baseline", None)):
+            if a == opt or a.startswith(opt + "="):
+                value = a.split("=", 1)[1] if "=" in a else next(it, None)
+                if value is None:
+                    raise HarnessError(f"{opt} needs a value")
+                if into is None:
+                    baseline = value
+                else:
+                    into.append(value)
+                break
+        else:
+            rest.append(a)
+    return kernels, numas, baseline, rest
+
+
+def label_for(results: list[Result], kernel: str | None, numa: str | None,
+              several_numas: bool) -> str:
+    rel = next((r.properties["kernel_release"] for r in results
+                if "kernel_release" in r.properties), None)
+    label = rel or (Path(kernel).name if kernel else "default")
+    return f"{label} numa={numa}" if several_numas and numa else label
+
+
+def table(columns: list[Column], new: set[tuple[str, str]] = frozenset()) -> str:  # type: ignore[assignment]
+    """Scenario x kernel; a new failure is marked with '*'."""
+    nodeids: list[str] = []
+    for c in columns:
+        for n in c.results:
+            if n not in nodeids:
+                nodeids.append(n)
+    names = [n.split("/")[-1] for n in nodeids]
+    w0 = max([len("scenario")] + [len(n) for n in names])
+    widths = [max(len(c.label), 6) for c in columns]
+    lines = ["  ".join(["scenario".ljust(w0)] + [c.label.ljust(w) for c, w in
+                                                 zip(columns, widths)]).rstrip()]
+    for nodeid, name in zip(nodeids, names):
+        cells = []
+        for c, w in zip(columns, widths):
+            r = c.results.get(nodeid)
+            cell = SHORT.get(r.outcome if r else None, r.outcome if r else "-")
+            if (c.label, nodeid) in new:
+                cell += "*"
+            cells.append(cell.ljust(w))
+        lines.append("  ".join([name.ljust(w0)] + cells).rstrip())
+    return "\n".join(lines)
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """A results file (one run) or a matrix.json (several columns)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"--baseline {path}: {exc}") from None
+    if isinstance(doc, dict) and "columns" in doc:
+        return {"columns": {c["label"]: c["outcomes"] for c in doc["columns"]}}
+    if isinstance(doc, dict) and "tests" in doc:
+        return {"single": {t["nodeid"]: t["outcome"] for t in doc["tests"]}}
+    raise HarnessError(f"--baseline {path}: neither a results file nor a matrix.json")
+
+
+def _strip_numa(label: str) -> str:
+    return re.sub(r" numa=\S+$", "", label)
+
+
+def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[tuple[str, str]]:
+    """(column label, nodeid) of failures the baseline did not have. Without a baseline every
+    failure is new; a test the baseline did not run counts as new when it fails; a column the
+    baseline does not know is compared with the baseline's single run if it has one, else all
+    of its failures are new."""
+    new: set[tuple[str, str]] = set()
+    for c in columns:
+        before: dict[str, str] | None = None
+        if baseline is not None:
+            cols = baseline.get("columns", {})
+            before = cols.get(c.label) or cols.get(_strip_numa(c.label)) \
+                or baseline.get("single")
+        for nodeid, r in c.results.items():
+            if not r.failed:
+                continue
+            if before is None or before.get(nodeid) not in ("failed", "error"):
+                new.add((c.label, nodeid))
+    return new
+
+
+def matrix_document(columns: list[Column]) -> dict[str, Any]:
+    return {"version": 1, "columns": [
+        {"label": c.label, "kernel": c.kernel, "numa": c.numa,
+         "outcomes": {n: r.outcome for n, r in c.results.items()}} for c in columns]}
+
+
+def run_one(kernel: str | None, numa: str | None, rest: list[str], out: Path) -> list[Result]:
+    from .cli import _is_test_path
+    cmd = [sys.executable, "-m", "harness.cli", "run", *rest]
+    if not any(_is_test_path(a) for a in rest):
+        cmd.append(str(paths.REPO / "tests" / "ksm"))
+    if kernel:
+        cmd += ["--kernel", kernel]
+    if numa:
+        cmd += ["--numa", numa]
+    cmd += ["--results-json", str(out / "results.json"), "--junitxml", str(out / "junit.xml"),
+            "--report-dir", str(out)]
+    print(f"ksm-harness: matrix: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+    (out / "results.json").unlink(missing_ok=True)
+    subprocess.run(cmd, cwd=Path.cwd())
+    if not (out / "results.json").is_file():
+        return []
+    return load_results(out / "results.json")[1]
+
+
+def main(argv: list[str], report_root: Path | None = None) -> int:
+    kernels, numas, baseline_path, rest = split_args(argv)
+    baseline = load_baseline(Path(baseline_path)) if baseline_path else None
+    root = report_root or Path("results") / "matrix"
+    columns: list[Column] = []
+    for i, kernel in enumerate(kernels or [None]):  # type: ignore[list-item]
+        for j, numa in enumerate(numas or [None]):  # type: ignore[list-item]
+            out = root / f"{i + 1}-{j + 1}"
+            out.mkdir(parents=True, exist_ok=True)
+            results = run_one(kernel, numa, rest, out)
+            label = label_for(results, kernel, numa, len(numas) > 1)
+            if any(c.label == label for c in columns):
+                label = f"{label} #{i + 1}"
+            columns.append(Column(label, kernel, numa, {r.nodeid: r for r in results}))
+    new = new_failures(columns, baseline)
+    (root / "matrix.json").write_text(json.dumps(matrix_document(columns), indent=1) + "\n")
+    print(table(columns, new))
+    print(f"(matrix.json and per-column results in {root})")
+    if new:
+        what = "new failures against the baseline" if baseline else "failures"
+        print(f"{len(new)} {what} (*):")
+        for label, nodeid in sorted(new):
+            r = next(c for c in columns if c.label == label).results[nodeid]
+            print(f"  {label}: {nodeid}: {r.message}")
+        return 1
+    if any(not c.results for c in columns):
+        print("ksm-harness: a column produced no results (see its output above)")
+        return 2
+    return 0

@@ -1,0 +1,84 @@
+"""The nightly matrix's table and baseline comparison, on recorded results (no VM)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import matrix
+from harness.errors import HarnessError
+from harness.report import load_results
+
+DATA = Path(__file__).parent / "data" / "results"
+
+
+def column(name: str, label: str) -> matrix.Column:
+    results = load_results(DATA / f"{name}.json")[1]
+    return matrix.Column(label, f"/k/{label}", None, {r.nodeid: r for r in results})
+
+
+def test_split_args() -> None:
+    k, n, b, rest = matrix.split_args(["--kernel", "A", "-k", "merge", "--kernel=B",
+                                       "--baseline", "old.json", "--numa", "2"])
+    assert (k, n, b, rest) == (["A", "B"], ["2"], "old.json", ["-k", "merge"])
+    assert matrix.wanted(["--kernel", "A", "--kernel", "B"])
+    assert matrix.wanted(["--baseline", "x.json"])
+    assert not matrix.wanted(["--kernel", "A", "-k", "merge"])
+    with pytest.raises(HarnessError):
+        matrix.split_args(["--kernel"])
+
+
+def test_table_scenario_by_kernel() -> None:
+    cols = [column("good", "6.1.0-a"), column("bad_warning", "6.1.0-b"),
+            column("skipped", "6.1.0-c")]
+    text = matrix.table(cols, {("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")})
+    lines = text.splitlines()
+    assert lines[0].split() == ["scenario", "6.1.0-a", "6.1.0-b", "6.1.0-c"]
+    assert lines[1].split() == ["test_merge.py::test_merge_across_nodes_cycle", "pass", "FAIL*",
+                                "skip"]
+    assert lines[2].split() == ["test_merge.py::test_unmerge_counts", "pass", "pass", "-"]
+
+
+def test_new_failure_against_a_single_run_baseline(tmp_path: Path) -> None:
+    cols = [column("good", "6.1.0-a"), column("bad_warning", "6.1.0-b")]
+    base = matrix.load_baseline(DATA / "good.json")
+    assert matrix.new_failures(cols, base) == {
+        ("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
+
+
+def test_known_failure_is_not_new() -> None:
+    cols = [column("bad_warning", "6.1.0-b")]
+    assert matrix.new_failures(cols, matrix.load_baseline(DATA / "bad_warning.json")) == set()
+    assert matrix.new_failures(cols, None) == {
+        ("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
+
+
+def test_matrix_baseline_compares_column_by_column(tmp_path: Path) -> None:
+    old = [column("bad_warning", "6.1.0-a"), column("good", "6.1.0-b")]
+    path = tmp_path / "matrix.json"
+    path.write_text(json.dumps(matrix.matrix_document(old)))
+    now = [column("bad_warning", "6.1.0-a"), column("bad_warning", "6.1.0-b")]
+    assert matrix.new_failures(now, matrix.load_baseline(path)) == {
+        ("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
+
+
+def test_bad_baseline_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("[1]")
+    with pytest.raises(HarnessError, match="neither a results file"):
+        matrix.load_baseline(tmp_path / "x.json")
+
+
+def test_main_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {"A": "good", "B": "bad_warning"}
+    monkeypatch.setattr(matrix, "run_one", lambda k, n, rest, out:
+                        load_results(DATA / f"{runs[k]}.json")[1])
+    status = matrix.main(["--kernel", "A", "--kernel", "B", "--baseline",
+                          str(DATA / "good.json")], report_root=tmp_path)
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "FAIL*" in out and "WARNING in cmp_and_merge_page" in out
+    # both kernels report the same release in the recorded files: labels stay distinct
+    assert "6.1.0-ksmtest #2" in out
+    assert (tmp_path / "matrix.json").is_file()
