@@ -606,6 +606,7 @@ class Layout:
         self.groups: dict[tuple[str, int | None], int] = {}
         self.unique_pages = 0
         self.fork_sharing = 0
+        self.forked_volatile = 0
 
     def same(self, content: str, pages: int, node: int | None = None) -> Layout:
         key = (content, node)
@@ -625,6 +626,14 @@ class Layout:
         search finds the page already is that KSM page), so pages_sharing grows by
         pages * children and nothing else moves."""
         self.fork_sharing += pages * children
+        return self
+
+    def forked_unmerged(self, pages: int, children: int = 1) -> Layout:
+        """Children forked while ``pages`` pages were in the unstable tree (unique content)
+        share those physical pages with the parent (COW). ksmd finds the very same page in the
+        unstable tree ("don't substitute a ksm page for a forked page") and leaves the other
+        mappings out of every tree: one mapping per page is unshared, the others volatile."""
+        self.forked_volatile += pages * children
         return self
 
     def expected(self, max_page_sharing: int = 256, merge_across_nodes: bool = True,
@@ -654,6 +663,7 @@ class Layout:
             out["stable_node_chains"] += e.stable_node_chains
             out["stable_node_dups"] += e.stable_node_dups
         out["pages_sharing"] += self.fork_sharing
+        out["pages_volatile"] += self.forked_volatile
         return out
 
     @property
@@ -663,6 +673,14 @@ class Layout:
 
 
 ZERO_COUNTS = {name: 0 for name in EXACT_COUNTERS}
+# What "everything gone" means while ksmd runs (run=1), once every mergeable process exited or
+# freed its regions: no page in any tree. The stable nodes may linger (6.1): __ksm_exit comes
+# before exit_mmap, so ksmd can drop an exiting mm's rmap items while its KSM pages still exist
+# and nothing revisits the emptied dups once the pages are freed; and when the last dup of a
+# chain goes stale, remove_node_from_stable_tree() only unlinks it, leaving the empty chain.
+# A stable tree search prunes them; run=2 removes every stable node (ZERO_COUNTS after it).
+# Wait with min_full_scans=0: with no mergeable mm left, ksmd drops the slots and stops.
+ALL_GONE = {name: 0 for name in EXACT_COUNTERS if not name.startswith("stable_node_")}
 
 
 class PendingWrite:

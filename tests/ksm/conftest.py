@@ -53,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "failure prints the seed to rerun with)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The health monitor's marker (harness.pytest_plugin); declared here too so that
+    # --strict-markers accepts it whichever plugin version runs.
+    config.addinivalue_line("markers", "allow_kernel(*categories): kernel reports of these "
+                            "categories (e.g. OOM) do not fail the test")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield

@@ -1,0 +1,119 @@
+"""Scenario 8: max_page_sharing (stable node chains and dups) and use_zero_pages.
+
+max_page_sharing caps how many mappings one KSM page takes: more identical pages than that
+make a stable node *chain* holding several *dups* (one KSM page each), filled fullest first; a
+lone remainder page waits unshared in the unstable tree (harness.ksm.expected_counts has the
+arithmetic). Changing the cap is refused while pages are shared. With use_zero_pages=1, zero
+pages are merged onto the kernel's zero page instead of a KSM page: they count nowhere, their
+rmap items go away, and the pages map the zero page (kpageflags) until written.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness.ksm import ALL_GONE, RUN_UNMERGE, ZERO_COUNTS, Ksm, KsmWriteError, Layout
+from tests.ksm.conftest import require_knob
+
+# (max_page_sharing, identical pages in each of 3 processes); sizes cover: the minimum limit,
+# a remainder of exactly one page (left unshared), and chains spanning processes.
+CASES = [(2, 5), (4, 22), (5, 86)]
+
+
+def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    require_knob(ksm, "max_page_sharing")
+    procs = [workload(name=f"P{i}") for i in range(3)]
+    for mps, pages in CASES:
+        ksm.set("run", RUN_UNMERGE, timeout=300)
+        ksm.set("max_page_sharing", mps)
+        for w in procs:
+            w.alloc(f"m{mps}", pages, f"same:{mps}")
+            w.madvise(f"m{mps}", "merge")
+        ksm.set("run", 1)
+        expected = Layout().same(f"same:{mps}", 3 * pages).expected(max_page_sharing=mps)
+        snap = ksm.wait_counts(expected, what=f"{3 * pages} identical pages, "
+                                              f"max_page_sharing={mps}")
+        assert snap["stable_node_chains"] == 1 and snap["stable_node_dups"] >= 2
+        for w in procs:
+            w.verify()
+        # The cap cannot change under shared pages; the same value is no change.
+        with pytest.raises(KsmWriteError) as refused:
+            ksm.set("max_page_sharing", mps + 1)
+        assert refused.value.errno_name == "EBUSY"
+        ksm.set("max_page_sharing", mps)
+        for w in procs:
+            w.free(f"m{mps}")
+
+    # Everything freed: nothing left in the trees; run=2 removes the stale stable nodes.
+    ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0, what="after every region was freed")
+    ksm.set("run", RUN_UNMERGE, timeout=300)
+    ksm.assert_counts(ZERO_COUNTS, "after run=2")
+
+
+def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    """4*k+1 identical pages with max_page_sharing=4: k full dups and one unshared page;
+    one more page makes it merge into a new dup."""
+    ksm.set("max_page_sharing", 4)
+    w = workload()
+    w.alloc("s", 33, "same:61")
+    w.madvise("s", "merge")
+    ksm.set("run", 1)
+    expected = Layout().same("x", 33).expected(max_page_sharing=4)
+    assert (expected["pages_shared"], expected["pages_unshared"]) == (8, 1)
+    ksm.wait_counts(expected, what="33 pages, max_page_sharing=4")
+    w.alloc("t", 1, "same:61")
+    w.madvise("t", "merge")
+    ksm.wait_counts(Layout().same("x", 34).expected(max_page_sharing=4),
+                    what="34 pages, max_page_sharing=4")
+    w.verify()
+
+
+def test_use_zero_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+    require_knob(ksm, "use_zero_pages")
+    ksm.set("use_zero_pages", 1)
+    w = workload()
+    w.alloc("z", 1000, "zero")
+    w.alloc("s", 10, "same:71")
+    w.alloc("u", 10, "unique:71")
+    assert w.pageflags("z")["zero"] == 0  # written zeros: real pages for now
+    for region in ("z", "s", "u"):
+        w.madvise(region, "merge")
+    ksm.set("run", 1)
+    layout = Layout().zero(1000).same("same:71", 10).unique(10)
+    ksm.wait_counts(layout.expected(use_zero_pages=True), what="zero pages onto the zero page")
+    flags = w.pageflags("z")
+    assert flags["nopfn"] == 0, flags
+    assert (flags["zero"], flags["ksm"]) == (1000, 0), f"zero pages not on the zero page: {flags}"
+    snap = ksm.exact_counters()
+    if "ksm_zero_pages" in snap:  # newer kernels count them
+        assert snap["ksm_zero_pages"] == 1000
+    stat = ksm.process_stat(w.pid)
+    if "ksm_rmap_items" in stat:
+        assert stat["ksm_rmap_items"] == 20, f"zero-page rmap items were not dropped: {stat}"
+    w.verify()
+
+    # A write to a zero-page mapping gets a private page (COW), the rest stays.
+    w.write("z", 7)
+    layout.groups[("zero", None)] -= 1
+    layout.unique(1)
+    ksm.wait_counts(layout.expected(use_zero_pages=True), what="after writing one zero page")
+    assert w.pageflags("z")["zero"] == 999
+    w.verify()
+
+    # Switching use_zero_pages is allowed while merged; new zero pages then make a KSM page.
+    ksm.set("use_zero_pages", 0)
+    w.alloc("z2", 300, "zero")
+    w.madvise("z2", "merge")
+    # (the 999 pages still on the zero page count nowhere)
+    ksm.wait_counts(Layout().same("z2", 300).same("same:71", 10).unique(11).expected(),
+                    what="new zero pages with use_zero_pages=0")
+    assert w.pageflags("z")["zero"] == 999 and w.pageflags("z2")["ksm"] == 300
+    w.verify()
+
+    # Exit: the accounting returns to nothing.
+    w.exit()
+    ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0, what="after the process exited")
+    snap = ksm.exact_counters()
+    if "ksm_zero_pages" in snap:
+        assert snap["ksm_zero_pages"] == 0
+    ksm.set("run", RUN_UNMERGE, timeout=300)
+    ksm.assert_counts(ZERO_COUNTS, "after run=2")
