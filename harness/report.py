@@ -344,9 +344,10 @@ def slug(nodeid: str) -> str:
     return s[-100:] or "test"
 
 
-def rerun_argv(nodeid: str, options: dict[str, Any], seed: str | None) -> list[str]:
+def rerun_argv(nodeid: str, options: dict[str, Any], seed: str | None,
+               program: str = "./ksm-harness") -> list[str]:
     """``ksm-harness run`` arguments that re-run just ``nodeid`` the same way."""
-    argv = ["./ksm-harness", "run", nodeid]
+    argv = [program, "run", nodeid]
     for opt in ("kernel", "modules", "numa", "accel", "append", "image"):
         value = options.get(opt)
         if value not in (None, "", "auto") or (opt == "numa" and value):
@@ -359,8 +360,10 @@ def rerun_argv(nodeid: str, options: dict[str, Any], seed: str | None) -> list[s
 def reproducer_script(result: Result, options: dict[str, Any], repo: Path,
                       report_dir: Path) -> str:
     p = result.properties
-    argv = rerun_argv(result.nodeid, options, p.get("seed"))
-    argv += ["--report-dir", str(report_dir / "rerun"), "-p", "no:cacheprovider"]
+    rootdir = str(options.get("rootdir") or repo)  # node ids are relative to it
+    program = "./ksm-harness" if Path(rootdir) == repo else str(repo / "ksm-harness")
+    argv = rerun_argv(result.nodeid, options, p.get("seed"), program)
+    argv += ["--report-dir", str(report_dir.resolve() / "rerun"), "-p", "no:cacheprovider"]
     qemu = ""
     qfile = p.get("qemu_cmdline")
     if qfile and Path(qfile).is_file():
@@ -372,7 +375,7 @@ def reproducer_script(result: Result, options: dict[str, Any], repo: Path,
         f"# kernel {p.get('kernel_release', '?')} (config {p.get('kernel_config_hash', '?')}),"
         f" accel {p.get('accelerator', '?')}, topology {p.get('topology', '?')}",
         "set -e",
-        f"cd {shlex.quote(str(repo))}",
+        f"cd {shlex.quote(rootdir)}",
     ]
     if qemu:
         lines.append("echo " + shlex.quote(
@@ -512,6 +515,7 @@ def _options(config: pytest.Config) -> dict[str, Any]:
                                              "image")}
     out["ksm_seed"] = getattr(o, "ksm_seed", None)
     out["args"] = list(config.invocation_params.args)
+    out["rootdir"] = str(config.rootpath)
     return out
 
 
