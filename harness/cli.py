@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", metavar="XML")
 
     argv = sys.argv[1:] if argv is None else argv
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: Ctrl-C (or kill -INT) must always stop us and our QEMUs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if argv[:1] and argv[0] in ("triage", "run", "selftest"):
         # their options belong to triage / pytest: pass them through untouched
         args = argparse.Namespace(cmd=argv[0], rest=argv[1:])
