@@ -123,7 +123,12 @@ def _is_test_path(arg: str) -> bool:
     if arg.startswith("-"):
         return False
     path = arg.split("::")[0]
-    return "::" in arg or path.endswith(".py") or os.path.isdir(path)
+    if "::" in arg or path.endswith(".py"):
+        return True
+    # a directory counts only inside our tests/: `--kernel ~/linux` is an option's value
+    tests = paths.REPO / "tests"
+    return os.path.isdir(path) and (Path(path).resolve() == tests
+                                    or tests in Path(path).resolve().parents)
 
 
 def _add_bisect_options(p: argparse.ArgumentParser) -> None:
