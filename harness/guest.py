@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .monitor import Finding, Monitor
+from .timeline import Sampler
 from .vm import VM
 
 
@@ -13,6 +14,7 @@ class Guest:
     def __init__(self, boot: Callable[[], VM], stop: Callable[[VM], None]) -> None:
         self._boot, self._stop = boot, stop
         self.broken: str | None = None   # why the VM must be replaced before the next test
+        self.sampler: Sampler | None = None  # KSM counter timeline of the running test
         self.generation = 0
         self._start()
 
@@ -28,6 +30,20 @@ class Guest:
         self._stop(self.vm)
         self.broken = None
         self._start()
+
+    def spawn(self, cmd: str):  # type: ignore[no-untyped-def]
+        """Like VM.spawn; while a timeline sampler is attached, every line sent to the
+        program (a workload command) is recorded as a phase."""
+        proc = self.vm.spawn(cmd)
+        sampler = self.sampler
+        if sampler is not None:
+            send = proc.send_line
+
+            def send_and_mark(line: str) -> None:
+                sampler.phase(" ".join(line.split()[:2]))
+                send(line)
+            proc.send_line = send_and_mark  # type: ignore[method-assign]
+        return proc
 
     def close(self) -> None:
         self._stop(self.vm)

@@ -13,7 +13,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from . import paths, reaper, spec as spec_mod
+from . import paths, reaper, spec as spec_mod, timeline
+from .report import slug
+from .timeline import Sampler
 from .errors import HarnessError
 from .guest import Guest
 from .monitor import Finding, TestWindow
@@ -176,9 +178,32 @@ def _test_name(item: pytest.Item) -> str:
     return re.sub(r"[^\w./:\[\]=-]", "_", item.nodeid)[-120:]
 
 
+def _start_timeline(item: pytest.Item, guest: Guest) -> None:
+    """KSM scenarios get a counter timeline (see harness/timeline.py)."""
+    if "tests/ksm/" not in item.nodeid or guest.sampler is not None:
+        return
+    try:
+        guest.sampler = Sampler(guest.vm.spawn)
+    except Exception:
+        guest.sampler = None  # a plot is a nicety; never fail a test for it
+
+
+def _stop_timeline(item: pytest.Item, guest: Guest) -> None:
+    sampler, guest.sampler = guest.sampler, None
+    if sampler is None:
+        return
+    tl = sampler.stop()
+    rdir = Path(item.config.getoption("report_dir", None) or "results")
+    try:
+        timeline.write(tl, item.nodeid, rdir / "plots" / f"{slug(item.nodeid)}.svg")
+    except OSError:
+        pass
+
+
 def _open_windows(item: pytest.Item) -> None:
     windows = []
     for guest in _guests(item):
+        _start_timeline(item, guest)
         if guest.boot_findings:
             item.stash.setdefault(FINDINGS, {}).setdefault("call", []).extend(
                 guest.boot_findings)
@@ -190,6 +215,8 @@ def _open_windows(item: pytest.Item) -> None:
 def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None) -> None:
     findings: list[Finding] = []
     for guest, window in item.stash.get(WINDOWS, []):
+        if phase == "teardown":
+            _stop_timeline(item, guest)
         if guest.vm.stopped:  # torn down by its fixture: only its last reports count
             findings += [Finding(r.title, r.category, r.text, r) for r in guest.monitor.flush()
                          if r.start_line >= window.start_line
