@@ -269,6 +269,7 @@ class Workload:
         self.children_pids: list[int] = []
         self.exit_status: int | None = None
         self._unusable: str | None = None
+        self._outstanding: str | None = None
 
     # -- starting and stopping --
 
@@ -335,12 +336,38 @@ class Workload:
 
     def command(self, line: str, timeout: float | None = None) -> Reply:
         """Send one command, wait for its reply; raise on ``err``, death or silence."""
+        self.begin(line)
+        return self.finish(timeout)
+
+    def begin(self, line: str) -> None:
+        """Send a command without waiting for its reply (e.g. a long ``churn`` while the test
+        flips KSM knobs); :meth:`finish` collects the reply. One command at a time."""
         if self._unusable:
             raise WorkloadError(f"workload '{self.name}' cannot run '{line}': {self._unusable}",
                                 self.name, line)
-        timeout = BASE_TIMEOUT if timeout is None else timeout
+        if self._outstanding is not None:
+            raise WorkloadError(f"workload '{self.name}' still runs '{self._outstanding}': "
+                                f"cannot send '{line}'", self.name, line)
         try:
             self.proc.send_line(line)
+        except (EOFError, OSError) as e:
+            raise self._died(line, "", f"closed its input ({type(e).__name__})") from None
+        self._outstanding = line
+
+    @property
+    def busy(self) -> bool:
+        """A command was sent with :meth:`begin` and its reply not collected yet."""
+        return self._outstanding is not None
+
+    def finish(self, timeout: float | None = None) -> Reply:
+        """The reply to the command sent by :meth:`begin`, with the same checks as
+        :meth:`command`."""
+        line = self._outstanding
+        if line is None:
+            raise WorkloadError(f"workload '{self.name}': no command outstanding", self.name)
+        self._outstanding = None
+        timeout = BASE_TIMEOUT if timeout is None else timeout
+        try:
             text = self.proc.read_line(timeout)
         except CommandTimeout:
             self._unusable = f"'{line}' timed out"

@@ -180,6 +180,11 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
         if w.exit_status is not None:
             continue
         try:
+            if w.busy:  # a command sent with begin() and never collected (the test failed)
+                w.finish(timeout=120)
+        except WorkloadError:
+            pass
+        try:
             if w.exit(timeout=120, check=False) == 1:
                 corrupt.append(w.name)
         except WorkloadError:

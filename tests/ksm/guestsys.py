@@ -201,3 +201,36 @@ def compact(vm: Runner, timeout: float = 120.0) -> float:
 def loadavg_free_mb(vm: Runner) -> int:
     out = sh(vm, "grep MemAvailable /proc/meminfo").stdout.split()
     return int(out[1]) // 1024
+
+
+# ---- commands in the background ----
+
+class Background:
+    """A guest command running on its own SSH channel while the test does other things;
+    :meth:`wait` returns its exit status and output, with a deadline (a hang candidate)."""
+
+    def __init__(self, spawner, cmd: str) -> None:  # type: ignore[no-untyped-def]
+        self.cmd = cmd
+        self.started = time.monotonic()
+        self.proc = spawner.spawn(f"{{ {cmd}\n}} 2>&1; echo \"__rc=$?\"")
+        self.lines: list[str] = []
+        self.status: int | None = None
+
+    def wait(self, timeout: float = 300.0) -> tuple[int, str, float]:
+        from harness.remote import CommandTimeout
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            try:
+                line = self.proc.read_line(max(deadline - time.monotonic(), 0.001))
+            except CommandTimeout:
+                self.proc.kill()
+                raise CommandTimeout(self.cmd, timeout) from None
+            except (EOFError, OSError):
+                raise GuestError(f"background command lost its channel: {self.cmd}: "
+                                 f"{' | '.join(self.lines[-3:])}") from None
+            m = re.fullmatch(r"__rc=(\d+)", line.strip())
+            if m:
+                self.status = int(m.group(1))
+            else:
+                self.lines.append(line)
+        return self.status, "\n".join(self.lines), time.monotonic() - self.started
