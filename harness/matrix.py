@@ -136,6 +136,30 @@ def matrix_document(columns: list[Column]) -> dict[str, Any]:
          "outcomes": {n: r.outcome for n, r in c.results.items()}} for c in columns]}
 
 
+def matrix_junit(columns: list[Column]) -> str:
+    """One JUnit document for the whole matrix, written with junit-xml: a test suite per
+    kernel (and topology), a test case per scenario, so CI shows "scenario on kernel"."""
+    from junit_xml import TestCase, TestSuite, to_xml_report_string
+    suites = []
+    for col in columns:
+        cases = []
+        for nodeid, r in sorted(col.results.items()):
+            case = TestCase(nodeid.split("::", 1)[-1], classname=f"{col.label}.{nodeid.split('::')[0]}",
+                            elapsed_sec=r.duration)
+            if r.outcome == "failed":
+                case.add_failure_info(message=r.message, output=r.text)
+            elif r.outcome == "error":
+                case.add_error_info(message=r.message, output=r.text)
+            elif r.outcome in ("skipped", "xfailed"):
+                case.add_skipped_info(message=r.message)
+            cases.append(case)
+        props = {"kernel": col.kernel or "default", "numa": col.numa or "default",
+                 **{k: v for k, v in next(iter(col.results.values())).properties.items()
+                    if k.startswith(("kernel", "accel", "topology"))}} if col.results else {}
+        suites.append(TestSuite(col.label, cases, properties=props))
+    return to_xml_report_string(suites)
+
+
 def run_one(kernel: str | None, numa: str | None, rest: list[str], out: Path) -> list[Result]:
     from .cli import _is_test_path
     cmd = [sys.executable, "-m", "harness.cli", "run", *rest]
@@ -171,8 +195,9 @@ def main(argv: list[str], report_root: Path | None = None) -> int:
             columns.append(Column(label, kernel, numa, {r.nodeid: r for r in results}))
     new = new_failures(columns, baseline)
     (root / "matrix.json").write_text(json.dumps(matrix_document(columns), indent=1) + "\n")
+    (root / "matrix-junit.xml").write_text(matrix_junit(columns))
     print(table(columns, new))
-    print(f"(matrix.json and per-column results in {root})")
+    print(f"(matrix.json, matrix-junit.xml and per-column results in {root})")
     if new:
         what = "new failures against the baseline" if baseline else "failures"
         print(f"{len(new)} {what} (*):")

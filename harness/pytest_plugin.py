@@ -14,7 +14,6 @@ from typing import Callable, Iterator
 import pytest
 
 from . import paths, reaper, spec as spec_mod, timeline
-from .report import slug
 from .timeline import Sampler
 from .errors import HarnessError
 from .guest import Guest
@@ -192,6 +191,7 @@ def _stop_timeline(item: pytest.Item, guest: Guest) -> None:
     sampler, guest.sampler = guest.sampler, None
     if sampler is None:
         return
+    from .report import slug  # imported late: pytest registers harness.report itself
     tl = sampler.stop()
     rdir = Path(item.config.getoption("report_dir", None) or "results")
     try:

@@ -82,3 +82,16 @@ def test_main_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monke
     # both kernels report the same release in the recorded files: labels stay distinct
     assert "6.1.0-ksmtest #2" in out
     assert (tmp_path / "matrix.json").is_file()
+
+
+def test_matrix_junit_has_a_case_per_scenario_per_kernel() -> None:
+    import xml.etree.ElementTree as ET
+    cols = [column("good", "6.1.0-a"), column("bad_warning", "6.1.0-b")]
+    root = ET.fromstring(matrix.matrix_junit(cols))
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["6.1.0-a", "6.1.0-b"]
+    bad = suites[1].findall("testcase")
+    failed = [c for c in bad if c.find("failure") is not None]
+    assert failed and failed[0].get("classname", "").startswith("6.1.0-b.")
+    assert failed[0].find("failure").get("message").startswith("WARNING")
+    assert all(c.find("failure") is None for c in suites[0].findall("testcase"))
