@@ -421,7 +421,13 @@ class Ksm:
                              "(KSM or ksmd hung?)") from e
 
     def unmerge_all(self, timeout: float = 300.0) -> KsmSnapshot:
-        """run=2: break every KSM page (blocks until done), then check nothing is left."""
+        """run=2: break every KSM page (blocks until done), then check nothing is left.
+
+        When run is 2 already, it goes through run=0 first: the kernel ignores a write of the
+        current value, and a new run=2 also removes the stable nodes a previous one had to
+        leave behind (pages still mapped by an mm exiting at that moment)."""
+        if self.get("run") == RUN_UNMERGE:
+            self.set("run", RUN_STOP)
         self.set("run", RUN_UNMERGE, timeout)
         snap = self.snapshot()
         if snap.get("pages_shared") or snap.get("pages_sharing"):

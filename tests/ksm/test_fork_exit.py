@@ -115,7 +115,14 @@ def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload) -> None:  # ty
     p.exit()
     took = pending.wait(timeout=300)
     print(f"run=2 took {took:.2f}s; exits started while it ran: {during}")
-    ksm.assert_counts(ZERO_COUNTS, "after exits during run=2")
+    # Nothing merged is left. Stable nodes may be: remove_all_stable_nodes() at the end of
+    # run=2 refuses to drop a node whose page an exiting mm still maps (between ksm_exit()
+    # and exit_mmap()); the next run=2, with the exits done, must remove every one of them.
+    snap = ksm.assert_counts(ALL_GONE, "after exits during run=2")
+    print(f"stable nodes left by run=2 racing the exits: chains="
+          f"{snap['stable_node_chains']} dups={snap['stable_node_dups']}")
+    ksm.unmerge_all()
+    ksm.assert_counts(ZERO_COUNTS, "after a second run=2, the exits done")
 
 
 @pytest.mark.allow_kernel("OOM")
@@ -150,7 +157,11 @@ def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg) -> None:  # typ
         time.sleep(0.1)
     with pytest.raises(WorkloadError):
         victim.verify()
-    ksm.assert_counts(ZERO_COUNTS, f"after the OOM kill ({outcome})")
+    # As with any exit during run=2, stable nodes of pages the victim still mapped may stay
+    # until the next run=2 (see test_exits_during_scan_and_during_unmerge).
+    ksm.assert_counts(ALL_GONE, f"after the OOM kill ({outcome})")
+    ksm.unmerge_all()
+    ksm.assert_counts(ZERO_COUNTS, "after a second run=2")
 
 
 @pytest.mark.parametrize("when", ["before_merge", "after_merge"])
