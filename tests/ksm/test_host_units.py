@@ -1,0 +1,146 @@
+"""Host-only checks of the suite's own machinery (no QEMU): the counter arithmetic of
+harness.ksm.Layout, the counter mismatch messages, GuestShell and background KSM writes over a
+local shell, the workload's background commands and its pageflags report."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import workloads as wl
+from harness.ksm import (
+    ALL_GONE,
+    EXACT_COUNTERS,
+    GuestShell,
+    KsmCountMismatch,
+    KsmSnapshot,
+    KsmTimeout,
+    KsmWriteError,
+    Layout,
+    check_counts,
+    write_in_background,
+)
+from harness.remote import CommandTimeout
+from harness.workloads import Workload, WorkloadError
+from tests.unit.test_workload_host import LocalSpawner
+
+pytestmark = pytest.mark.host
+
+
+def test_layout_of_scenario_one() -> None:
+    layout = (Layout().same("same:1", 2760).same("same:2", 400).same("same:7", 256).zero(256)
+              .unique(1024))
+    assert layout.expected() == {"pages_shared": 15, "pages_sharing": 3657,
+                                 "pages_unshared": 1024, "pages_volatile": 0,
+                                 "stable_node_chains": 2, "stable_node_dups": 13}
+
+
+def test_layout_numa_zero_pages_and_forks() -> None:
+    two_nodes = Layout().same("c", 100, node=0).same("c", 100, node=1)
+    assert two_nodes.expected(merge_across_nodes=True)["pages_shared"] == 1
+    assert two_nodes.expected(merge_across_nodes=False)["pages_shared"] == 2
+    with pytest.raises(ValueError, match="no node"):
+        Layout().same("c", 10).expected(merge_across_nodes=False)
+    zero = Layout().zero(1000).same("s", 10)
+    assert zero.expected(use_zero_pages=True)["pages_shared"] == 1
+    assert zero.expected(use_zero_pages=False)["pages_shared"] == 4 + 1
+    forked = Layout().same("s", 1024).ksm_fork(1024, 16).unique(128).forked_unmerged(128, 8)
+    e = forked.expected()
+    assert (e["pages_shared"], e["pages_sharing"]) == (4, 1020 + 16 * 1024)
+    assert (e["pages_unshared"], e["pages_volatile"]) == (128, 1024)
+    assert Layout().same("x", 33).expected(max_page_sharing=4)["pages_unshared"] == 1
+    assert set(ALL_GONE) == set(EXACT_COUNTERS) - {"stable_node_chains", "stable_node_dups"}
+
+
+def test_mismatch_message_names_each_counter() -> None:
+    snap = KsmSnapshot({"pages_shared": "4", "pages_sharing": "4079", "pages_unshared": "0",
+                        "run": "1", "full_scans": "9"})
+    check_counts(snap, {"pages_shared": 4, "pages_sharing": 4079, "general_profit": 5})
+    with pytest.raises(KsmCountMismatch) as info:
+        check_counts(snap, {"pages_shared": 4, "pages_sharing": 4080, "pages_unshared": 2},
+                     "after merging")
+    msg = str(info.value)
+    assert msg.startswith("KSM counters wrong after merging: pages_sharing is 4079, expected "
+                          "4080; pages_unshared is 0, expected 2 (all: run=1 full_scans=9")
+    assert info.value.mismatches == {"pages_sharing": (4079, 4080), "pages_unshared": (0, 2)}
+
+
+@pytest.fixture
+def shell() -> Iterator[GuestShell]:
+    sh = GuestShell(LocalSpawner())
+    yield sh
+    sh.close()
+
+
+def test_guest_shell_separates_output_status_and_survives(shell: GuestShell) -> None:
+    r = shell.run("echo out; echo err >&2; false")
+    assert (r.status, r.stdout, r.stderr) == (1, "out\n", "err\n")
+    assert shell.run("printf 'a\\nb'").stdout == "a\nb"
+    assert shell.run("printf ''").stdout == ""
+    assert shell.run("exit 7").status == 7  # in a subshell: the shell goes on
+    assert shell.run("cd / && pwd").stdout == "/\n"
+    assert shell.run("pwd").stdout != "/\n" or os.getcwd() == "/"
+    assert shell.run("x=5; echo $x; cat").stdout == "5\n"  # stdin is /dev/null
+    multi = shell.run("for i in 1 2; do\n  echo $i\ndone")
+    assert multi.stdout == "1\n2\n"
+    assert shell.commands == 8
+
+
+def test_guest_shell_timeout_starts_a_new_shell(shell: GuestShell) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        shell.run("sleep 5", timeout=0.5)
+    assert time.monotonic() - t0 < 3
+    assert shell.run("echo again").stdout == "again\n"
+
+
+def test_background_write_reports_success_errno_and_hangs(tmp_path: Path) -> None:
+    spawner = LocalSpawner()
+    (tmp_path / "run").write_text("0\n")
+    pending = write_in_background(spawner, "run", 2, ksm_dir=str(tmp_path))
+    assert pending.wait(10) >= 0
+    assert (tmp_path / "run").read_text() == "2\n"
+    (tmp_path / "use_zero_pages").mkdir()
+    refused = write_in_background(spawner, "use_zero_pages", 1, ksm_dir=str(tmp_path))
+    deadline = time.monotonic() + 10
+    while not refused.done():
+        assert time.monotonic() < deadline
+    with pytest.raises(KsmWriteError) as info:
+        refused.wait(10)
+    assert info.value.errno_name == "EISDIR"
+    os.mkfifo(tmp_path / "sleep_millisecs")  # a write that blocks, like a hung run=2
+    hung = write_in_background(spawner, "sleep_millisecs", 5, ksm_dir=str(tmp_path))
+    with pytest.raises(KsmTimeout) as timeout:
+        hung.wait(0.5)
+    assert isinstance(timeout.value, CommandTimeout)  # the monitor treats it as a hang
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the workload")
+    return wl.build(tmp_path_factory.mktemp("build"))
+
+
+def test_background_commands_of_a_workload(binary: Path) -> None:
+    w = Workload.start(LocalSpawner(), str(binary))
+    try:
+        w.alloc("s", 64, "same:1")
+        w.begin("churn s 200")
+        assert w.busy
+        with pytest.raises(WorkloadError, match="still runs 'churn s 200'"):
+            w.begin("verify")
+        assert w.finish(10).fields["passes"] != "0"
+        assert not w.busy
+        assert w.verify() == 64
+        flags = w.pageflags("s")
+        assert flags["present"] == 64 and flags["swapped"] == 0
+        if os.geteuid() == 0:  # PFNs (and kpageflags) need CAP_SYS_ADMIN
+            assert flags["nopfn"] == 0 and flags["ksm"] == 0, flags
+        assert w.exit() == 0
+    finally:
+        w.kill()
