@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
     for name, helptext in (("run", "run the KSM scenario suite (pytest options pass through)"),
-                           ("selftest", "run ksm-harness's own tests")):
+                           ("selftest", "run ksm-harness's own tests (host, guest, and "
+                                        "the KSM suite on the default kernel)")):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
@@ -253,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "junit-check":
             return cmd_junit_check(args)
         if args.cmd == "selftest":
-            return cmd_pytest(args, ["tests/unit", "tests/guest"])
+            # ours: host tests, the harness on real guests, and the KSM suite itself on the
+            # default kernel (it must pass there, or the product is broken)
+            return cmd_pytest(args, ["tests/unit", "tests/guest", "tests/ksm"])
     except HarnessError as exc:
         print(f"ksm-harness: {exc}", file=sys.stderr)
         return exc.exit_code
