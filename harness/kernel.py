@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
+import os
 import re
 import shutil
 import struct
@@ -241,6 +242,11 @@ def _apt_target(package: str) -> str:
     """linux-image-amd64 is a metapackage; find the real image package it depends on."""
     r = subprocess.run(["apt-cache", "depends", "--important", package],
                        capture_output=True, text=True)
+    if r.returncode != 0 and os.geteuid() == 0:
+        # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
+        r = subprocess.run(["apt-cache", "depends", "--important", package],
+                           capture_output=True, text=True)
     for line in r.stdout.splitlines():
         m = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
         if m:

@@ -36,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--append", default="", help="extra kernel command line")
     g.addoption("--image", default=None, help="base qcow2 image instead of the recipe's")
     g.addoption("--boot-timeout", type=float, default=0.0)
+    g.addoption("--ksm-seed", type=int, default=None,
+                help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
+                     "a failure prints the seed to rerun with)")
     g.addoption("--keep-runs", action="store_true",
                 help="keep each VM's run directory (overlay, initrd) after the run")
 

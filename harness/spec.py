@@ -34,6 +34,10 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
     deps.ensure(["qemu-system-x86_64", "qemu-img"])
     if opts.accel not in ("auto", "kvm", "tcg"):
         raise HarnessError(f"--accel {opts.accel}: choose auto, kvm or tcg")
+    # cheap checks first: a typo must not wait for a kernel download or an image build
+    topo = Topology(nodes=parse_numa(opts.numa))
+    if opts.swap_disk:
+        topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
     kern = (kernel_mod.load(opts.kernel, opts.modules) if opts.kernel
             else kernel_mod.default(log=log))
     if opts.image:
@@ -44,9 +48,6 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
     else:
         base = image.ensure(log=log)
     acc = accel.choose(opts.accel)
-    topo = Topology(nodes=parse_numa(opts.numa))
-    if opts.swap_disk:
-        topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
     cmdline = tuple(opts.append.split()) + tuple(opts.extra_cmdline)
     timeout = opts.boot_timeout or (60.0 if acc.name == "kvm" else 180.0)
     log(f"ksm-harness: kernel {kern.describe()}; accel {acc.describe()}; "

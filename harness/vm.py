@@ -3,6 +3,7 @@ stop it. Nothing here knows KSM."""
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from .ssh import SSH, SSHProcess, SSHUnavailable
 from .topology import Topology
 
 READY = r"KSM-HARNESS-READY"
+QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
 BOOT_FAILED = r"KSM-HARNESS-BOOT-FAILED|Kernel panic - not syncing|ksm-initramfs: "
 
 # Guest sysctls, written by the initramfs before anything else runs.
@@ -148,6 +150,7 @@ class VM:
     def wait_ready(self) -> "VM":
         """Wait for the guest's ready marker and a working SSH login."""
         assert self.config is not None
+        crashes = 0
         for attempt in range(5):
             try:
                 self._wait_ready()
@@ -155,6 +158,16 @@ class VM:
             except VMError as exc:
                 if "host forwarding" in str(exc) and attempt < 4:
                     self._kill()  # the port was taken meanwhile: try another
+                    self.config.ssh_port = self.port = _free_port()
+                    self._spawn(self.config)
+                    continue
+                sig = self.child.signalstatus if self.child is not None else None
+                if sig in QEMU_CRASH_SIGNALS and crashes == 0 and attempt < 4:
+                    # QEMU itself crashed (seen: TCG SIGSEGV, ~1 boot in 60), not the guest
+                    crashes += 1
+                    self.log(f"ksm-harness: QEMU crashed with signal {sig} while booting; "
+                             "booting once more (the crash stays in the console log)")
+                    self._kill()
                     self.config.ssh_port = self.port = _free_port()
                     self._spawn(self.config)
                     continue

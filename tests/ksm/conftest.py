@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness import paths, workloads
+from harness import leaks, paths, workloads
 from harness.ksm import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
@@ -44,13 +44,6 @@ from tests.ksm import guestsys
 from tests.ksm.guestsys import MemCgroup, Unavailable
 
 SEED_OPTION = "--ksm-seed"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("ksm-harness").addoption(
-        SEED_OPTION, type=int, default=None,
-        help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; a "
-             "failure prints the seed to rerun with)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -141,6 +134,7 @@ def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
     k.set("pages_to_scan", FAST_PAGES_TO_SCAN)
     k.set("sleep_millisecs", FAST_SLEEP_MILLISECS)
     k.set("run", 0)
+    slabs = leaks.slab_objects(ksm_guest.sh)
     yield k
     k.restore(boot)
     left = k.exact_counters()
@@ -148,6 +142,11 @@ def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
     if rest:
         raise KsmError(f"KSM counters not back to 0 after the test and run=2: "
                        f"{describe_mismatches(rest)}")
+    # stable nodes of pages an exiting process still mapped go only at the next run=2
+    k.unmerge_all()
+    problems = leaks.slab_problems(slabs, leaks.slab_objects(ksm_guest.sh), slack=64)
+    if problems:
+        raise leaks.LeakError("KSM objects leaked: " + "; ".join(problems))
 
 
 WorkloadFactory = Callable[..., Workload]
