@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="also time a cold image build")
     ap.add_argument("--numa", default="2")
     ap.add_argument("--kernel")
+    ap.add_argument("--append", default="", help="extra kernel command line")
     args = ap.parse_args()
 
     t0 = time.monotonic()
@@ -48,7 +49,7 @@ def main() -> int:
             cold = time.monotonic() - t0
             del os.environ["KSM_HARNESS_CACHE"]
 
-    spec = spec_mod.build(spec_mod.Options(kernel=args.kernel, numa=args.numa))
+    spec = spec_mod.build(spec_mod.Options(kernel=args.kernel, numa=args.numa, append=args.append))
     ssh, console = [], []
     run_dir = paths.new_run_dir("bench")
     try:
