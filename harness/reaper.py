@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -84,10 +85,16 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+BULKY = ("*.qcow2", "initrd.img", "disk-*.raw", "qmp.sock")
+KEEP_DAYS = 7
+
+
 def clean_stale(root: Path | None = None) -> list[str]:
-    """Kill QEMUs of dead harness runs and remove their run directories."""
+    """Kill QEMUs of dead harness runs and free their disk space. Console logs stay (a
+    nightly run's evidence must survive the next run) until they are KEEP_DAYS old."""
     root = root or runs_root()
     done = []
+    now = time.time()
     for run in root.iterdir() if root.exists() else []:
         m = re.search(r"-(\d+)$", run.name)
         if not run.is_dir() or not m or _pid_alive(int(m.group(1))):
@@ -101,6 +108,10 @@ def clean_stale(root: Path | None = None) -> list[str]:
             if str(run) in cmdline:  # the pid is still that QEMU, not a recycled pid
                 os.kill(pid, signal.SIGKILL)
                 done.append(f"killed stale QEMU {pid} of {run.name}")
-        if not (run / "keep").exists():
+            pidfile.unlink(missing_ok=True)
+        for pattern in BULKY:
+            for path in run.rglob(pattern):
+                path.unlink(missing_ok=True)
+        if now - run.stat().st_mtime > KEEP_DAYS * 86400:
             shutil.rmtree(run, ignore_errors=True)
     return done

@@ -78,7 +78,7 @@ def test_next_run_kills_a_stale_qemu(tmp_path: Path) -> None:
         msgs = reaper.clean_stale(tmp_path)
         assert any(str(qemu.pid) in m for m in msgs), msgs
         assert qemu.wait(timeout=10) == -signal.SIGKILL
-        assert not run.exists()
+        assert not pidfile.exists()
     finally:
         if qemu.poll() is None:
             qemu.kill()
