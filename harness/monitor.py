@@ -159,9 +159,14 @@ class Monitor:
                     self.vm.qmp.sysrq(key)
             except QMPError as exc:
                 status = f"QMP failed: {exc}"
-        # wait until the dumps stop coming (console quiet), bounded
+        # The console was silent through the hang, so first wait for the kernel's answer
+        # to begin, then until it stops coming; both bounded.
         end = time.monotonic() + limit
-        while time.monotonic() < end and console.silent_for() < settle:
+        first = time.monotonic() + min(10.0, limit)
+        while time.monotonic() < first and console.mark() == start:
+            time.sleep(0.1)
+        while time.monotonic() < end and console.mark() > start \
+                and console.silent_for() < settle:
             time.sleep(0.1)
         parts.append(f"QMP status: {status}")
         dumped = console.text(start)
