@@ -114,7 +114,23 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: 
                                   "ksm_swpin_copy")
     assert delta["pswpout"] > 0 and delta["pswpin"] > 0, delta
     print(f"{swap_device}: {out} pages swapped out; vmstat {delta}")
-    ksm.wait_counts(layout.expected(), what="merged again after swap-in")
+    # The pages fault back in whatever order the workloads touch them, and with
+    # max_page_sharing that regrouping is order-dependent: a group's last page may stay
+    # unshared instead of forming one more dup (seen once in CI: 18 dups + 1 unshared page
+    # where a fresh merge gives 19 dups). So here only the invariant is exact: every page is
+    # accounted for again and none is volatile ...
+    exp = layout.expected()
+    total = sum(exp[k] for k in ("pages_shared", "pages_sharing", "pages_unshared"))
+    ksm.wait_merged(lambda c: c["pages_volatile"] == 0 and total == sum(
+        c[k] for k in ("pages_shared", "pages_sharing", "pages_unshared")), pages=total,
+        expect=f"all {total} pages under KSM again after swap-in", exact=True)
+    for w in (a, b, d):
+        w.verify()
+    # ... and after a full unmerge of pages that went through the swap cache (seed 000), a
+    # fresh merge must reach the exact counts again.
+    ksm.unmerge_all()
+    ksm.set("run", 1)
+    ksm.wait_counts(exp, what="merged again after swap-in and a full unmerge")
     for w in (a, b, d):
         w.verify()
 
