@@ -54,8 +54,8 @@ class Console:
                 data = self.child.read_nonblocking(65536, timeout=0.5)
             except pexpect.TIMEOUT:
                 continue
-            except (pexpect.EOF, OSError, ValueError):
-                break
+            except (pexpect.EOF, pexpect.ExceptionPexpect, OSError, ValueError):
+                break  # QEMU is gone (ExceptionPexpect: another thread reaped it first)
             if not data:
                 continue
             raw = data if isinstance(data, bytes) else data.encode()

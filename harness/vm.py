@@ -119,11 +119,22 @@ class VM:
         return cfg.argv()
 
     # --- lifecycle ----------------------------------------------------------------------
+    def _running(self) -> bool:
+        """pexpect's isalive(), safe against the race with the console thread: its
+        read_nonblocking() calls isalive() too and may reap QEMU first, after which ours
+        raises "no child process" (seen once in CI)."""
+        if self.child is None:
+            return False
+        try:
+            return bool(self.child.isalive())
+        except (pexpect.ExceptionPexpect, ChildProcessError):
+            return False
+
     def alive(self) -> str | None:
         """None while QEMU runs, else why it is gone."""
         if self.child is None:
             return "QEMU not started"
-        if self.child.isalive():
+        if self._running():
             return None
         return f"QEMU exited (status {self.child.exitstatus}, signal {self.child.signalstatus})"
 
@@ -226,9 +237,9 @@ class VM:
                 self.qmp = None
 
     def _kill(self) -> None:
-        if self.child is not None and self.child.isalive():
+        if self._running():
+            assert self.child is not None
             self.child.kill(9)
-            self.child.wait() if not self.child.isalive() else None
         if self._reaper_key is not None:
             reaper.unregister(self._reaper_key)
             self._reaper_key = None
@@ -242,16 +253,17 @@ class VM:
             except Exception:
                 pass
             self.ssh = None
-        if self.child is not None and self.child.isalive():
+        if self._running():
+            assert self.child is not None
             if self.qmp is not None:
                 try:
                     self.qmp.command("quit")
                 except QMPError:
                     pass
             end = time.monotonic() + timeout
-            while self.child.isalive() and time.monotonic() < end:
+            while self._running() and time.monotonic() < end:
                 time.sleep(0.02)
-            if self.child.isalive():
+            if self._running():
                 self.child.kill(9)
         if self.child is not None:
             try:
