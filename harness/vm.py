@@ -168,9 +168,7 @@ class VM:
                 return self
             except VMError as exc:
                 if "host forwarding" in str(exc) and attempt < 4:
-                    self._kill()  # the port was taken meanwhile: try another
-                    self.config.ssh_port = self.port = _free_port()
-                    self._spawn(self.config)
+                    self._respawn()  # the port was taken meanwhile: try another
                     continue
                 sig = self.child.signalstatus if self.child is not None else None
                 if sig in QEMU_CRASH_SIGNALS and crashes == 0 and attempt < 4:
@@ -178,9 +176,7 @@ class VM:
                     crashes += 1
                     self.log(f"ksm-harness: QEMU crashed with signal {sig} while booting; "
                              "booting once more (the crash stays in the console log)")
-                    self._kill()
-                    self.config.ssh_port = self.port = _free_port()
-                    self._spawn(self.config)
+                    self._respawn()
                     continue
                 self.stop()
                 raise
@@ -235,6 +231,13 @@ class VM:
                 self.qmp.connect(5)
             except QMPError:
                 self.qmp = None
+
+    def _respawn(self) -> None:
+        """Kill this QEMU and start it again on a fresh SSH port (same files)."""
+        assert self.config is not None
+        self._kill()
+        self.config.ssh_port = self.port = _free_port()
+        self._spawn(self.config)
 
     def _kill(self) -> None:
         if self._running():
