@@ -1,11 +1,14 @@
-"""Build a kernel from a source tree for the harness: x86_64 defconfig plus our fragment
-(``guest-images/kernel.config``), a check that every option of the fragment really landed in
-``.config`` (as kunit.py does: Kconfig drops an option silently when a dependency is
-missing), then ``make -jN bzImage modules``, through ccache when it is installed.
+"""Build a kernel from a source tree for the harness: a base config (x86_64 defconfig when the
+tree has no ``.config`` or ``--defconfig`` is given, else the tree's own ``.config``, as a
+kernel developer bisecting with their config expects), optionally ``--slim``
+(``guest-images/kernel-slim.config``: no graphics, sound, USB, wireless, ...), then our
+fragment (``guest-images/kernel.config``), a check that every option of the fragment really
+landed in ``.config`` (as kunit.py does: Kconfig drops an option silently when a dependency
+is missing), then ``make -jN bzImage modules``, through ccache when it is installed.
 
-Rebuilding after ``git checkout`` is incremental: defconfig and the merge rewrite ``.config``
-but Kconfig only touches the headers of options that changed, so a bisect step recompiles
-what the commit changed (and ccache serves files seen in earlier steps)."""
+Rebuilding after ``git checkout`` is incremental: the merge rewrites ``.config`` but Kconfig
+only touches the headers of options that changed, so a bisect step recompiles what the
+commit changed (and ccache serves files seen in earlier steps)."""
 from __future__ import annotations
 
 import os
@@ -23,6 +26,7 @@ from .errors import HarnessError
 from .kernel import parse_config
 
 FRAGMENT = paths.REPO / "guest-images" / "kernel.config"
+SLIM = paths.REPO / "guest-images" / "kernel-slim.config"
 _SET = re.compile(r"^(CONFIG_\w+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_\w+) is not set$")
 
@@ -98,21 +102,31 @@ def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
                          + "\n".join(tail))
 
 
+def _merge(tree: Path, fragment: Path, log: Callable[[str], None], logfile: Path) -> None:
+    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    if merge.is_file():
+        _run(["sh", str(merge), "-m", ".config", str(fragment)], tree, log,
+             f"merge {fragment.name}", logfile)
+    else:
+        with (tree / ".config").open("a") as fh:
+            fh.write("\n" + fragment.read_text())
+
+
 def configure(tree: Path, fragment: Path = FRAGMENT, log: Callable[[str], None] = print,
-              logfile: Path | None = None) -> dict[str, str]:
+              logfile: Path | None = None, defconfig: bool = False,
+              slim: bool = False) -> dict[str, str]:
     tree = check_tree(tree)
     if not fragment.is_file():
         raise BuildError(f"config fragment not found: {fragment}")
     logfile = logfile or tree / ".ksm-harness-build.log"
     cc, _ = _make_env()
-    _run(["make", *cc, "defconfig"], tree, log, "defconfig", logfile)
-    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
-    if merge.is_file():
-        _run(["sh", str(merge), "-m", ".config", str(fragment)], tree, log, "merge fragment",
-             logfile)
+    if defconfig or not (tree / ".config").is_file():
+        _run(["make", *cc, "defconfig"], tree, log, "defconfig", logfile)
     else:
-        with (tree / ".config").open("a") as fh:
-            fh.write("\n" + fragment.read_text())
+        log(f"ksm-harness: keeping {tree}/.config as the base (--defconfig replaces it)")
+    if slim:
+        _merge(tree, SLIM, log, logfile)
+    _merge(tree, fragment, log, logfile)
     _run(["make", *cc, "olddefconfig"], tree, log, "olddefconfig", logfile)
     config = parse_config((tree / ".config").read_text(errors="replace"))
     missing = missing_options(parse_fragment(fragment.read_text()), config)
@@ -123,12 +137,13 @@ def configure(tree: Path, fragment: Path = FRAGMENT, log: Callable[[str], None] 
 
 
 def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
-          log: Callable[[str], None] = print) -> BuildResult:
+          log: Callable[[str], None] = print, defconfig: bool = False,
+          slim: bool = False) -> BuildResult:
     tree = check_tree(tree)
     t0 = time.monotonic()
     logfile = tree / ".ksm-harness-build.log"
     logfile.write_text("")
-    configure(tree, fragment, log, logfile)
+    configure(tree, fragment, log, logfile, defconfig, slim)
     cc, ccache = _make_env()
     jobs = jobs or os.cpu_count() or 1
     _run(["make", *cc, f"-j{jobs}", "bzImage", "modules"], tree, log, "build", logfile)
@@ -138,10 +153,11 @@ def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
     return BuildResult(tree, image, time.monotonic() - t0, ccache)
 
 
-def main(tree: str, jobs: int | None = None) -> int:
+def main(tree: str, jobs: int | None = None, defconfig: bool = False,
+         slim: bool = False) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
-    r = build(Path(tree), jobs, log=log)
+    r = build(Path(tree), jobs, log=log, defconfig=defconfig, slim=slim)
     print(f"ksm-harness: built {r.image} in {r.seconds:.0f}s"
           f"{' (ccache)' if r.ccache else ''}; boot it with --kernel {r.tree}")
     return 0

@@ -202,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
-    p = sub.add_parser("build", help="configure (defconfig + guest-images/kernel.config, "
-                       "checked) and build a kernel tree")
+    p = sub.add_parser("build", help="configure (the tree's .config or defconfig, + "
+                       "guest-images/kernel.config, checked) and build a kernel tree")
     p.add_argument("--tree", required=True, metavar="PATH", help="kernel source tree")
     p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
+    p.add_argument("--defconfig", action="store_true",
+                   help="start from x86_64 defconfig even when the tree has a .config")
+    p.add_argument("--slim", action="store_true",
+                   help="also merge guest-images/kernel-slim.config (no graphics, sound, USB, "
+                   "wireless, ...): about half the build time")
 
     p = sub.add_parser("bisect-step", help="for `git bisect run`: build, run a scenario N "
                        "times; exit 0 good, 1 bad (same failure signature), 125 skip")
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_pytest(args, ["tests/ksm"])
         if args.cmd == "build":
             from . import build
-            return build.main(args.tree, args.jobs)
+            return build.main(args.tree, args.jobs, args.defconfig, args.slim)
         if args.cmd in ("bisect-step", "bisect"):
             return cmd_bisect(args)
         if args.cmd == "junit-check":

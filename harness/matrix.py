@@ -100,7 +100,9 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise HarnessError(f"--baseline {path}: {exc}") from None
     if isinstance(doc, dict) and "columns" in doc:
-        return {"columns": {c["label"]: c["outcomes"] for c in doc["columns"]}}
+        return {"columns": {c["label"]: c["outcomes"] for c in doc["columns"]},
+                "by_kernel": {f"{c.get('kernel')} {c.get('numa')}": c["outcomes"]
+                              for c in doc["columns"] if c.get("kernel")}}
     if isinstance(doc, dict) and "tests" in doc:
         return {"single": {t["nodeid"]: t["outcome"] for t in doc["tests"]}}
     raise HarnessError(f"--baseline {path}: neither a results file nor a matrix.json")
@@ -113,14 +115,17 @@ def _strip_numa(label: str) -> str:
 def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[tuple[str, str]]:
     """(column label, nodeid) of failures the baseline did not have. Without a baseline every
     failure is new; a test the baseline did not run counts as new when it fails; a column the
-    baseline does not know is compared with the baseline's single run if it has one, else all
-    of its failures are new."""
+    baseline does not know by label (kernel release) is compared with the baseline column of
+    the same --kernel argument (a nightly tree rebuilt at a new commit has a new release
+    string), else with the baseline's single run if it has one, else all of its failures are
+    new."""
     new: set[tuple[str, str]] = set()
     for c in columns:
         before: dict[str, str] | None = None
         if baseline is not None:
             cols = baseline.get("columns", {})
             before = cols.get(c.label) or cols.get(_strip_numa(c.label)) \
+                or baseline.get("by_kernel", {}).get(f"{c.kernel} {c.numa}") \
                 or baseline.get("single")
         for nodeid, r in c.results.items():
             if not r.failed:

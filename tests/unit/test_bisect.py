@@ -150,3 +150,30 @@ def test_configure_names_options_that_did_not_land(tmp_path: Path) -> None:
         pytest.skip("no make")
     with pytest.raises(build.ConfigError, match=r"CONFIG_NUMA_EMU=y \(have not set\)"):
         build.configure(tmp_path, frag, log=lambda m: None)
+
+
+def test_configure_keeps_the_trees_config_unless_defconfig(tmp_path: Path) -> None:
+    """A bisect step must build with the config of the first build (the developer's), not a
+    fresh defconfig; --defconfig replaces it; --slim merges the slim fragment too."""
+    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("no make")
+    (tmp_path / "Kconfig").write_text("")
+    (tmp_path / "Makefile").write_text(
+        "defconfig:\n\tprintf 'CONFIG_FROM_DEFCONFIG=y\\n' > .config\nolddefconfig:\n")
+    frag = tmp_path / "frag.config"
+    frag.write_text("CONFIG_KSM=y\n")
+    (tmp_path / ".config").write_text("CONFIG_MINE=y\n")
+    config = build.configure(tmp_path, frag, log=lambda m: None)
+    assert config.get("CONFIG_MINE") == "y" and "CONFIG_FROM_DEFCONFIG" not in config
+    config = build.configure(tmp_path, frag, log=lambda m: None, defconfig=True, slim=True)
+    assert config.get("CONFIG_FROM_DEFCONFIG") == "y" and "CONFIG_MINE" not in config
+    assert config.get("CONFIG_KSM") == "y"
+    assert "CONFIG_DRM" not in config or config["CONFIG_DRM"] == "n"
+    assert "# CONFIG_SOUND is not set" in (tmp_path / ".config").read_text()
+
+
+def test_slim_fragment_never_turns_off_what_the_suite_needs() -> None:
+    slim = build.parse_fragment(build.SLIM.read_text())
+    wanted = build.parse_fragment(build.FRAGMENT.read_text())
+    assert slim and all(v is None for v in slim.values())
+    assert not set(slim) & set(wanted)

@@ -63,6 +63,19 @@ def test_matrix_baseline_compares_column_by_column(tmp_path: Path) -> None:
         ("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
 
 
+def test_rebuilt_tree_is_compared_with_the_same_kernel_argument(tmp_path: Path) -> None:
+    """A tree rebuilt at a new commit reports a new release; its column is matched by the
+    --kernel argument, so a failure it already had last night is not new."""
+    old = [column("good", "6.1.0-a"), column("bad_warning", "6.1.0-tree-old")]
+    old[1].kernel = "/k/tree"
+    path = tmp_path / "matrix.json"
+    path.write_text(json.dumps(matrix.matrix_document(old)))
+    now = [column("bad_warning", "6.1.0-a"), column("bad_warning", "6.1.0-tree-new")]
+    now[1].kernel = "/k/tree"
+    assert matrix.new_failures(now, matrix.load_baseline(path)) == {
+        ("6.1.0-a", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
+
+
 def test_bad_baseline_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("[1]")
     with pytest.raises(HarnessError, match="neither a results file"):
