@@ -242,8 +242,9 @@ def _apt_target(package: str) -> str:
     """linux-image-amd64 is a metapackage; find the real image package it depends on."""
     r = subprocess.run(["apt-cache", "depends", "--important", package],
                        capture_output=True, text=True)
-    if r.returncode != 0 and os.geteuid() == 0:
-        # a fresh machine may have no package lists yet
+    if r.returncode != 0 and os.geteuid() == 0 and not any(
+            Path("/var/lib/apt/lists").glob("*_Packages*")):
+        # a fresh machine may have no package lists yet (not: a typo in a package name)
         subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL)
         r = subprocess.run(["apt-cache", "depends", "--important", package],
                            capture_output=True, text=True)
@@ -255,6 +256,19 @@ def _apt_target(package: str) -> str:
         return package
     raise KernelError(f"apt knows no kernel package {package!r}: run 'apt-get update' "
                       "(or pass --kernel PATH)")
+
+
+def choose(spec: str | None, modules: str | None = None,
+           log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
+    """--kernel: a path (bzImage, vmlinux, build tree); ``debian`` or ``debian:PACKAGE``
+    for a Debian kernel package (so a matrix can put a packaged kernel beside a tree, or
+    bookworm's 6.1 beside its 6.12); None for Debian's default."""
+    if spec and (spec == "debian" or spec.startswith("debian:")) and not Path(spec).exists():
+        if modules:
+            raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "
+                              "brings its own modules)")
+        return default(spec.partition(":")[2] or DEFAULT_PACKAGE, log=log)
+    return load(spec, modules) if spec else default(log=log)
 
 
 def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:

@@ -38,8 +38,7 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
     topo = Topology(nodes=parse_numa(opts.numa))
     if opts.swap_disk:
         topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
-    kern = (kernel_mod.load(opts.kernel, opts.modules) if opts.kernel
-            else kernel_mod.default(log=log))
+    kern = kernel_mod.choose(opts.kernel, opts.modules, log)
     if opts.image:
         base = Path(opts.image).expanduser()
         if not base.is_file():

@@ -429,12 +429,14 @@ class Workload:
     # -- typed commands --
 
     def alloc(self, name: str, pages: int, pattern: str, node: int | None = None,
-              thp: bool = False, shared: bool = False, timeout: float | None = None) -> int:
+              thp: bool | None = None, shared: bool = False,
+              timeout: float | None = None) -> int:
         """mmap and fill a region; PATTERN: same:SEED unique:SEED zero lastbyte:SEED
-        half:SEED. Returns its address (0 from the Python worker, which has no addresses)."""
+        half:SEED; thp: True MADV_HUGEPAGE, False MADV_NOHUGEPAGE, None the system's THP
+        mode. Returns its address (0 from the Python worker, which has no addresses)."""
         parts = ["alloc", name, str(pages), pattern]
         parts += [f"node={node}"] if node is not None else []
-        parts += ["thp"] if thp else []
+        parts += [] if thp is None else ["thp" if thp else "nothp"]
         parts += ["shared"] if shared else []
         reply = self.command(" ".join(parts), timeout or self._timeout(pages))
         self.regions[name] = pages

@@ -15,10 +15,13 @@
  * A key of 0 is bumped to 1. The same seed in two regions (or processes) gives the same pages.
  *
  * Commands (NAME: region name; [FIRST COUNT]: optional page range, default the whole region):
- *   alloc NAME PAGES PATTERN [node=N] [thp] [shared]
+ *   alloc NAME PAGES PATTERN [node=N] [thp|nothp] [shared]
  *        PATTERN: same:SEED | unique:SEED | zero | lastbyte:SEED | half:SEED.
  *        node=N binds with mbind(MPOL_BIND) before touching; thp aligns to 2 MiB and
- *        madvises MADV_HUGEPAGE before filling; shared maps MAP_SHARED (shmem, KSM ignores it).
+ *        madvises MADV_HUGEPAGE before filling; nothp madvises MADV_NOHUGEPAGE before
+ *        filling (since 6.12 splitting a THP maps its zero-filled subpages to the zero page
+ *        itself, which KSM's zero-page counters do not see); shared maps MAP_SHARED (shmem,
+ *        KSM ignores it).
  *        -> ok NAME addr=0x... pages=N bytes=B ms=T
  *   madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed [FIRST COUNT]
  *   verify [NAME]          -> ok verified N pages ms=T
@@ -458,10 +461,10 @@ static void nodemask_set(unsigned long *mask, int node)
 static int cmd_alloc(int argc, char **argv)
 {
 	uint64_t pages, seed = 0;
-	int node = -1, thp = 0, shared = 0;
+	int node = -1, thp = 0, nothp = 0, shared = 0;
 	enum kind kind;
 	if (argc < 4)
-		return err("usage: alloc NAME PAGES PATTERN [node=N] [thp] [shared]");
+		return err("usage: alloc NAME PAGES PATTERN [node=N] [thp|nothp] [shared]");
 	if (strlen(argv[1]) >= sizeof(regions[0].name))
 		return err("alloc: name too long");
 	if (find_region(argv[1]))
@@ -483,6 +486,8 @@ static int cmd_alloc(int argc, char **argv)
 				return -1;
 		} else if (strcmp(argv[i], "thp") == 0) {
 			thp = 1;
+		} else if (strcmp(argv[i], "nothp") == 0) {
+			nothp = 1;
 		} else if (strcmp(argv[i], "shared") == 0) {
 			shared = 1;
 		} else {
@@ -530,11 +535,11 @@ static int cmd_alloc(int argc, char **argv)
 			return err("alloc: mbind node %d: %s", node, errstr(e));
 		}
 	}
-	if (thp && madvise(addr, len, MADV_HUGEPAGE) != 0) {
+	if ((thp || nothp) && madvise(addr, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0) {
 		int e = errno;
 		munmap(map, maplen);
 		free(override);
-		return err("alloc: madvise hugepage: %s", errstr(e));
+		return err("alloc: madvise %s: %s", thp ? "hugepage" : "nohugepage", errstr(e));
 	}
 	snprintf(r->name, sizeof(r->name), "%s", argv[1]);
 	r->addr = addr;

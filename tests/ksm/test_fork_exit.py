@@ -185,7 +185,9 @@ def test_mlockall_process_exits(ksm: Ksm, workload, when: str) -> None:  # type:
         layout.same("x", 64)
         ksm.wait_counts(layout.expected(), what="merged after mlockall")
     smaps = w.smaps("s")  # Locked is proportional (PSS): merged pages count 4 KiB/mapcount
-    assert smaps["locked_kb"] > 0 and smaps["rss_kb"] == 4 * (2048 + 64), smaps
+    # All resident; whether the adjacent 'u' mapping shares the VMA varies (6.1 merges the
+    # two VMAs, 6.12 keeps them apart after mlockall).
+    assert smaps["locked_kb"] > 0 and smaps["rss_kb"] in (4 * 2048, 4 * (2048 + 64)), smaps
     w.verify()
     kid = w.fork(1)  # mlock is not inherited: a child of a locked parent, exiting first
     assert kid
