@@ -129,7 +129,9 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
         # Nothing anywhere still maps a KSM page: parent, children, the faulting process.
         a.verify()
         d.verify()
-        assert d.pageflags("big")["ksm"] == 0
+        dflags = d.pageflags("big")
+        assert dflags["ksm"] == 0, (f"cycle {cycle}: D/big (outside the memory cgroup, not "
+                                    f"swapped) still maps KSM pages after run=2: {dflags}")
         for w in (a, b):
             for region in ("n0", "n1", "u"):
                 flags = w.pageflags(region)
