@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import paths
+from . import deps, paths
 from .errors import HarnessError
 from .kernel import parse_config
 
@@ -140,6 +140,7 @@ def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
           log: Callable[[str], None] = print, defconfig: bool = False,
           slim: bool = False) -> BuildResult:
     tree = check_tree(tree)
+    deps.ensure(deps.KERNEL_BUILD)
     t0 = time.monotonic()
     logfile = tree / ".ksm-harness-build.log"
     logfile.write_text("")

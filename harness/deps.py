@@ -21,7 +21,18 @@ TOOLS: dict[str, str] = {
     "apt-get": "apt",
     "gcc": "gcc",
     "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
+    # building a kernel tree (`ksm-harness build`)
+    "make": "make",
+    "flex": "flex",
+    "bison": "bison",
+    "bc": "bc",
+    "/usr/include/libelf.h": "libelf-dev",
+    "/usr/include/openssl/ssl.h": "libssl-dev",
+    "ccache": "ccache",
 }
+
+KERNEL_BUILD = ["make", "gcc", "flex", "bison", "bc", "/usr/include/libelf.h",
+                "/usr/include/openssl/ssl.h", "ccache"]
 
 
 def _present(tool: str) -> bool:
