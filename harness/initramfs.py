@@ -100,7 +100,7 @@ def kernel_part(kernel: Kernel) -> Path:
         name = Path(rel).name.split(".ko")[0] + ".ko"
         arc.file(f"modules/{name}", _read_module(src))
         names.append(name)
-    arc.file("modules.list", ("\n".join(names) + "\n").encode())
+    arc.file("modules.list", "".join(f"{n}\n" for n in names).encode())  # none: empty
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(arc.to_bytes(compress=True))

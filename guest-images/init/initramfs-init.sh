@@ -12,6 +12,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 fail() { echo "ksm-initramfs: $*" > /dev/console; poweroff -f; }
 while read -r m; do
+    [ -n "$m" ] || continue  # a kernel with everything built in has an empty list
     insmod "/modules/$m" || echo "ksm-initramfs: insmod $m failed" > /dev/console
 done < /modules.list
 i=0
@@ -43,6 +44,7 @@ echo "+memory +pids" > $R/sys/fs/cgroup/cgroup.subtree_control
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # sysctls: "path value" lines, written with the shell's own echo (no exec)
 while read -r path value; do
+    [ -e "$R$path" ] || continue  # e.g. no numa_balancing without CONFIG_NUMA_BALANCING
     echo "$value" > "$R$path" || echo "ksm-initramfs: cannot set $path" > /dev/console
 done < /ksm/sysctl.list
 echo ksm-guest > $R/proc/sys/kernel/hostname
