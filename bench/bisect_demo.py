@@ -151,7 +151,7 @@ def main() -> int:
                        capture_output=True, text=True)
     bisect_s = time.monotonic() - t1
     sys.stdout.write(r.stdout)
-    found = next((line.split()[3:] for line in r.stdout.splitlines()
+    found = next((line.split()[4:] for line in r.stdout.splitlines()
                   if line.startswith("first bad commit:")), None)
     steps = sorted((args.report_dir / "bisect").glob("*/verdict.json"),
                    key=lambda p: p.stat().st_mtime)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -210,6 +211,8 @@ def bisect(tree: Path, good: str, bad_rev: str, scenario: str, runs: int = 1,
     if _git(tree, "status", "--porcelain", "--untracked-files=no"):
         raise BisectError(f"--tree {tree}: uncommitted changes; commit or stash them first")
     report_dir = report_dir.resolve()
+    if (report_dir / "bisect").is_dir():  # a new bisection replaces the last one's records
+        shutil.rmtree(report_dir / "bisect")
     sig_file = report_dir / "bisect" / "signature.json"
     t0 = time.monotonic()
     _git(tree, "checkout", "-q", bad_sha)

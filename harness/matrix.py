@@ -204,8 +204,9 @@ def main(argv: list[str], report_root: Path | None = None) -> int:
     print(table(columns, new))
     print(f"(matrix.json, matrix-junit.xml and per-column results in {root})")
     if new:
-        what = "new failures against the baseline" if baseline else "failures"
-        print(f"{len(new)} {what} (*):")
+        what = "new failure" if baseline else "failure"
+        print(f"{len(new)} {what}{'s' if len(new) > 1 else ''}"
+              f"{' against the baseline' if baseline else ''} (*):")
         for label, nodeid in sorted(new):
             r = next(c for c in columns if c.label == label).results[nodeid]
             print(f"  {label}: {nodeid}: {r.message}")
