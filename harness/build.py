@@ -11,9 +11,11 @@ only touches the headers of options that changed, so a bisect step recompiles wh
 commit changed (and ccache serves files seen in earlier steps)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import deps, paths
+from . import deps, paths, reaper
 from .errors import HarnessError
 from .kernel import parse_config
 
@@ -95,10 +97,26 @@ def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
     with logfile.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
-        r = subprocess.run(cmd, cwd=tree, stdout=fh, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
+        # make in its own process group, killed as a group if we stop: an interrupted
+        # build must not leave make's children compiling for half an hour
+        proc = subprocess.Popen(cmd, cwd=tree, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=reaper.die_with_parent)
+
+        def kill_group() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        key = reaper.register(kill_group)  # SIGTERM, SIGHUP, exit
+        try:
+            returncode = proc.wait()
+        except BaseException:  # Ctrl-C
+            kill_group()
+            raise
+        finally:
+            reaper.unregister(key)
+    if returncode != 0:
         tail = logfile.read_text(errors="replace").splitlines()[-15:]
-        raise BuildError(f"{what} failed (exit {r.returncode}; log {logfile}):\n"
+        raise BuildError(f"{what} failed (exit {returncode}; log {logfile}):\n"
                          + "\n".join(tail))
 
 
