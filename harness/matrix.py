@@ -101,11 +101,16 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise HarnessError(f"--baseline {path}: {exc}") from None
     if isinstance(doc, dict) and "columns" in doc:
         return {"columns": {c["label"]: c["outcomes"] for c in doc["columns"]},
-                "by_kernel": {f"{c.get('kernel')} {c.get('numa')}": c["outcomes"]
+                "by_kernel": {_kernel_key(c.get("kernel"), c.get("numa")): c["outcomes"]
                               for c in doc["columns"] if c.get("kernel")}}
     if isinstance(doc, dict) and "tests" in doc:
         return {"single": {t["nodeid"]: t["outcome"] for t in doc["tests"]}}
     raise HarnessError(f"--baseline {path}: neither a results file nor a matrix.json")
+
+
+def _kernel_key(kernel: str | None, numa: str | None) -> str:
+    """A column by what the user asked for (--kernel, --numa), not by the release it built."""
+    return f"{kernel} {numa}"
 
 
 def _strip_numa(label: str) -> str:
@@ -125,7 +130,7 @@ def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[
         if baseline is not None:
             cols = baseline.get("columns", {})
             before = cols.get(c.label) or cols.get(_strip_numa(c.label)) \
-                or baseline.get("by_kernel", {}).get(f"{c.kernel} {c.numa}") \
+                or baseline.get("by_kernel", {}).get(_kernel_key(c.kernel, c.numa)) \
                 or baseline.get("single")
         for nodeid, r in c.results.items():
             if not r.failed:
