@@ -18,8 +18,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")

@@ -18,8 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import image, paths, spec as spec_mod  # noqa: E402
-from harness.vm import VM, remove_run_dir  # noqa: E402
+from harness import paths  # noqa: E402
+from harness import spec as spec_mod
+from harness.assets import image
+from harness.machine.vm import VM, remove_run_dir  # noqa: E402
 
 
 def stats(values: list[float]) -> str:

@@ -1,4 +1,4 @@
-"""Score harness.classify on a corpus of kernel console logs.
+"""Score harness.console.classify on a corpus of kernel console logs.
 
     python bench/classify_corpus.py [CORPUS_DIR]
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness.classify import Report, classify_text  # noqa: E402
+from harness.console.classify import Report, classify_text  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "oops-corpus"
 

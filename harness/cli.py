@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import paths, reaper, spec as spec_mod
-from .errors import HarnessError
-from .remote import CommandTimeout
+from harness import paths
+from harness import spec as spec_mod
+from harness.access.remote import CommandTimeout
+from harness.errors import HarnessError
+from harness.machine import reaper
 
 EPILOG = """examples:
   ksm-harness boot -- cat /sys/devices/system/node/online
@@ -49,7 +51,7 @@ def options_from(args: argparse.Namespace) -> spec_mod.Options:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .vm import VM
+    from harness.machine.vm import VM
     spec = spec_mod.build(options_from(args))
     run_dir = paths.new_run_dir("boot")
     vm = VM(spec, run_dir)
@@ -78,7 +80,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     finally:
         vm.stop()
         if not args.keep:
-            from .vm import remove_run_dir
+            from harness.machine.vm import remove_run_dir
             remove_run_dir(run_dir)
 
 
@@ -104,7 +106,7 @@ def _interactive(vm, run_dir: Path) -> int:
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
-    from . import triage
+    from harness.console import triage
     return triage.main(args.rest)
 
 
@@ -143,7 +145,7 @@ def _add_bisect_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from . import bisect
+    from harness.runs import bisect
     tree = Path(args.tree).expanduser()
     if not tree.is_dir():
         raise HarnessError(f"--tree {tree}: no such directory")
@@ -163,7 +165,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_junit_check(args: argparse.Namespace) -> int:
-    from .report import validate_junit
+    from harness.results.report import validate_junit
     bad = 0
     for f in args.files:
         if not Path(f).is_file():
@@ -247,12 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "triage":
             return cmd_triage(args)
         if args.cmd == "run":
-            from . import matrix
+            from harness.runs import matrix
             if matrix.wanted(args.rest):
                 return matrix.main(args.rest)
             return cmd_pytest(args, ["tests/ksm"])
         if args.cmd == "build":
-            from . import build
+            from harness.runs import build
             return build.main(args.tree, args.jobs, args.defconfig, args.slim)
         if args.cmd in ("bisect-step", "bisect"):
             return cmd_bisect(args)

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from .errors import MissingPackageError
+from harness.errors import MissingPackageError
 
 # tool on PATH (or absolute file) -> Debian package providing it
 TOOLS: dict[str, str] = {

@@ -3,11 +3,12 @@ replace a crashed or hung VM with a fresh one, so objects that hold the guest (K
 fixtures) keep working across the replacement."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .monitor import Finding, Monitor
-from .timeline import Sampler
-from .vm import VM
+from harness.health import Finding, Monitor
+from harness.ksm.timeline import Sampler
+from harness.machine.vm import VM
 
 
 class Guest:

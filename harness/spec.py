@@ -3,14 +3,17 @@ choose the kernel, image, accelerator and topology the same way."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from . import accel, deps, image, kernel as kernel_mod
-from .errors import HarnessError
-from .topology import Topology, parse_numa, parse_size_mb
-from .vm import VMSpec
+from harness import deps
+from harness.assets import image
+from harness.assets import kernel as kernel_mod
+from harness.errors import HarnessError
+from harness.machine import accel
+from harness.machine.topology import Topology, parse_numa, parse_size_mb
+from harness.machine.vm import VMSpec
 
 
 @dataclass

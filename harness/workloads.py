@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from harness.access.remote import CommandTimeout, Process, Runner, Spawner, quote
 from harness.errors import HarnessError, MissingPackageError
-from harness.remote import CommandTimeout, Process, Runner, Spawner, quote
 
 WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
 PY_WORKER_SOURCE = WORKLOADS_DIR / "ksm_py_worker.py"

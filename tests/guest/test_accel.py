@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from harness import accel
+from harness.machine import accel
 
 
 def test_auto_probe_is_bounded_and_explained() -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from harness import leaks
+from harness.ksm import leaks
 from tests.helpers import REPO
 
 

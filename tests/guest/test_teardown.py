@@ -1,7 +1,6 @@
 """No QEMU outlives the harness, however the harness ends (real QEMU processes)."""
 from __future__ import annotations
 
-import os
 import select
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import reaper
+from harness.machine import reaper
 from tests.helpers import REPO, children_named, harness_cmd, pid_alive, wait_until
 
 QEMU = "qemu-system-x86_64"

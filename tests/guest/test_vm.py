@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
-
-from harness.topology import Topology, parse_numa
-from harness.vm import VM
+from harness.machine.topology import Topology, parse_numa
+from harness.machine.vm import VM
 
 
 def test_guest_has_the_declared_numa_topology(vm: VM) -> None:

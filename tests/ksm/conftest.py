@@ -28,8 +28,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness import leaks, paths, workloads
-from harness.ksm import (
+from harness import paths, workloads
+from harness.ksm import leaks
+from harness.ksm.control import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
     ZERO_COUNTS,
@@ -48,7 +49,7 @@ SEED_OPTION = "--ksm-seed"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The health monitor's marker (harness.pytest_plugin); declared here too so that
+    # The health monitor's marker (harness.pytest_plugin.plugin); declared here too so that
     # --strict-markers accepts it whichever plugin version runs.
     config.addinivalue_line("markers", "allow_kernel(*categories): kernel reports of these "
                             "categories (e.g. OOM) do not fail the test")

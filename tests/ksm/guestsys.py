@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 
-from harness.remote import CommandResult, Runner, quote
+from harness.access.remote import CommandResult, Runner, quote
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -219,7 +219,7 @@ class Background:
         self.status: int | None = None
 
     def wait(self, timeout: float = 300.0) -> tuple[int, str, float]:
-        from harness.remote import CommandTimeout
+        from harness.access.remote import CommandTimeout
         deadline = time.monotonic() + timeout
         while self.status is None:
             try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness import workloads as wl
-from harness.ksm import (
+from harness.access.remote import CommandTimeout
+from harness.ksm.control import (
     ALL_GONE,
     EXACT_COUNTERS,
     GuestShell,
@@ -24,7 +25,6 @@ from harness.ksm import (
     check_counts,
     write_in_background,
 )
-from harness.remote import CommandTimeout
 from harness.workloads import Workload, WorkloadError
 from tests.unit.test_workload_host import LocalSpawner
 

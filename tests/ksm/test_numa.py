@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness.ksm import (
+from harness.ksm.control import (
     RUN_UNMERGE,
     ZERO_COUNTS,
     Ksm,

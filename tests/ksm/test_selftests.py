@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from harness import paths
-from harness.ksm import Ksm
-from harness.remote import quote
+from harness.access.remote import quote
+from harness.ksm.control import Ksm
 from tests.ksm.conftest import KsmGuest
 
 # run_vmtests.sh's ksm_tests invocations (6.1).

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.guest import Guest
-from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
+from harness.ksm.control import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
 from tests.ksm import guestsys
 from tests.ksm.conftest import KsmGuest, skip_unless
 

@@ -1,4 +1,4 @@
-"""Tests for harness.classify: focused cases, then the shared kernel-log corpus."""
+"""Tests for harness.console.classify: focused cases, then the shared kernel-log corpus."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.classify import Report, StreamClassifier, classify, classify_text
+from harness.console.classify import Report, StreamClassifier, classify, classify_text
 
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]

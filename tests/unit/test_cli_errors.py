@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def test_bad_numa_spec() -> None:
 
 
 def test_kernel_without_ksm_is_refused(tmp_path: Path) -> None:
-    from harness import kernel
+    from harness.assets import kernel
     real = kernel.default()
     shutil.copy(real.path, tmp_path / "bzImage")
     (tmp_path / ".config").write_text("CONFIG_NUMA=y\n# CONFIG_KSM is not set\nCONFIG_KSM=n\n")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.classify import classify_text
+from harness.console.classify import classify_text
 
 DATA = Path(__file__).parent / "data" / "guest"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import kernel
+from harness.assets import kernel
 
 
 def test_debian_kernel_is_booted_as_pvh_vmlinux() -> None:

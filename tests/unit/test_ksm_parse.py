@@ -1,4 +1,4 @@
-"""harness.ksm without a guest: the pure helpers, and the Ksm class against a fake KSM
+"""harness.ksm.control without a guest: the pure helpers, and the Ksm class against a fake KSM
 directory (plain files in a temp dir) through the host's /bin/sh, the same dash as the guest's.
 The host's real /sys/kernel/mm/ksm is never touched."""
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ksm
-from harness.ksm import (
+from harness.access.remote import CommandResult, CommandTimeout
+from harness.ksm import control as ksm
+from harness.ksm.control import (
     ExpectedCounts,
     Ksm,
     KsmError,
@@ -22,7 +23,6 @@ from harness.ksm import (
     KsmUnmergeIncomplete,
     KsmWriteError,
 )
-from harness.remote import CommandResult, CommandTimeout
 
 pytestmark = pytest.mark.host
 

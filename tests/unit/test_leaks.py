@@ -1,7 +1,7 @@
 """Leak checks name the counter or cache, the expected and the actual value."""
 from __future__ import annotations
 
-from harness import leaks
+from harness.ksm import leaks
 
 
 def test_idle_problems_name_counter_and_values() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import matrix
 from harness.errors import HarnessError
-from harness.report import load_results
+from harness.results.report import load_results
+from harness.runs import matrix
 
 DATA = Path(__file__).parent / "data" / "results"
 

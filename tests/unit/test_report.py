@@ -1,4 +1,4 @@
-"""harness.report: JUnit titles and properties (validated against junit-10.xsd), JSON results,
+"""harness.results.report: JUnit titles and properties (validated against junit-10.xsd), JSON results,
 KTAP, reproducers and summary.html, on a throw-away pytest run (pytester, no VM)."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import report
 from harness.guest import Guest
+from harness.results import report
 
 pytest_plugins = ["pytester"]
 
@@ -71,7 +71,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     pytester.makepyfile(test_fake=FAKE_TESTS)
     pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
     out = tmp_path / "out"
-    res = pytester.runpytest("-p", "harness.report", "--junitxml", str(out / "junit.xml"),
+    res = pytester.runpytest("-p", "harness.results.report", "--junitxml", str(out / "junit.xml"),
                              "--results-json", str(out / "results.json"),
                              "--ktap", str(out / "results.ktap"),
                              "--report-dir", str(out / "report"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from harness import timeline
+from harness.ksm import timeline
 
 
 def test_svg_has_a_line_per_series_and_phase_marks() -> None:

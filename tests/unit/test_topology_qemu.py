@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.qemu import QemuConfig
-from harness.topology import Node, Topology, parse_numa
+from harness.machine.qemu import QemuConfig
+from harness.machine.topology import Node, Topology, parse_numa
 
 
 def test_numa_specs() -> None:

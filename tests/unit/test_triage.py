@@ -1,4 +1,4 @@
-"""Tests for ``ksm-harness triage`` run as ``python -m harness.triage``."""
+"""Tests for ``ksm-harness triage`` run as ``python -m harness.console.triage``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def triage(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.triage", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "harness.console.triage", *args], cwd=REPO,
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 
@@ -81,7 +81,7 @@ def test_undecodable_bytes_are_tolerated(tmp_path: Path) -> None:
 
 
 def test_main_is_callable_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.triage import main
+    from harness.console.triage import main
 
     assert main([str(DATA / "hung_ksmd.log")]) == 1
     assert "INFO: task hung in ksm_scan_thread" in capsys.readouterr().out

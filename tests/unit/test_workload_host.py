@@ -1,6 +1,6 @@
 """The workloads on the host: a real Linux with one NUMA node and KSM left alone.
 
-A small local driver stands in for the guest (it implements harness.remote's Spawner and
+A small local driver stands in for the guest (it implements harness.access.remote's Spawner and
 Process over subprocess), so these tests exercise ksmwork.c, ksm_py_worker.py and
 harness.workloads together, with no QEMU. Nothing here touches /sys/kernel/mm/ksm: MADV_MERGEABLE
 only flags the memory.
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from harness import workloads as wl
+from harness.access.remote import CommandResult, CommandTimeout
 from harness.errors import MissingPackageError
-from harness.remote import CommandResult, CommandTimeout
 from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadTimeout
 
 sys.path.insert(0, str(wl.WORKLOADS_DIR))

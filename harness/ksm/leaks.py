@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .remote import Runner
+from harness.access.remote import Runner
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 # After run=2 and the workloads' exit, every one of these is 0 by definition.

@@ -19,13 +19,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from . import deps, paths, reaper
-from .errors import HarnessError
-from .kernel import parse_config
+from harness import deps, paths
+from harness.assets.kernel import parse_config
+from harness.errors import HarnessError
+from harness.machine import reaper
 
 FRAGMENT = paths.REPO / "guest-images" / "kernel.config"
 SLIM = paths.REPO / "guest-images" / "kernel-slim.config"

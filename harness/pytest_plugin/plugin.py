@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from . import paths, reaper, spec as spec_mod, timeline
-from .timeline import Sampler
-from .errors import HarnessError
-from .guest import Guest
-from .monitor import Finding, TestWindow
-from .remote import CommandTimeout
-from .topology import Topology
-from .vm import VM, VMSpec
-from .workloads import WorkloadTimeout
+from harness import paths
+from harness import spec as spec_mod
+from harness.access.remote import CommandTimeout
+from harness.errors import HarnessError
+from harness.guest import Guest
+from harness.health import Finding, TestWindow
+from harness.ksm import timeline
+from harness.ksm.timeline import Sampler
+from harness.machine import reaper
+from harness.machine.topology import Topology
+from harness.machine.vm import VM, VMSpec
+from harness.workloads import WorkloadTimeout
 
 VM_FIXTURES = {"vm", "fresh_vm", "vm_factory", "vm_spec"}
 
@@ -194,7 +197,9 @@ def _stop_timeline(item: pytest.Item, guest: Guest) -> None:
     sampler, guest.sampler = guest.sampler, None
     if sampler is None:
         return
-    from .report import slug  # imported late: pytest registers harness.report itself
+    from harness.results.report import (
+        slug,  # imported late: pytest registers harness.results.report itself
+    )
     tl = sampler.stop()
     rdir = Path(item.config.getoption("report_dir", None) or "results")
     try:
@@ -298,4 +303,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 # --- reports (JUnit properties and titles, JSON, KTAP, reproducers): harness/report.py -----
-pytest_plugins = ["harness.report"]
+pytest_plugins = ["harness.results.report"]

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from harness.classify import Report, classify_text
+from harness.console.classify import Report, classify_text
 
 
 def _read(path: str) -> str:

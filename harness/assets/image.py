@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
-from . import deps
-from .errors import ImageError
-from .paths import REPO, cache_dir
+from harness import deps
+from harness.errors import ImageError
+from harness.paths import REPO, cache_dir
 
 RECIPE_DIR = REPO / "guest-images"
 DEFAULT_RECIPE = RECIPE_DIR / "bookworm.toml"

@@ -3,9 +3,9 @@ extra disks and kernel command-line additions."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class Topology:
     def mem_mb(self) -> int:
         return sum(n.mem_mb for n in self.nodes)
 
-    def with_disk(self, serial: str, size_mb: int) -> "Topology":
+    def with_disk(self, serial: str, size_mb: int) -> Topology:
         return replace(self, disks=self.disks + (Disk(serial, size_mb),))
 
-    def with_cmdline(self, *args: str) -> "Topology":
+    def with_cmdline(self, *args: str) -> Topology:
         return replace(self, cmdline=self.cmdline + tuple(args))
 
     def describe(self) -> str:

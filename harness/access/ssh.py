@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import shlex
-import socket
 import time
 from pathlib import Path
 
 import paramiko
 from fabric import Connection
 
-from .remote import CommandFailed, CommandResult, CommandTimeout
+from harness.access.remote import CommandFailed, CommandResult, CommandTimeout
 
 # Before sshd listens, QEMU's hostfwd accepts and resets connections: paramiko's transport
 # thread would log a traceback for each retry.
@@ -44,7 +43,7 @@ class SSHProcess:
             self.channel.settimeout(min(left, 1.0))
             try:
                 chunk = self.channel.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 if self._buf:
@@ -94,7 +93,7 @@ class SSH:
                                         self.host_key)
         return conn
 
-    def connect(self, deadline: float, alive: "callable[[], str | None] | None" = None) -> None:
+    def connect(self, deadline: float, alive: callable[[], str | None] | None = None) -> None:
         """Retry until sshd answers; ``alive`` returns a reason to give up early."""
         end = time.monotonic() + deadline
         last: Exception | None = None
@@ -147,7 +146,7 @@ class SSH:
                         raise CommandTimeout(cmd, timeout)
                     try:
                         sent = chan.send(view[:32768])
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     view = view[sent:]
             chan.shutdown_write()
@@ -165,7 +164,7 @@ class SSH:
                         chunk = chan.recv(65536)  # waits at most the channel's 0.2 s
                         out += chunk
                         stdout_eof = not chunk
-                    except socket.timeout:
+                    except TimeoutError:
                         pass
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)

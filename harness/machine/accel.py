@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import cache_dir
+from harness.paths import cache_dir
 
 PROBE_DEADLINE = 4.0
 # 16-bit real mode: mov dx,0x3f8; out 'K','V','M','\n'; cli; hlt; jmp $

@@ -9,13 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .classify import Report, StreamClassifier
-from .console import ConsoleTimeout
-from .qmp import QMPError
-from .remote import CommandTimeout
+from harness.console.classify import Report, StreamClassifier
+from harness.machine.qmp import QMPError
 
 if TYPE_CHECKING:
-    from .vm import VM
+    from harness.machine.vm import VM
 
 # Taint flags (Documentation/admin-guide/tainted-kernels.rst), bit -> letter, meaning.
 TAINT_FLAGS = {
@@ -63,7 +61,7 @@ class TestWindow:
 class Monitor:
     """One per VM; fed by the console's reader thread."""
 
-    def __init__(self, vm: "VM", allow: tuple[str, ...] = ()) -> None:
+    def __init__(self, vm: VM, allow: tuple[str, ...] = ()) -> None:
         self.vm = vm
         self.reports: list[Report] = []
         self._lock = threading.Lock()

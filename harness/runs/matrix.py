@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .errors import HarnessError
-from .report import Result, load_results
+from harness import paths
+from harness.errors import HarnessError
+from harness.results.report import Result, load_results
 
 SHORT = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skip",
          "xfailed": "xfail", None: "-"}
@@ -171,7 +171,7 @@ def matrix_junit(columns: list[Column]) -> str:
 
 
 def run_one(kernel: str | None, numa: str | None, rest: list[str], out: Path) -> list[Result]:
-    from .cli import _is_test_path
+    from harness.cli import _is_test_path
     cmd = [sys.executable, "-m", "harness.cli", "run", *rest]
     if not any(_is_test_path(a) for a in rest):
         cmd.append(str(paths.REPO / "tests" / "ksm"))

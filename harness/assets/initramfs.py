@@ -13,10 +13,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import deps
-from .cpio import Archive
-from .kernel import Kernel
-from .paths import REPO, cache_dir
+from harness import deps
+from harness.assets.cpio import Archive
+from harness.assets.kernel import Kernel
+from harness.paths import REPO, cache_dir
 
 INIT_DIR = REPO / "guest-images" / "init"
 BUSYBOX = Path("/bin/busybox")

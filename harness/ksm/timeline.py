@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .remote import Process
+from harness.access.remote import Process
 
 SERIES = ("pages_shared", "pages_sharing", "pages_unshared", "full_scans")
 COLORS = {"pages_shared": "#1f77b4", "pages_sharing": "#d62728", "pages_unshared": "#2ca02c",

@@ -11,12 +11,12 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pexpect
 
-from .remote import CommandResult, CommandTimeout
+from harness.access.remote import CommandResult, CommandTimeout
 
 Listener = Callable[[str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

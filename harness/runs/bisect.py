@@ -19,13 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-from . import paths
-from .errors import HarnessError
-from .report import Result, load_results
+from harness import paths
+from harness.errors import HarnessError
+from harness.results.report import Result, load_results
 
 GOOD, BAD, SKIP = 0, 1, 125
 ABORT = 128  # git bisect run stops on statuses above 127: a user error, not the commit's
@@ -48,7 +48,7 @@ class Signature:
         return f"{self.category}: {self.title}"
 
     @classmethod
-    def load(cls, path: Path) -> "Signature":
+    def load(cls, path: Path) -> Signature:
         try:
             d = json.loads(Path(path).read_text())
             return cls(d["category"], d["title"])
@@ -174,7 +174,7 @@ def step(tree: Path, scenario: str, runs: int = 1, bad: Signature | None = None,
          build_fn: Callable[..., object] | None = None,
          run_fn: Callable[[Path, str, Path], list[Result]] = run_scenario,
          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Verdict:
-    from . import build as build_mod
+    from harness.runs import build as build_mod
     rev = _git(tree, "rev-parse", "HEAD", check=False) or "unknown"
     out = report_dir / "bisect" / rev[:12]
     out.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.access.remote import (
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    Process,
+    Runner,
+    quote,
+)
 from harness.errors import KernelError
-from harness.remote import CommandFailed, CommandResult, CommandTimeout, Process, Runner, quote
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 

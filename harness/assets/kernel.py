@@ -19,9 +19,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import deps
-from .errors import KernelError
-from .paths import cache_dir
+from harness import deps
+from harness.errors import KernelError
+from harness.paths import cache_dir
 
 DEFAULT_PACKAGE = "linux-image-amd64"
 ELF_MAGIC = b"\x7fELF"

@@ -8,22 +8,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pexpect
 
-from . import image, initramfs, keys, reaper
-from .accel import Accel
-from .console import Console, ConsoleTimeout
-from .errors import VMError
-from .kernel import Kernel
-from .qemu import QemuConfig
-from .qmp import QMP, QMPError
-from .remote import CommandResult
-from .ssh import SSH, SSHProcess, SSHUnavailable
-from .topology import Topology
+from harness.access.remote import CommandResult
+from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
+from harness.assets import image, initramfs, keys
+from harness.assets.kernel import Kernel
+from harness.console.reader import Console, ConsoleTimeout
+from harness.errors import VMError
+from harness.machine import reaper
+from harness.machine.accel import Accel
+from harness.machine.qemu import QemuConfig
+from harness.machine.qmp import QMP, QMPError
+from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
@@ -145,7 +146,7 @@ class VM:
             time.sleep(0.05)
         return self.alive()
 
-    def start(self) -> "VM":
+    def start(self) -> VM:
         self.launch()
         return self.wait_ready()
 
@@ -158,7 +159,7 @@ class VM:
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
 
-    def wait_ready(self) -> "VM":
+    def wait_ready(self) -> VM:
         """Wait for the guest's ready marker and a working SSH login."""
         assert self.config is not None
         crashes = 0
@@ -286,7 +287,7 @@ class VM:
         for disk in self.dir.glob("disk-*.raw"):
             disk.unlink(missing_ok=True)
 
-    def __enter__(self) -> "VM":
+    def __enter__(self) -> VM:
         return self.start() if self.child is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,15 +25,16 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 from _pytest._code.code import TerminalRepr
 from _pytest._io import TerminalWriter
 
-from . import paths
+from harness import paths
 
 RUN_WIDE = ("kernel", "kernel_release", "kernel_config_hash", "accelerator", "topology")
 RESULTS_VERSION = 1
@@ -120,7 +121,7 @@ class Result:
         return self.outcome in ("failed", "error")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Result":
+    def from_dict(cls, d: dict[str, Any]) -> Result:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known)
 
@@ -390,7 +391,7 @@ def reproducer_script(result: Result, options: dict[str, Any], repo: Path,
 # --- what a guest test ran on -------------------------------------------------------------------
 
 def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
-    from .guest import Guest
+    from harness.guest import Guest
     props: list[tuple[str, str]] = []
     guests: list[Guest] = []
     for value in getattr(item, "funcargs", {}).values():
@@ -503,7 +504,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _write(Path(kpath), ktap(results))
     rdir = config.getoption("report_dir")
     if rdir or any("kernel_release" in r.properties for r in results):
-        from . import summary
+        from harness.results import html as summary
         write_report_dir(Path(rdir or "results"), results, doc, config)
         summary.write(Path(rdir or "results"), doc, junit=Path(xml) if xml else None,
                       results_json=Path(jpath) if jpath else None)

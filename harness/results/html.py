@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .report import slug
+from harness.results.report import slug
 
 COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#ad1457", "skipped": "#757575",
            "xfailed": "#757575"}

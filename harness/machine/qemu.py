@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .topology import Topology
+from harness.machine.topology import Topology
 
 QEMU = "qemu-system-x86_64"
 
