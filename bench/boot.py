@@ -51,7 +51,7 @@ def main() -> int:
             cold = time.monotonic() - t0
             del os.environ["KSM_HARNESS_CACHE"]
 
-    spec = spec_mod.build(spec_mod.Options(kernel=args.kernel, numa=args.numa, append=args.append))
+    spec = spec_mod.build(spec_mod.Options.of(kernel=args.kernel, numa=args.numa, append=args.append))
     ssh, console = [], []
     run_dir = paths.new_run_dir("bench")
     try:

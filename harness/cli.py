@@ -3,14 +3,13 @@ end in one line `ksm-harness: ...` and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from harness import paths
+from harness import options, paths
 from harness import spec as spec_mod
 from harness.access.remote import CommandTimeout
 from harness.errors import HarnessError
@@ -24,35 +23,9 @@ EPILOG = """examples:
 """
 
 
-def add_vm_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("guest")
-    g.add_argument("-k", "--kernel", metavar="PATH",
-                   help="bzImage, vmlinux or kernel build tree (default: Debian's "
-                        "linux-image-amd64, fetched with apt-get download)")
-    g.add_argument("--modules", metavar="DIR",
-                   help="module tree for --kernel (DIR/lib/modules/<release> or that dir)")
-    g.add_argument("--numa", default="2", metavar="SPEC",
-                   help="NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or "
-                        "MEM[:CPUS] per node, comma separated, e.g. 512M:1,1536M:1")
-    g.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
-                   help="auto probes KVM with a short deadline and falls back to TCG")
-    g.add_argument("--append", default="", metavar="ARGS",
-                   help="extra kernel command line, e.g. --append 'transparent_hugepage=always'")
-    g.add_argument("--swap-disk", metavar="SIZE", help="add a swap disk (serial 'swap'), e.g. 512M")
-    g.add_argument("--image", metavar="QCOW2", help="use this base image instead of the recipe's")
-    g.add_argument("--boot-timeout", type=float, default=0.0, metavar="S",
-                   help="seconds to wait for the guest (default 180 under TCG, 60 under KVM)")
-
-
-def options_from(args: argparse.Namespace) -> spec_mod.Options:
-    return spec_mod.Options(kernel=args.kernel, modules=args.modules, numa=args.numa,
-                            accel=args.accel, append=args.append, swap_disk=args.swap_disk,
-                            image=args.image, boot_timeout=args.boot_timeout)
-
-
 def cmd_boot(args: argparse.Namespace) -> int:
     from harness.machine.vm import VM
-    spec = spec_mod.build(options_from(args))
+    spec = spec_mod.build(spec_mod.Options.of(args))
     run_dir = paths.new_run_dir("boot")
     vm = VM(spec, run_dir)
     if args.dry_run:
@@ -110,29 +83,6 @@ def cmd_triage(args: argparse.Namespace) -> int:
     return triage.main(args.rest)
 
 
-def cmd_pytest(args: argparse.Namespace, default_paths: list[str]) -> int:
-    """`run` (the KSM suite) and `selftest` (our own tests) both go through pytest."""
-    import pytest
-    argv = [a for a in args.rest if a != "--"]
-    if not any(_is_test_path(a) for a in argv):
-        argv += [str(paths.REPO / p) for p in default_paths]
-    return int(pytest.main(["-c", str(paths.REPO / "tox.ini"), "--rootdir", str(paths.REPO)]
-                           + argv))
-
-
-def _is_test_path(arg: str) -> bool:
-    """A test file, directory or node id, as opposed to an option's value."""
-    if arg.startswith("-"):
-        return False
-    path = arg.split("::")[0]
-    if "::" in arg or path.endswith(".py"):
-        return True
-    # a directory counts only inside our tests/: `--kernel ~/linux` is an option's value
-    tests = paths.REPO / "tests"
-    return os.path.isdir(path) and (Path(path).resolve() == tests
-                                    or tests in Path(path).resolve().parents)
-
-
 def _add_bisect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", required=True, metavar="PATH", help="kernel git tree")
     p.add_argument("-k", dest="scenario", required=True, metavar="SCENARIO",
@@ -165,7 +115,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 
 def cmd_junit_check(args: argparse.Namespace) -> int:
-    from harness.results.report import validate_junit
+    from harness.results.junit import validate as validate_junit
     bad = 0
     for f in args.files:
         if not Path(f).is_file():
@@ -188,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status")
-    add_vm_options(p)
+    options.add_to_argparse(p)
     p.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
     p.add_argument("--keep", action="store_true", help="keep the run directory (console log)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD (default 600)")
@@ -249,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "triage":
             return cmd_triage(args)
         if args.cmd == "run":
+            from harness.pytest_plugin import session
             from harness.runs import matrix
             if matrix.wanted(args.rest):
                 return matrix.main(args.rest)
-            return cmd_pytest(args, ["tests/ksm"])
+            return session.run(args.rest, ["tests/ksm"])
         if args.cmd == "build":
             from harness.runs import build
             return build.main(args.tree, args.jobs, args.defconfig, args.slim)
@@ -263,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "selftest":
             # ours: host tests, the harness on real guests, and the KSM suite itself on the
             # default kernel (it must pass there, or the product is broken)
-            return cmd_pytest(args, ["tests/unit", "tests/guest", "tests/ksm"])
+            from harness.pytest_plugin import session
+            return session.run(args.rest, ["tests/unit", "tests/guest", "tests/ksm"])
     except HarnessError as exc:
         print(f"ksm-harness: {exc}", file=sys.stderr)
         return exc.exit_code

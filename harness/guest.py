@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness.health import Finding, Monitor
+from harness.access.remote import Process
+from harness.console.findings import Finding
+from harness.health import Monitor
 from harness.ksm.timeline import Sampler
 from harness.machine.vm import VM
 
@@ -23,8 +25,7 @@ class Guest:
         self.vm = self._boot()
         self.monitor = Monitor(self.vm)
         # reports printed while booting go to the first test that uses this guest
-        self.boot_findings = [Finding(f"at boot: {r.title}", r.category, r.text, r)
-                              for r in self.monitor.flush()]
+        self.boot_findings: list[Finding] = self.monitor.claim(phase="at boot")
         self.generation += 1
 
     def replace(self) -> None:
@@ -32,7 +33,7 @@ class Guest:
         self.broken = None
         self._start()
 
-    def spawn(self, cmd: str):  # type: ignore[no-untyped-def]
+    def spawn(self, cmd: str) -> Process:
         """Like VM.spawn; while a timeline sampler is attached, every line sent to the
         program (a workload command) is recorded as a phase."""
         proc = self.vm.spawn(cmd)

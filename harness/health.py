@@ -1,6 +1,10 @@
 """Kernel health monitor: watches a guest's console for the whole run, marks each test's
 start and end in the kernel log, and tells which test a kernel report, a taint or a hang
-belongs to. Reporting stays out of here: callers get ``Finding`` objects.
+belongs to. Reporting stays out of here: callers get ``Finding`` records.
+
+Nothing is dropped: every kernel report is claimed exactly once, by the first window that
+closes after it was printed (a report between two tests, or during a fixture, goes to the
+next window to close, marked with when it was printed).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.console.classify import Report, StreamClassifier
+from harness.console.findings import Category, Finding
 from harness.machine.qmp import QMPError
 
 if TYPE_CHECKING:
@@ -40,15 +45,6 @@ def taint_meaning(value: int) -> str:
 
 
 @dataclass
-class Finding:
-    """Something wrong that a test is to fail for."""
-    title: str                  # the failure message, e.g. "WARNING in ksm_scan_thread"
-    category: str               # classifier category, or TAINT / HANG / VM_DEAD
-    details: str                # report text and evidence
-    report: Report | None = None
-
-
-@dataclass
 class TestWindow:
     name: str
     start_line: int
@@ -58,12 +54,18 @@ class TestWindow:
     answered: bool = False  # the guest ran the END marker command: it is alive and usable
 
 
+def report_finding(r: Report, phase: str = "") -> Finding:
+    return Finding(Category.of(r.category), r.title, r.text, r.frame,
+                   (r.start_line, r.end_line), time.time(), phase)
+
+
 class Monitor:
     """One per VM; fed by the console's reader thread."""
 
-    def __init__(self, vm: VM, allow: tuple[str, ...] = ()) -> None:
+    def __init__(self, vm: VM) -> None:
         self.vm = vm
         self.reports: list[Report] = []
+        self._claimed = 0  # reports[:_claimed] belong to a window already
         self._lock = threading.Lock()
         self._classifier = StreamClassifier()
         self.current: TestWindow | None = None
@@ -81,6 +83,22 @@ class Monitor:
         with self._lock:
             self.reports.extend(self._classifier.flush())
             return list(self.reports)
+
+    def claim(self, before_line: int | None = None, allow: tuple[str, ...] = (),
+              phase: str = "") -> list[Finding]:
+        """Every report not claimed yet that starts before ``before_line`` (all of them when
+        None), as findings; allowed categories are claimed and dropped."""
+        reports = self.flush()
+        out = []
+        with self._lock:
+            while self._claimed < len(reports):
+                r = reports[self._claimed]
+                if before_line is not None and r.start_line >= before_line:
+                    break
+                self._claimed += 1
+                if r.category not in allow:
+                    out.append(report_finding(r, phase))
+        return out
 
     # --- per-test windows -----------------------------------------------------------------
     def _kmsg(self, what: str, test: str) -> str:
@@ -122,20 +140,16 @@ class Monitor:
             except Exception:
                 pass  # a hung or dying guest: the reports so far still count
         window.end_line = console.mark()
-        for report in self.flush():
-            if window.start_line <= report.start_line < window.end_line:
-                if report.category in allow:
-                    continue
-                window.findings.append(Finding(report.title, report.category,
-                                               report.text, report))
+        window.findings += self.claim(window.start_line, allow, "before the test started")
+        window.findings += self.claim(window.end_line, allow)
         if window.answered:
             after = self._taint()
             before = window.taint_before
             if after is not None and before is not None and after & ~before:
                 new = after & ~before
-                if not any(f.report is not None for f in window.findings):
+                if not any(f.is_kernel_report for f in window.findings):
                     window.findings.append(Finding(
-                        f"kernel tainted during the test: {taint_letters(new)}", "TAINT",
+                        Category.TAINT, f"kernel tainted during the test: {taint_letters(new)}",
                         f"/proc/sys/kernel/tainted {before} -> {after}: "
                         f"newly set {taint_meaning(new)}"))
         self.current = None

@@ -6,8 +6,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from harness import deps
+from harness import deps, options
 from harness.assets import image
 from harness.assets import kernel as kernel_mod
 from harness.errors import HarnessError
@@ -18,15 +19,22 @@ from harness.machine.vm import VMSpec
 
 @dataclass
 class Options:
-    kernel: str | None = None        # path; None = Debian's packaged default
-    modules: str | None = None
-    numa: str = "2"
-    accel: str = "auto"
-    append: str = ""                  # extra kernel command line
-    swap_disk: str | None = None      # e.g. "512M": adds a disk with serial "swap"
-    image: str | None = None          # a prebuilt qcow2 instead of the recipe's
-    boot_timeout: float = 0.0         # 0: choose from the accelerator
+    """The guest options' values (declared, with defaults and help, in harness.options)."""
+    kernel: str | None               # path or debian[:PACKAGE]; None = Debian's default
+    modules: str | None
+    numa: str
+    accel: str
+    append: str                      # extra kernel command line
+    swap_disk: str | None            # e.g. "512M": adds a disk with serial "swap"
+    image: str | None                # a prebuilt qcow2 instead of the recipe's
+    boot_timeout: float              # 0: choose from the accelerator
     extra_cmdline: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, source: object = None, **given: Any) -> Options:
+        """From an argparse Namespace or pytest's option object (or defaults), then
+        ``given`` on top."""
+        return cls(**{**options.values(source), **given})
 
 
 def _stderr(msg: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paramiko
@@ -93,7 +94,7 @@ class SSH:
                                         self.host_key)
         return conn
 
-    def connect(self, deadline: float, alive: callable[[], str | None] | None = None) -> None:
+    def connect(self, deadline: float, alive: Callable[[], str | None] | None = None) -> None:
         """Retry until sshd answers; ``alive`` returns a reason to give up early."""
         end = time.monotonic() + deadline
         last: Exception | None = None
@@ -145,7 +146,7 @@ class SSH:
                     if time.monotonic() > deadline:
                         raise CommandTimeout(cmd, timeout)
                     try:
-                        sent = chan.send(view[:32768])
+                        sent = chan.send(bytes(view[:32768]))
                     except TimeoutError:
                         continue
                     view = view[sent:]

@@ -11,6 +11,7 @@ import html
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Timeline:
 
 
 class Sampler:
-    def __init__(self, spawn, interval: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, spawn: Callable[[str], Process], interval: float = 0.5) -> None:
         self.timeline = Timeline()
         self.t0 = time.monotonic()
         self._proc: Process = spawn("python3 -u -c " + _shell_quote(

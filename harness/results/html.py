@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.results.report import slug
+from harness.results.model import Result
+from harness.results.reproducer import slug
 
 COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#ad1457", "skipped": "#757575",
-           "xfailed": "#757575"}
+           "xfailed": "#757575", "xpassed": "#c62828"}
 
 
 def _link(target: Path, base: Path, label: str) -> str:
@@ -21,9 +22,8 @@ def _link(target: Path, base: Path, label: str) -> str:
     return f'<a href="{html.escape(href)}">{html.escape(label)}</a>'
 
 
-def render(rdir: Path, doc: dict[str, Any], junit: Path | None = None,
+def render(rdir: Path, doc: dict[str, Any], results: list[Result], junit: Path | None = None,
            results_json: Path | None = None) -> str:
-    tests = doc.get("tests", [])
     head = []
     for label, path in (("JUnit", junit), ("results JSON", results_json or rdir / "results.json")):
         if path is not None and Path(path).exists():
@@ -31,26 +31,27 @@ def render(rdir: Path, doc: dict[str, Any], junit: Path | None = None,
     opts = doc.get("options", {})
     summary = ", ".join(f"{n} {k}" for k, n in sorted(doc.get("summary", {}).items()))
     rows = []
-    for t in tests:
+    for t in results:
         links = []
-        fdir = rdir / "failures" / slug(t["nodeid"])
+        fdir = rdir / "failures" / slug(t.nodeid)
         for name in ("failure.txt", "reproducer.sh"):
             if (fdir / name).exists():
                 links.append(_link(fdir / name, rdir, name.split(".")[0]))
         for name in sorted(p.name for p in fdir.glob("console*.log")) if fdir.is_dir() else []:
             links.append(_link(fdir / name, rdir, name))
-        if not any("console" in x for x in links) and t["properties"].get("console_log"):
-            links.append(_link(Path(t["properties"]["console_log"]), rdir.resolve(), "console"))
-        plot = rdir / "plots" / f"{slug(t['nodeid'])}.svg"
+        if not any("console" in x for x in links) and t.properties.get("console_log"):
+            links.append(_link(Path(t.properties["console_log"]), rdir.resolve(), "console"))
+        plot = rdir / "plots" / f"{slug(t.nodeid)}.svg"
         if plot.exists():
             links.append(_link(plot, rdir, "counters"))
-        colour = COLOURS.get(t["outcome"], "#000")
+        colour = COLOURS.get(t.outcome.value, "#000")
         rows.append(
-            f"<tr><td><code>{html.escape(t['nodeid'])}</code></td>"
-            f"<td style=\"color:{colour};font-weight:bold\">{html.escape(t['outcome'])}</td>"
-            f"<td>{t['duration']:.1f}s</td><td>{html.escape(t.get('message') or '')}</td>"
+            f"<tr><td><code>{html.escape(t.nodeid)}</code></td>"
+            f"<td style=\"color:{colour};font-weight:bold\">{html.escape(t.outcome.value)}</td>"
+            f"<td>{t.duration:.1f}s</td><td>{html.escape(t.title)}</td>"
             f"<td>{' '.join(links)}</td></tr>")
-    kern = next((t["properties"] for t in tests if "kernel_release" in t["properties"]), {})
+    kern: dict[str, str] = next((t.properties for t in results
+                                 if "kernel_release" in t.properties), {})
     facts = " · ".join(html.escape(f"{k}: {kern[k]}") for k in
                        ("kernel_release", "kernel_config_hash", "accelerator", "topology")
                        if k in kern)
@@ -70,9 +71,9 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}th{{backgroun
 """
 
 
-def write(rdir: Path, doc: dict[str, Any], junit: Path | None = None,
+def write(rdir: Path, doc: dict[str, Any], results: list[Result], junit: Path | None = None,
           results_json: Path | None = None) -> Path:
     rdir.mkdir(parents=True, exist_ok=True)
     out = rdir / "summary.html"
-    out.write_text(render(rdir, doc, junit, results_json))
+    out.write_text(render(rdir, doc, results, junit, results_json))
     return out

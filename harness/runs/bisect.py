@@ -24,15 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import paths
+from harness.console.findings import Category, Finding, signature
 from harness.errors import HarnessError
-from harness.results.report import Result, load_results
+from harness.pytest_plugin import session
+from harness.results.model import Outcome, Result, load_results
 
 GOOD, BAD, SKIP = 0, 1, 125
 ABORT = 128  # git bisect run stops on statuses above 127: a user error, not the commit's
 # failures that say nothing about the kernel under test
-INFRASTRUCTURE = frozenset({"VM_DEAD", "BOOT", "SETUP", "INFRA"})
-_FINDING = re.compile(r"^\[([A-Z_]+)\] (.+)$", re.M)
-_TITLE_PREFIXES = ("at the end of the test: ", "at boot: ")
+INFRASTRUCTURE = frozenset({Category.VM_DEAD.value, Category.BOOT.value, Category.SETUP.value,
+                            Category.INFRA.value})
 
 
 class BisectError(HarnessError):
@@ -48,6 +49,10 @@ class Signature:
         return f"{self.category}: {self.title}"
 
     @classmethod
+    def of(cls, finding: Finding) -> Signature:
+        return cls(*signature(finding))
+
+    @classmethod
     def load(cls, path: Path) -> Signature:
         try:
             d = json.loads(Path(path).read_text())
@@ -60,40 +65,20 @@ class Signature:
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
 
-def normalize(title: str) -> str:
-    """Drop what changes from run to run: addresses, numbers, PIDs, the hang's cause."""
-    t = title.strip()
-    for p in _TITLE_PREFIXES:
-        if t.startswith(p):
-            t = t[len(p):]
-    if t.startswith("guest hung"):
-        return "guest hung"
-    if t.startswith("guest died"):
-        return "guest died"
-    t = re.sub(r"\+0x[0-9a-f]+/0x[0-9a-f]+", "", t)
-    t = re.sub(r"0x[0-9a-fA-F]+", "ADDR", t)
-    t = re.sub(r"\d+", "N", t)
-    return re.sub(r"\s+", " ", t)
-
-
 def signatures(r: Result) -> list[Signature]:
-    """Every signature of a failed test: each kernel report, else its own failure."""
+    """Every signature of a failed test, its top finding's first (the findings are ranked)."""
     if not r.failed:
         return []
-    if r.kernel_report:
-        found = [Signature(cat, normalize(title)) for cat, title in _FINDING.findall(r.text)]
-        primary = Signature(r.category or "KERNEL", normalize(r.kernel_report))
-        return [primary] + [s for s in found if s != primary]
-    msg = r.message or ""
-    if "guest failed to boot" in msg:
-        return [Signature("BOOT", normalize(msg))]
-    if r.outcome == "error" or r.category == "SETUP":
-        return [Signature("SETUP", normalize(msg))]
-    return [Signature(r.category or "ASSERTION", normalize(msg))]
+    out: list[Signature] = []
+    for f in r.findings:
+        sig = Signature.of(f)
+        if sig not in out:
+            out.append(sig)
+    return out
 
 
 def is_infrastructure(sig: Signature) -> bool:
-    return sig.category in INFRASTRUCTURE or sig.title.startswith("could not replace the guest")
+    return sig.category in INFRASTRUCTURE
 
 
 @dataclass
@@ -137,9 +122,9 @@ def decide(runs: list[list[Result]], bad: Signature | None) -> Verdict:
     if other:
         return Verdict(SKIP, "only failures unrelated to the bad signature: " + "; ".join(
             o.split(": ", 2)[-1] for o in other[:3]), other)
-    if all(r.outcome in ("skipped", "xfailed") for r in tests):
-        return Verdict(SKIP, f"the scenario was skipped: {tests[0].message}")
-    return Verdict(GOOD, f"{sum(r.outcome == 'passed' for r in tests)} test runs passed")
+    if all(r.outcome in (Outcome.SKIPPED, Outcome.XFAILED) for r in tests):
+        return Verdict(SKIP, f"the scenario was skipped: {tests[0].reason}")
+    return Verdict(GOOD, f"{sum(r.outcome is Outcome.PASSED for r in tests)} test runs passed")
 
 
 def first_bad_commit(output: str) -> str | None:
@@ -152,11 +137,10 @@ def first_bad_commit(output: str) -> str | None:
 
 def run_scenario(tree: Path, scenario: str, out: Path, extra: Iterable[str] = ()) -> list[Result]:
     """One pytest run of the scenario on the tree's kernel, in a child process."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(paths.REPO / "tests" / "ksm"),
-           "-k", scenario, "--kernel", str(tree), "--results-json", str(out),
-           "--report-dir", str(out.parent / out.stem), "-p", "no:cacheprovider", "-q", *extra]
     out.unlink(missing_ok=True)
-    subprocess.run(cmd, cwd=paths.REPO)
+    session.run_child(["-k", scenario, "--kernel", str(tree), "--results-json", str(out),
+                       "--report-dir", str(out.parent / out.stem), "-p", "no:cacheprovider",
+                       "-q", *extra], ["tests/ksm"], cwd=paths.REPO)
     if not out.is_file():
         return []
     return load_results(out)[1]

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import options
+from harness.console.findings import normalize
 from harness.errors import HarnessError
-from harness.results.report import Result, load_results
+from harness.pytest_plugin import session
+from harness.results import junit
+from harness.results.model import Outcome, Result, load_results
 
-SHORT = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skip",
-         "xfailed": "xfail", None: "-"}
+SHORT = {Outcome.PASSED: "pass", Outcome.FAILED: "FAIL", Outcome.ERROR: "ERROR",
+         Outcome.SKIPPED: "skip", Outcome.XFAILED: "xfail", Outcome.XPASSED: "XPASS"}
+FAILED = ("failed", "error")
 
 
 @dataclass
@@ -40,25 +43,12 @@ def wanted(argv: list[str]) -> bool:
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str], str | None, list[str]]:
     """(kernels, topologies, baseline, the other pytest arguments)."""
-    kernels: list[str] = []
-    numas: list[str] = []
-    baseline: str | None = None
-    rest: list[str] = []
-    it = iter(argv)
-    for a in it:
-        for opt, into in (("--kernel", kernels), ("--numa", numas), ("--baseline", None)):
-            if a == opt or a.startswith(opt + "="):
-                value = a.split("=", 1)[1] if "=" in a else next(it, None)
-                if value is None:
-                    raise HarnessError(f"{opt} needs a value")
-                if into is None:
-                    baseline = value
-                else:
-                    into.append(value)
-                break
-        else:
-            rest.append(a)
-    return kernels, numas, baseline, rest
+    try:
+        found, rest = options.split_repeated(argv)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+    baseline = found["baseline"][-1] if found["baseline"] else None
+    return found["kernel"], found["numa"], baseline, rest
 
 
 def label_for(results: list[Result], kernel: str | None, numa: str | None,
@@ -85,12 +75,19 @@ def table(columns: list[Column], new: set[tuple[str, str]] = frozenset()) -> str
         cells = []
         for c, w in zip(columns, widths):
             r = c.results.get(nodeid)
-            cell = SHORT.get(r.outcome if r else None, r.outcome if r else "-")
+            cell = SHORT[r.outcome] if r else "-"
             if (c.label, nodeid) in new:
                 cell += "*"
             cells.append(cell.ljust(w))
         lines.append("  ".join([name.ljust(w0)] + cells).rstrip())
     return "\n".join(lines)
+
+
+Before = dict[str, tuple[str, str]]  # nodeid -> (outcome, normalized top title)
+
+
+def _before(tests: dict[str, Any]) -> Before:
+    return {n: (d["outcome"], normalize(d.get("title") or "")) for n, d in tests.items()}
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
@@ -100,11 +97,11 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise HarnessError(f"--baseline {path}: {exc}") from None
     if isinstance(doc, dict) and "columns" in doc:
-        return {"columns": {c["label"]: c["outcomes"] for c in doc["columns"]},
-                "by_kernel": {_kernel_key(c.get("kernel"), c.get("numa")): c["outcomes"]
+        return {"columns": {c["label"]: _before(c["tests"]) for c in doc["columns"]},
+                "by_kernel": {_kernel_key(c.get("kernel"), c.get("numa")): _before(c["tests"])
                               for c in doc["columns"] if c.get("kernel")}}
     if isinstance(doc, dict) and "tests" in doc:
-        return {"single": {t["nodeid"]: t["outcome"] for t in doc["tests"]}}
+        return {"single": _before({t["nodeid"]: t for t in doc["tests"]})}
     raise HarnessError(f"--baseline {path}: neither a results file nor a matrix.json")
 
 
@@ -118,15 +115,17 @@ def _strip_numa(label: str) -> str:
 
 
 def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[tuple[str, str]]:
-    """(column label, nodeid) of failures the baseline did not have. Without a baseline every
-    failure is new; a test the baseline did not run counts as new when it fails; a column the
+    """(column label, nodeid) of failures the baseline did not have: a test that did not fail
+    there, or that fails now with another top title (numbers and addresses aside: a new
+    oops in a test that used to fail on a counter is new). Without a baseline every failure
+    is new; a test the baseline did not run counts as new when it fails; a column the
     baseline does not know by label (kernel release) is compared with the baseline column of
     the same --kernel argument (a nightly tree rebuilt at a new commit has a new release
     string), else with the baseline's single run if it has one, else all of its failures are
     new."""
     new: set[tuple[str, str]] = set()
     for c in columns:
-        before: dict[str, str] | None = None
+        before: Before | None = None
         if baseline is not None:
             cols = baseline.get("columns", {})
             before = cols.get(c.label) or cols.get(_strip_numa(c.label)) \
@@ -135,55 +134,39 @@ def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[
         for nodeid, r in c.results.items():
             if not r.failed:
                 continue
-            if before is None or before.get(nodeid) not in ("failed", "error"):
+            was = before.get(nodeid) if before is not None else None
+            if was is None or was[0] not in FAILED or was[1] != normalize(r.title):
                 new.add((c.label, nodeid))
     return new
 
 
 def matrix_document(columns: list[Column]) -> dict[str, Any]:
-    return {"version": 1, "columns": [
+    return {"version": 2, "columns": [
         {"label": c.label, "kernel": c.kernel, "numa": c.numa,
-         "outcomes": {n: r.outcome for n, r in c.results.items()}} for c in columns]}
+         "tests": {n: {"outcome": r.outcome.value, "title": r.title}
+                   for n, r in c.results.items()}} for c in columns]}
 
 
 def matrix_junit(columns: list[Column]) -> str:
-    """One JUnit document for the whole matrix, written with junit-xml: a test suite per
-    kernel (and topology), a test case per scenario, so CI shows "scenario on kernel"."""
-    from junit_xml import TestCase, TestSuite, to_xml_report_string
-    suites = []
-    for col in columns:
-        cases = []
-        for nodeid, r in sorted(col.results.items()):
-            case = TestCase(nodeid.split("::", 1)[-1], classname=f"{col.label}.{nodeid.split('::')[0]}",
-                            elapsed_sec=r.duration)
-            if r.outcome == "failed":
-                case.add_failure_info(message=r.message, output=r.text)
-            elif r.outcome == "error":
-                case.add_error_info(message=r.message, output=r.text)
-            elif r.outcome in ("skipped", "xfailed"):
-                case.add_skipped_info(message=r.message)
-            cases.append(case)
-        props = {"kernel": col.kernel or "default", "numa": col.numa or "default",
-                 **{k: v for k, v in next(iter(col.results.values())).properties.items()
-                    if k.startswith(("kernel", "accel", "topology"))}} if col.results else {}
-        suites.append(TestSuite(col.label, cases, properties=props))
-    return to_xml_report_string(suites)
+    """One JUnit document for the whole matrix (harness.results.junit, the same writer as a
+    run's): a test suite per kernel (and topology), a test case per scenario."""
+    return junit.to_string(
+        junit.Suite(c.label, sorted(c.results.values(), key=lambda r: r.nodeid),
+                    {"kernel": c.kernel or "default", "numa": c.numa or "default"},
+                    prefix=c.label) for c in columns)
 
 
 def run_one(kernel: str | None, numa: str | None, rest: list[str], out: Path) -> list[Result]:
-    from harness.cli import _is_test_path
-    cmd = [sys.executable, "-m", "harness.cli", "run", *rest]
-    if not any(_is_test_path(a) for a in rest):
-        cmd.append(str(paths.REPO / "tests" / "ksm"))
+    args = [*rest]
     if kernel:
-        cmd += ["--kernel", kernel]
+        args += ["--kernel", kernel]
     if numa:
-        cmd += ["--numa", numa]
-    cmd += ["--results-json", str(out / "results.json"), "--junitxml", str(out / "junit.xml"),
-            "--report-dir", str(out)]
-    print(f"ksm-harness: matrix: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+        args += ["--numa", numa]
+    args += ["--results-json", str(out / "results.json"), "--junitxml", str(out / "junit.xml"),
+             "--report-dir", str(out)]
+    print(f"ksm-harness: matrix: {' '.join(args)}", file=sys.stderr, flush=True)
     (out / "results.json").unlink(missing_ok=True)
-    subprocess.run(cmd, cwd=Path.cwd())
+    session.run_child(args, ["tests/ksm"])
     if not (out / "results.json").is_file():
         return []
     return load_results(out / "results.json")[1]
@@ -194,8 +177,8 @@ def main(argv: list[str], report_root: Path | None = None) -> int:
     baseline = load_baseline(Path(baseline_path)) if baseline_path else None
     root = report_root or Path("results") / "matrix"
     columns: list[Column] = []
-    for i, kernel in enumerate(kernels or [None]):  # type: ignore[list-item]
-        for j, numa in enumerate(numas or [None]):  # type: ignore[list-item]
+    for i, kernel in enumerate(kernels or [None]):
+        for j, numa in enumerate(numas or [None]):
             out = root / f"{i + 1}-{j + 1}"
             out.mkdir(parents=True, exist_ok=True)
             results = run_one(kernel, numa, rest, out)
@@ -214,7 +197,7 @@ def main(argv: list[str], report_root: Path | None = None) -> int:
               f"{' against the baseline' if baseline else ''} (*):")
         for label, nodeid in sorted(new):
             r = next(c for c in columns if c.label == label).results[nodeid]
-            print(f"  {label}: {nodeid}: {r.message}")
+            print(f"  {label}: {nodeid}: {r.title}")
         return 1
     if any(not c.results for c in columns):
         print("ksm-harness: a column produced no results (see its output above)")

@@ -24,95 +24,32 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 
-from harness import paths, workloads
-from harness.ksm import leaks
-from harness.ksm.control import (
+from harness import guestsys
+from harness.guestsys import MemCgroup
+from harness.ksm import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
     ZERO_COUNTS,
-    GuestShell,
     Ksm,
     KsmError,
-    KsmUnavailable,
     count_mismatches,
     describe_mismatches,
+    leaks,
 )
-from harness.workloads import Workload, WorkloadError
-from tests.ksm import guestsys
-from tests.ksm.guestsys import MemCgroup, Unavailable
-
-SEED_OPTION = "--ksm-seed"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # The health monitor's marker (harness.pytest_plugin.plugin); declared here too so that
-    # --strict-markers accepts it whichever plugin version runs.
-    config.addinivalue_line("markers", "allow_kernel(*categories): kernel reports of these "
-                            "categories (e.g. OOM) do not fail the test")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"ksm_report_{report.when}", report)
-    seed = getattr(item, "ksm_seed", None)
-    if seed is not None and report.failed:
-        report.sections.append(("ksm-seed", f"this test used ksm seed {seed}: rerun with "
-                                            f"{SEED_OPTION}={seed}"))
-
-
-@contextmanager
-def skip_unless() -> Iterator[None]:
-    """Turn a missing kernel feature into a skip that says what is missing."""
-    try:
-        yield
-    except (Unavailable, KsmUnavailable) as e:
-        pytest.skip(str(e))
-
-
-class KsmGuest:
-    """The module's guest, ready for KSM scenarios: the workloads uploaded (once per VM), a
-    long-lived guest shell, and KSM's knobs as the kernel booted with them. When the health
-    monitor replaced a crashed or hung VM (the ``vm`` fixture's ``generation`` moved), the next
-    :meth:`ensure` redoes all of it on the new VM."""
-
-    def __init__(self, vm) -> None:  # type: ignore[no-untyped-def]
-        self.vm = vm  # SSH: one exec per command (~300 ms under TCG); spawns workloads
-        self.generation: object = None
-        self.sh: GuestShell = GuestShell(vm)  # ~10-50 ms a command: use this one
-        self.binary = self.py_worker = ""
-        self.boot_knobs: dict[str, str] = {}
-        self.nodes: list[int] = []
-        self.ensure()
-
-    def ensure(self) -> None:
-        generation = getattr(self.vm, "generation", 0)
-        if generation == self.generation:
-            return
-        self.sh.close()
-        self.sh = GuestShell(self.vm)
-        k = Ksm(self.sh)
-        with skip_unless():
-            k.files()
-        self.binary, self.py_worker = workloads.install(self.vm, paths.cache_dir())
-        # KSM's knobs as the kernel booted with them (no test has run in this guest yet).
-        self.boot_knobs = k.defaults_capture()
-        self.nodes = guestsys.online_nodes(self.sh)
-        self.generation = generation
-
-    def close(self) -> None:
-        self.sh.close()
+from harness.ksm.guest import KsmGuest
+from harness.pytest_plugin.ksm import skip_unless
+from harness.pytest_plugin.watch import phase_report
+from harness.workloads import Workload, WorkloadError, WorkloadTimeout
 
 
 @pytest.fixture(scope="module")
 def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
     """The module's guest made ready for KSM scenarios (see KsmGuest)."""
-    guest = KsmGuest(vm)
+    with skip_unless():
+        guest = KsmGuest(vm)
     yield guest
     guest.close()
 
@@ -183,6 +120,7 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
 
     yield start
     corrupt = []
+    hung: WorkloadTimeout | None = None
     for w in reversed(started):
         if w.exit_status is not None:
             continue
@@ -194,9 +132,14 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
         try:
             if w.exit(timeout=120, check=False) == 1:
                 corrupt.append(w.name)
+        except WorkloadTimeout as exc:  # an exit that never returns is a hang, not a pass
+            w.kill()
+            hung = hung or exc
         except WorkloadError:
             w.kill()
-    call = getattr(request.node, "ksm_report_call", None)
+    if hung is not None:
+        raise hung
+    call = phase_report(request.node, "call")
     if corrupt and call is not None and call.passed:
         pytest.fail(f"workload(s) {', '.join(corrupt)} exited with status 1: they detected "
                     "data corruption the test did not check", pytrace=False)
@@ -247,22 +190,10 @@ def thp_mode(ksm_guest: KsmGuest) -> Iterator[Callable[[str], None]]:
 @pytest.fixture
 def ksm_seed(request: pytest.FixtureRequest) -> int:
     """The chaos seed (reported with any failure of the test that uses it)."""
-    given = request.config.getoption(SEED_OPTION, default=None)
+    given = request.config.getoption("--ksm-seed", default=None)
     if given is None and os.environ.get("KSM_SEED"):
         given = int(os.environ["KSM_SEED"])
     seed = given if given is not None else random.SystemRandom().randrange(1, 2**31)
     request.node.ksm_seed = seed
     print(f"ksm seed {seed}")
     return seed
-
-
-def require_knob(k: Ksm, name: str) -> None:
-    with skip_unless():
-        k.require(name)
-
-
-def require_nodes(ksm_guest: KsmGuest, count: int) -> list[int]:
-    if len(ksm_guest.nodes) < count:
-        pytest.skip(f"needs {count} NUMA nodes, the guest has {len(ksm_guest.nodes)}: boot "
-                    f"with --numa {count}")
-    return ksm_guest.nodes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.ksm.control import (
+from harness.ksm import (
     RUN_UNMERGE,
     ZERO_COUNTS,
     Ksm,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.ksm.control import (
+from harness.ksm import (
     ALL_GONE,
     RUN_UNMERGE,
     ZERO_COUNTS,

@@ -13,10 +13,10 @@ import pytest
 
 from harness import workloads as wl
 from harness.access.remote import CommandTimeout
-from harness.ksm.control import (
+from harness.access.shell import GuestShell
+from harness.ksm import (
     ALL_GONE,
     EXACT_COUNTERS,
-    GuestShell,
     KsmCountMismatch,
     KsmSnapshot,
     KsmTimeout,

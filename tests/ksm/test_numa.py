@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness.ksm.control import (
+from harness.ksm import (
     RUN_UNMERGE,
     ZERO_COUNTS,
     Ksm,
@@ -28,8 +28,9 @@ from harness.ksm.control import (
     Layout,
     write_in_background,
 )
+from harness.ksm.guest import KsmGuest
+from harness.pytest_plugin.ksm import require_nodes
 from harness.workloads import Workload
-from tests.ksm.conftest import KsmGuest, require_nodes
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ import pytest
 
 from harness import paths
 from harness.access.remote import quote
-from harness.ksm.control import Ksm
-from tests.ksm.conftest import KsmGuest
+from harness.ksm import Ksm
+from harness.ksm.guest import KsmGuest
 
 # run_vmtests.sh's ksm_tests invocations (6.1).
 CASES = ["-M -p 10", "-U", "-Z -p 10 -z 0", "-Z -p 10 -z 1", "-N -m 1", "-N -m 0"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.ksm.control import (
+from harness.ksm import (
     ALL_GONE,
     RUN_UNMERGE,
     ZERO_COUNTS,
@@ -20,7 +20,7 @@ from harness.ksm.control import (
     KsmWriteError,
     Layout,
 )
-from tests.ksm.conftest import require_knob
+from harness.pytest_plugin.ksm import require_knob
 
 # (max_page_sharing, identical pages in each of 3 processes); sizes cover: the minimum limit,
 # a remainder of exactly one page (left unshared), and chains spanning processes.

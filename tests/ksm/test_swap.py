@@ -19,10 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import guestsys
 from harness.guest import Guest
-from harness.ksm.control import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
-from tests.ksm import guestsys
-from tests.ksm.conftest import KsmGuest, skip_unless
+from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
+from harness.ksm.guest import KsmGuest
+from harness.pytest_plugin.ksm import skip_unless
 
 SWAP_DISK_MB = 512
 # After reclaim only D's 2048 pages (one content, 8 full dups) are still in the trees; the

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results.report import Result, load_results
+from harness.results.model import Result, load_results
 from harness.runs import bisect as b
 from harness.runs import build
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import ksm
 from harness.access.remote import CommandResult, CommandTimeout
-from harness.ksm import control as ksm
-from harness.ksm.control import (
+from harness.ksm import (
     ExpectedCounts,
     Ksm,
     KsmError,
@@ -359,7 +359,7 @@ def test_default_deadline_follows_the_scan_rate(k: Ksm, fake: Path,
         seen.append((pages, pts, sleep, scans))
         return 0.2
 
-    monkeypatch.setattr(ksm, "scan_deadline", spy)
+    monkeypatch.setattr("harness.ksm.control.scan_deadline", spy)
     with pytest.raises(KsmNoProgress):
         k.wait_merged(lambda s: True, pages=5000)
     put(fake, pages_unshared=70, pages_volatile=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.results.report import load_results
+from harness.results.model import load_results
 from harness.runs import matrix
 
 DATA = Path(__file__).parent / "data" / "results"

@@ -1,5 +1,6 @@
-"""harness.results.report: JUnit titles and properties (validated against junit-10.xsd), JSON results,
-KTAP, reproducers and summary.html, on a throw-away pytest run (pytester, no VM)."""
+"""The reports of a run (harness.pytest_plugin.reporting and harness.results): JUnit titles and
+properties (validated against junit-10.xsd), JSON results, KTAP, reproducers and summary.html,
+on a throw-away pytest run (pytester, no VM)."""
 from __future__ import annotations
 
 import json
@@ -13,25 +14,27 @@ from types import SimpleNamespace
 import pytest
 
 from harness.guest import Guest
-from harness.results import report
+from harness.pytest_plugin import reporting, watch
+from harness.results import junit, reproducer
 
 pytest_plugins = ["pytester"]
 
-# A conftest that does what the health monitor and the VM fixtures do, without a VM: a kernel
-# report replaces the failure text with its title first, and the run-wide properties are set.
+# A conftest that does what the health monitor and the VM fixtures do, without a VM: the
+# monitor files a kernel report as a finding of the call phase, and the run-wide properties
+# are set.
 FAKE_CONFTEST = '''
 import pytest
+from harness.console.findings import Category, Finding
+from harness.pytest_plugin.watch import FINDINGS
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    if call.when == "call" and item.get_closest_marker("kernel_warning"):
-        title = "WARNING in ksm_scan_thread"
-        rep.outcome = "failed"
-        rep.longrepr = (f"{title}\\n\\n[WARNING] {title}\\nWARNING: CPU: 0 PID: 31 at "
-                        "mm/ksm.c:2500 ksm_scan_thread+0x1/0x2\\nCall Trace: ...")
-        rep.user_properties.append(("kernel_report", title))
+def pytest_runtest_call(item):
+    yield
+    if item.get_closest_marker("kernel_warning"):
+        item.stash.setdefault(FINDINGS, {}).setdefault("call", []).append(Finding(
+            Category.WARNING, "WARNING in ksm_scan_thread",
+            "WARNING: CPU: 0 PID: 31 at mm/ksm.c:2500 ksm_scan_thread+0x1/0x2\\nCall Trace: ...",
+            "ksm_scan_thread", (10, 14)))
 
 @pytest.fixture
 def guestish(request, tmp_path):
@@ -71,7 +74,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     pytester.makepyfile(test_fake=FAKE_TESTS)
     pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
     out = tmp_path / "out"
-    res = pytester.runpytest("-p", "harness.results.report", "--junitxml", str(out / "junit.xml"),
+    res = pytester.runpytest("-p", "harness.pytest_plugin", "--junitxml", str(out / "junit.xml"),
                              "--results-json", str(out / "results.json"),
                              "--ktap", str(out / "results.ktap"),
                              "--report-dir", str(out / "report"))
@@ -84,12 +87,13 @@ def test_results_json(run) -> None:
     doc = json.loads((out / "results.json").read_text())
     tests = {t["nodeid"].split("::")[1]: t for t in doc["tests"]}
     assert doc["summary"] == {"passed": 1, "failed": 2, "skipped": 1}
-    assert tests["test_warns"]["message"] == "WARNING in ksm_scan_thread"
+    assert tests["test_warns"]["title"] == "WARNING in ksm_scan_thread"
     assert tests["test_warns"]["kernel_report"] == "WARNING in ksm_scan_thread"
     assert tests["test_warns"]["category"] == "WARNING"
-    assert tests["test_counter"]["message"].startswith("pages_shared 3 != 0 after unmerge")
+    assert tests["test_warns"]["findings"][0]["frame"] == "ksm_scan_thread"
+    assert tests["test_counter"]["title"].startswith("pages_shared 3 != 0 after unmerge")
     assert tests["test_counter"]["category"] == "ASSERTION"
-    assert tests["test_skip"]["message"] == "no zram in this kernel"
+    assert tests["test_skip"]["reason"] == "no zram in this kernel"
     assert tests["test_ok"]["properties"]["kernel_release"] == "6.1.0-test"
     assert tests["test_ok"]["properties"]["seed"] == "42"
 
@@ -117,17 +121,17 @@ def test_junit_titles_and_properties(run) -> None:
 @pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
 def test_junit_validates_against_jenkins_xsd(run) -> None:
     _, out = run
-    assert report.validate_junit(out / "junit.xml") == []
+    assert junit.validate(out / "junit.xml") == []
 
 
 @pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
 def test_plain_pytest_junit_with_properties_does_not_validate(tmp_path: Path) -> None:
-    # why we reshape: pytest's own per-test-case <properties> break junit-10.xsd
+    # why we write our own: pytest's per-test-case <properties> break junit-10.xsd
     bad = tmp_path / "bad.xml"
     bad.write_text('<testsuites><testsuite name="s" tests="1" failures="0" errors="0">'
                    '<testcase name="t"><properties><property name="a" value="b"/></properties>'
                    '</testcase></testsuite></testsuites>')
-    assert report.validate_junit(bad)
+    assert junit.validate(bad)
 
 
 def test_ktap(run) -> None:
@@ -156,7 +160,7 @@ def test_reproducer_and_summary(run) -> None:
 
 
 def test_rerun_argv_keeps_kernel_topology_seed() -> None:
-    argv = report.rerun_argv("tests/ksm/test_merge.py::test_a[x]",
+    argv = reproducer.rerun_argv("tests/ksm/test_merge.py::test_a[x]",
                              {"kernel": "/k/bzImage", "numa": "512M:1,1536M:1",
                               "accel": "auto", "append": ""}, "7")
     assert argv == ["./ksm-harness", "run", "tests/ksm/test_merge.py::test_a[x]",
@@ -164,9 +168,9 @@ def test_rerun_argv_keeps_kernel_topology_seed() -> None:
 
 
 def test_title_of() -> None:
-    assert report.title_of("AssertionError: pages_shared 3 != 0\nassert 3 == 0") == \
+    assert watch.title_of("AssertionError: pages_shared 3 != 0\nassert 3 == 0") == \
         "pages_shared 3 != 0"
-    assert report.title_of("\nFailed: guest failed to boot: x\n") == "guest failed to boot: x"
+    assert watch.title_of("\nFailed: guest failed to boot: x\n") == "guest failed to boot: x"
 
 
 def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
@@ -176,7 +180,7 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
     guest.vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
     item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
-    props = dict(report.guest_properties(item))  # type: ignore[arg-type]
+    props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]
     assert props["kernel_release"] == "6.1.0-9" and props["kernel_config_hash"] == "c0ffee"
     assert props["console_log"] == str(tmp_path / "console.log")
-    assert props["seed"] == "5" and props["accelerator"] == "tcg"
+    assert props["accelerator"] == "tcg"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 
-from harness.access.remote import CommandResult, Runner, quote
+from harness.access.remote import CommandResult, Runner, Spawner, quote
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -211,7 +211,7 @@ class Background:
     """A guest command running on its own SSH channel while the test does other things;
     :meth:`wait` returns its exit status and output, with a deadline (a hang candidate)."""
 
-    def __init__(self, spawner, cmd: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, spawner: Spawner, cmd: str) -> None:
         self.cmd = cmd
         self.started = time.monotonic()
         self.proc = spawner.spawn(f"{{ {cmd}\n}} 2>&1; echo \"__rc=$?\"")

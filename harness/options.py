@@ -1,0 +1,117 @@
+"""The guest options, declared once. The same declarations feed argparse (``boot``), pytest's
+options (``run``, ``selftest``, plain pytest), the matrix's split of its argument list and a
+reproducer's argument list, so an option is added, renamed or documented in one place.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    dest: str
+    help: str
+    default: Any = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    type: Callable[[str], Any] = str
+    env: str | None = None         # environment variable giving the default
+    matrix: bool = False           # may repeat: one column of the matrix per value
+    reproduce: bool = True         # part of a failing test's re-run command
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+    def default_value(self) -> Any:
+        if self.env and os.environ.get(self.env):
+            return self.type(os.environ[self.env])
+        return self.default
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"dest": self.dest, "help": self.help,
+                              "default": self.default_value()}
+        if self.metavar:
+            kw["metavar"] = self.metavar
+        if self.choices:
+            kw["choices"] = list(self.choices)
+        if self.type is not str:
+            kw["type"] = self.type
+        return kw
+
+
+VM_OPTIONS: tuple[Option, ...] = (
+    Option("kernel", "bzImage, vmlinux or kernel build tree, or debian[:PACKAGE] (default: "
+           "Debian's linux-image-amd64, fetched with apt-get download)", metavar="KERNEL",
+           env="KSM_HARNESS_KERNEL", matrix=True),
+    Option("modules", "module tree for --kernel (DIR/lib/modules/<release> or that dir)",
+           metavar="DIR"),
+    Option("numa", "NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or MEM[:CPUS] per "
+           "node, comma separated, e.g. 512M:1,1536M:1", default="2", metavar="SPEC",
+           matrix=True),
+    Option("accel", "auto probes KVM with a short deadline and falls back to TCG",
+           default="auto", choices=("auto", "kvm", "tcg")),
+    Option("append", "extra kernel command line, e.g. --append 'transparent_hugepage=always'",
+           default="", metavar="ARGS"),
+    Option("swap_disk", "add a swap disk (serial 'swap'), e.g. 512M", metavar="SIZE"),
+    Option("image", "use this base qcow2 image instead of the recipe's", metavar="QCOW2"),
+    Option("boot_timeout", "seconds to wait for the guest (default 180 under TCG, 60 under "
+           "KVM)", default=0.0, type=float, metavar="S", reproduce=False),
+)
+
+BY_FLAG = {o.flag: o for o in VM_OPTIONS}
+
+
+def add_to_argparse(parser: argparse.ArgumentParser | Any, title: str = "guest") -> None:
+    group = parser.add_argument_group(title)
+    for o in VM_OPTIONS:
+        group.add_argument(o.flag, **o.kwargs())
+
+
+def add_to_pytest(group: Any) -> None:
+    """``group`` is a pytest OptionGroup (typed loosely: only the plugin imports pytest)."""
+    for o in VM_OPTIONS:
+        group.addoption(o.flag, **o.kwargs())
+
+
+def values(source: Any) -> dict[str, Any]:
+    """Every VM option's value from an argparse Namespace or pytest's ``config.option``."""
+    return {o.dest: getattr(source, o.dest, o.default_value()) for o in VM_OPTIONS}
+
+
+def to_argv(vals: Mapping[str, Any]) -> list[str]:
+    """The options that differ from their defaults, as arguments (a reproducer's command)."""
+    argv: list[str] = []
+    for o in VM_OPTIONS:
+        value = vals.get(o.dest)
+        if not o.reproduce or value in (None, ""):
+            continue
+        if value == o.default and o.dest != "numa":  # the topology is always spelled out
+            continue
+        argv += [o.flag, str(value)]
+    return argv
+
+
+def split_repeated(argv: Sequence[str], extra: Iterable[str] = ("--baseline",)
+                   ) -> tuple[dict[str, list[str]], list[str]]:
+    """The values of every matrix option (and of ``extra`` flags) and the other arguments:
+    ``--kernel A --kernel=B -k x`` -> ({"kernel": ["A", "B"], ...}, ["-k", "x"])."""
+    flags = {o.flag: o.dest for o in VM_OPTIONS if o.matrix}
+    flags.update({f: f.lstrip("-").replace("-", "_") for f in extra})
+    found: dict[str, list[str]] = {dest: [] for dest in flags.values()}
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        flag, eq, inline = a.partition("=")
+        if flag in flags:
+            value = inline if eq else next(it, None)
+            if value is None:
+                raise ValueError(f"{flag} needs a value")
+            found[flags[flag]].append(value)
+        else:
+            rest.append(a)
+    return found, rest

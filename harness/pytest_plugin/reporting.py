@@ -1,0 +1,167 @@
+"""A :class:`Result` record per test, folded from its phases' reports (findings travel on
+each report as data, see ``watch``), and at the end of the run the files CI reads: JUnit
+(``--junitxml``, written by harness.results.junit in place of pytest's writer), ``--results-json``,
+``--ktap``, and the report directory (results.json, failures with reproducers, summary.html).
+Under xdist only the controller records and writes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import pytest
+
+from harness import options, paths
+from harness.console.findings import Category, Finding
+from harness.guest import Guest
+from harness.pytest_plugin.watch import PROPERTY
+from harness.results import html, junit, ktap, reproducer
+from harness.results.model import Outcome, Result, results_document
+
+RESULTS = pytest.StashKey[dict[str, Result]]()
+STARTED = pytest.StashKey[float]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[RESULTS] = {}
+    config.stash[STARTED] = time.time()
+    # one JUnit writer: ours, from the records (pytest's would write the same file)
+    for plugin in config.pluginmanager.get_plugins():
+        if type(plugin).__name__ == "LogXML":
+            config.pluginmanager.unregister(plugin)
+
+
+def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
+    """What a guest test ran on: kernel, release, config hash, accelerator, topology (of the
+    first guest), and each guest's console log and QEMU command line."""
+    props: list[tuple[str, str]] = []
+    guests: list[Guest] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Guest) and value not in guests:
+            guests.append(value)
+    for i, guest in enumerate(guests):
+        vm = guest.vm
+        suffix = "" if i == 0 else f"_{i + 1}"
+        if i == 0:
+            k = vm.spec.kernel
+            props += [("kernel", str(k.path)), ("kernel_release", k.release),
+                      ("kernel_config_hash", k.config_hash), ("accelerator", vm.spec.accel.name),
+                      ("topology", vm.spec.topology.describe())]
+        props += [(f"console_log{suffix}", str(vm.console_log)),
+                  (f"qemu_cmdline{suffix}", str(vm.dir / "qemu-cmdline.txt"))]
+    return props
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
+    yield
+    have = {name for name, _ in item.user_properties}
+    item.user_properties.extend(p for p in guest_properties(item) if p[0] not in have)
+
+
+def merge(result: Result, rep: pytest.TestReport) -> None:
+    """Fold one phase's report into the test's record: the first failing phase decides the
+    outcome; findings of every phase are kept, ranked."""
+    result.durations[rep.when] = result.durations.get(rep.when, 0.0) + (rep.duration or 0.0)
+    if result.start is None:
+        result.start = getattr(rep, "start", None)
+    for name, value in rep.user_properties:
+        if name == PROPERTY and isinstance(value, list):
+            result.add(Finding.from_dict(d) for d in value)
+        else:
+            result.properties[str(name)] = str(value)
+    if result.failed:
+        if rep.failed:
+            result.text += f"\n\n--- {rep.when} ---\n{rep.longreprtext}"
+        return
+    if rep.failed:
+        result.outcome = Outcome.FAILED if rep.when == "call" else Outcome.ERROR
+        result.when = rep.when
+        result.text = rep.longreprtext
+        if not result.findings:  # a report from a plugin that is not ours
+            result.add([Finding(Category.ASSERTION if rep.when == "call" else Category.SETUP,
+                                rep.longreprtext.strip().split("\n")[0][:300], rep.longreprtext,
+                                phase=rep.when)])
+    elif rep.skipped:
+        result.when = rep.when
+        if hasattr(rep, "wasxfail"):
+            result.outcome, result.reason = Outcome.XFAILED, str(rep.wasxfail)
+        else:
+            result.outcome = Outcome.SKIPPED
+            lr = rep.longrepr
+            reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
+            result.reason = reason.removeprefix("Skipped: ")
+    elif rep.when == "call" and hasattr(rep, "wasxfail"):
+        result.outcome, result.reason = Outcome.XPASSED, str(rep.wasxfail)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    config = _CONFIG[-1] if _CONFIG else None
+    if config is None or _is_worker(config):
+        return
+    results = config.stash[RESULTS]
+    merge(results.setdefault(report.nodeid, Result(report.nodeid)), report)
+
+
+_CONFIG: list[pytest.Config] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG.append(session.config)
+
+
+def run_options(config: pytest.Config) -> dict[str, Any]:
+    """The run's options as a reproducer needs them."""
+    out = options.values(config.option)
+    out["ksm_seed"] = getattr(config.option, "ksm_seed", None)
+    out["args"] = list(config.invocation_params.args)
+    out["rootdir"] = str(config.rootpath)
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if config in _CONFIG:
+        _CONFIG.remove(config)
+    if _is_worker(config):
+        return
+    results = list(config.stash.get(RESULTS, {}).values())
+    started = config.stash[STARTED]
+    meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "duration": round(time.time() - started, 3),
+            "options": run_options(config),
+            "exitstatus": int(session.exitstatus)}
+    doc = results_document(results, meta)
+    xml = getattr(config.option, "xmlpath", None)
+    if xml:
+        junit.write(Path(xml), [junit.Suite("ksm-harness", results)], started)
+    jpath = config.getoption("results_json")
+    if jpath:
+        _write(Path(jpath), json.dumps(doc, indent=1) + "\n")
+    kpath = config.getoption("ktap")
+    if kpath:
+        _write(Path(kpath), ktap.render(results))
+    rdir = config.getoption("report_dir")
+    if rdir or any("kernel_release" in r.properties for r in results):
+        out = Path(rdir or "results")
+        _write(out / "results.json", json.dumps(doc, indent=1) + "\n")
+        reproducer.write_failures(out, results, meta["options"], paths.REPO)
+        html.write(out, doc, results, junit=Path(xml) if xml else None,
+                   results_json=Path(jpath) if jpath else None)

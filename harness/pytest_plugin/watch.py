@@ -1,0 +1,235 @@
+"""The kernel health monitor around every phase of every guest test, and the one place where
+a phase's report gets its findings: the monitor's (kernel reports, taint, hangs, a lost VM)
+and what the test itself raised, ranked (harness.console.findings.rank), so the failure's
+title is the cause and its consequences follow.
+
+A kernel report fails the test whatever the test did: it is never an expected failure and
+never retried away. Reports printed during a fixture's set-up fail the set-up (an error);
+between tests they go to the next test; after the last test, to its teardown.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from harness.access.remote import CommandTimeout
+from harness.console.findings import Category, Finding, describe, rank
+from harness.errors import HarnessError
+from harness.guest import Guest
+from harness.health import TestWindow
+from harness.ksm import KsmError, timeline
+from harness.ksm.leaks import LeakError
+from harness.ksm.timeline import Sampler
+from harness.pytest_plugin.fixtures import BootFailed
+from harness.results.reproducer import slug
+from harness.workloads import DataCorruption, WorkloadTimeout
+
+HANG_ERRORS: tuple[type[BaseException], ...] = (CommandTimeout, WorkloadTimeout)
+# What a test's own exception says, most specific first; anything else in the call phase is
+# an assertion, in set-up or teardown a set-up problem.
+EXCEPTION_CATEGORIES: tuple[tuple[type[BaseException], Category], ...] = (
+    (BootFailed, Category.BOOT),
+    (DataCorruption, Category.CORRUPTION),
+    (LeakError, Category.LEAK),
+    (KsmError, Category.ASSERTION),
+    (AssertionError, Category.ASSERTION),
+)
+FINDINGS = pytest.StashKey[dict[str, list[Finding]]]()
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+WINDOWS = pytest.StashKey[list[tuple[Guest, TestWindow]]]()
+PROPERTY = "ksm_harness_findings"  # how findings travel on a report (JSON-able, xdist-safe)
+_NOISE = ("AssertionError: ", "Failed: ", "builtins.AssertionError: ")
+
+
+def _guests(item: pytest.Item) -> list[Guest]:
+    found: list[Guest] = []
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Guest) and value not in found:
+            found.append(value)
+    return found
+
+
+def _allowed(item: pytest.Item) -> tuple[str, ...]:
+    mark = item.get_closest_marker("allow_kernel")
+    return tuple(mark.args) if mark else ()
+
+
+def _test_name(item: pytest.Item) -> str:
+    return re.sub(r"[^\w./:\[\]=-]", "_", item.nodeid)[-120:]
+
+
+def _add(item: pytest.Item, phase: str, findings: list[Finding]) -> None:
+    if findings:
+        item.stash.setdefault(FINDINGS, {}).setdefault(phase, []).extend(findings)
+
+
+# --- counter timelines (a nicety: never fails a test) --------------------------------------
+
+def _start_timeline(item: pytest.Item, guest: Guest) -> None:
+    """KSM scenarios (tests that use the ``ksm`` fixture) get a counter timeline."""
+    if "ksm" not in getattr(item, "fixturenames", ()) or guest.sampler is not None:
+        return
+    try:
+        guest.sampler = Sampler(guest.vm.spawn)
+    except Exception:
+        guest.sampler = None
+
+
+def _stop_timeline(item: pytest.Item, guest: Guest) -> None:
+    sampler, guest.sampler = guest.sampler, None
+    if sampler is None:
+        return
+    rdir = Path(item.config.getoption("report_dir", None) or "results")
+    try:
+        timeline.write(sampler.stop(), item.nodeid, rdir / "plots" / f"{slug(item.nodeid)}.svg")
+    except OSError:
+        pass
+
+
+# --- windows ------------------------------------------------------------------------------
+
+def _open_windows(item: pytest.Item, phase: str) -> None:
+    windows = []
+    for guest in _guests(item):
+        _start_timeline(item, guest)
+        _add(item, "call", guest.boot_findings)  # the test runs, and fails for them
+        guest.boot_findings = []
+        # what the kernel printed during the fixtures' set-up (or between tests)
+        _add(item, phase, guest.monitor.claim(allow=_allowed(item), phase=phase))
+        windows.append((guest, guest.monitor.begin(_test_name(item))))
+    item.stash[WINDOWS] = windows
+
+
+def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None) -> None:
+    findings: list[Finding] = []
+    allowed = _allowed(item)
+    for guest, window in item.stash.get(WINDOWS, []):
+        if phase == "teardown":
+            _stop_timeline(item, guest)
+        if guest.vm.stopped:  # torn down by its fixture: whatever it printed last counts
+            findings += guest.monitor.claim(allow=allowed, phase=phase)
+            continue
+        dead = guest.alive()
+        hung = isinstance(excinfo, HANG_ERRORS) and dead is None
+        evidence = guest.monitor.hang_evidence() if hung else ""
+        found = guest.monitor.end(window, allow=allowed, responsive=not hung)
+        if not hung and dead is None and not window.answered:
+            # no answer: usually a panic still being printed; give QEMU a moment to exit
+            dead = guest.vm.wait_exit(10.0)
+            if dead is None:
+                hung = True
+                evidence = guest.monitor.hang_evidence()
+        found += guest.monitor.claim(allow=allowed, phase=phase)  # printed while we looked
+        tail = guest.vm.console.tail(60) if guest.vm.console else ""
+        if hung:
+            cause = excinfo if isinstance(excinfo, HANG_ERRORS) else "the guest stopped answering"
+            findings.append(Finding(Category.HANG, f"guest hung: {cause}",
+                                    f"{evidence}\n--- console tail ---\n{tail}",
+                                    time=time.time(), phase=phase))
+            guest.broken = "hung"
+        elif dead is not None:
+            findings.append(Finding(Category.VM_DEAD, f"guest died: {dead}",
+                                    f"--- console tail ---\n{tail}", time=time.time(),
+                                    phase=phase))
+            guest.broken = "dead"
+        findings.extend(found)
+        if guest.broken:
+            try:
+                guest.replace()  # the next test gets a fresh VM
+            except HarnessError as exc:
+                findings.append(Finding(Category.INFRA, f"could not replace the guest: {exc}",
+                                        time=time.time(), phase=phase))
+    item.stash[WINDOWS] = []
+    _add(item, phase, findings)
+
+
+def _excinfo(outcome: pluggy.Result[None]) -> BaseException | None:
+    return outcome.exception
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
+    yield
+    _open_windows(item, "setup")  # after fixtures: the guest exists
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
+    outcome = yield
+    _close_windows(item, "call", _excinfo(outcome))
+    _open_windows(item, "teardown")  # teardown (e.g. run=2 in a fixture) is watched too
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
+    outcome = yield
+    _close_windows(item, "teardown", _excinfo(outcome))
+
+
+# --- the phase's report -------------------------------------------------------------------
+
+def title_of(message: str) -> str:
+    """The one-line title of an exception message: its first line, without noise."""
+    line = next((x.strip() for x in message.splitlines() if x.strip()), "")
+    for p in _NOISE:
+        line = line.removeprefix(p)
+    return line[:300]
+
+
+def exception_finding(exc: BaseException | None, when: str, text: str) -> Finding:
+    """What the test (or a fixture) raised, as a finding."""
+    category = Category.ASSERTION if when == "call" else Category.SETUP
+    if exc is not None and isinstance(exc, HANG_ERRORS):
+        category = Category.HANG
+    for kind, cat in EXCEPTION_CATEGORIES:
+        if exc is not None and isinstance(exc, kind):
+            category = cat
+            break
+    message = str(exc) if exc is not None and str(exc) else text
+    return Finding(category, title_of(message) or type(exc).__name__, text, time=time.time(),
+                   phase=when)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    outcome = yield
+    rep = outcome.get_result()
+    pending = item.stash.get(FINDINGS, {})
+    findings = list(pending.pop(call.when, []))
+    if call.when == "teardown":  # a phase that never ran (set-up failed) leaves nothing behind
+        for phase in list(pending):
+            findings += pending.pop(phase)
+    if rep.failed:
+        exc = call.excinfo.value if call.excinfo is not None else None
+        own = exception_finding(exc, call.when, str(rep.longrepr))
+        # a hang the monitor already established is the same event as the test's timeout
+        if not (own.category is Category.HANG
+                and any(f.category is Category.HANG for f in findings)):
+            findings.append(own)
+    if findings:
+        ranked = rank(findings)
+        if not rep.failed:  # a kernel report fails even a passing or expected-failing test
+            rep.outcome = "failed"
+            if hasattr(rep, "wasxfail"):
+                del rep.wasxfail
+        traceback = f"\n\n--- traceback ---\n{rep.longrepr}" if call.excinfo is not None else ""
+        rep.longrepr = describe(ranked) + traceback
+        rep.user_properties.append((PROPERTY, [f.to_dict() for f in ranked]))
+    item.stash.setdefault(REPORTS, {})[call.when] = rep
+    seed = getattr(item, "ksm_seed", None)  # set by the chaos scenario's seed fixture
+    if seed is not None:
+        rep.user_properties.append(("seed", str(seed)))
+        if rep.failed:
+            rep.sections.append(("ksm-seed", f"this test used ksm seed {seed}: rerun with "
+                                             f"--ksm-seed={seed}"))
+
+
+def phase_report(item: pytest.Item, when: str) -> pytest.TestReport | None:
+    """The report of a phase that has run (a teardown can ask whether the call passed)."""
+    return item.stash.get(REPORTS, {}).get(when)
