@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from harness.classify import Report, StreamClassifier, classify, classify_text
+from tests.unit.test_console_logs import load_log
 
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +27,8 @@ CATEGORIES = {
 
 
 def data(name: str) -> str:
-    return (DATA / name).read_text()
+    """A recorded console log without its header."""
+    return load_log(DATA / name)[1]
 
 
 def only(reports: list[Report]) -> Report:
