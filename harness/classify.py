@@ -190,6 +190,7 @@ _HELPER = re.compile(r"(?:^|_)(?:" + "|".join([
     r"rollback_registered\w*", r"unregister_netdevice\w*", r"unregister_netdev",
     r"hwrng_unregister", r"i2c_del_adapter", r"tty_unregister_device", r"usb_kill_urb",
     r"usb_kill_anchored_urbs", r"usb_control_msg", r"usb_hcd_submit_urb", r"usb_submit_urb",
+    r"usb_start_wait_urb", r"usb_(?:bulk|interrupt)_msg",
     r"dummy_urb_enqueue", r"devres_release_all", r"kill_fasync", r"ref_tracker_free",
     r"timer_is_static_object", r"work_is_static_object", r"(?:read|write)[bwlq]$", r"iput$",
     r"kfree_skb\w*", r"skb_release\w*", r"unregister_client", r"device_release",
