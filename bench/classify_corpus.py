@@ -40,7 +40,10 @@ class Case:
 
 def load_case(path: Path) -> Case:
     text = path.read_bytes().decode("utf-8", errors="replace")
-    head, _, log = text.partition("\n\n")
+    if text.startswith("\n"):  # an empty header: a clean log
+        head, log = "", text[1:]
+    else:
+        head, _, log = text.partition("\n\n")
     log = re.split(r"^REPORT:\n", log, maxsplit=1, flags=re.M)[0]
     fields: dict[str, list[str]] = {}
     for line in head.splitlines():

@@ -54,3 +54,20 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# Header keys of a recorded console log (syzkaller's test data style).
+LOG_KEYS = ("TITLE", "TYPE", "FRAME", "CORRUPTED", "REPORTS")
+
+
+def load_log(path: Path) -> tuple[dict[str, str], str]:
+    """A recorded log's header fields and its console text (the part after the header)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    head, sep, body = text.partition("\n\n") if not text.startswith("\n") else ("", "\n", text[1:])
+    assert sep, f"{path}: no blank line after the header"
+    header: dict[str, str] = {}
+    for line in head.splitlines():
+        key, colon, value = line.partition(": ")
+        assert colon and key in LOG_KEYS, f"{path}: not a header line: {line!r}"
+        header[key] = value.strip()
+    return header, body

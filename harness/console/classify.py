@@ -190,6 +190,7 @@ _HELPER = re.compile(r"(?:^|_)(?:" + "|".join([
     r"rollback_registered\w*", r"unregister_netdevice\w*", r"unregister_netdev",
     r"hwrng_unregister", r"i2c_del_adapter", r"tty_unregister_device", r"usb_kill_urb",
     r"usb_kill_anchored_urbs", r"usb_control_msg", r"usb_hcd_submit_urb", r"usb_submit_urb",
+    r"usb_start_wait_urb", r"usb_(?:bulk|interrupt)_msg",
     r"dummy_urb_enqueue", r"devres_release_all", r"kill_fasync", r"ref_tracker_free",
     r"timer_is_static_object", r"work_is_static_object", r"(?:read|write)[bwlq]$", r"iput$",
     r"kfree_skb\w*", r"skb_release\w*", r"unregister_client", r"device_release",
@@ -288,7 +289,10 @@ _KINDS: tuple[_Kind, ...] = (
        "BUG: kernel NULL pointer dereference", how="rip", preamble=True),
     _k("arm_paging", "PAGING_REQUEST", r"Unable to handle kernel (?:paging request|\w+ (?:to|from))",
        "BUG: unable to handle kernel paging request", how="rip", preamble=True),
-    _k("gpf", "GPF", r"(?:Oops: )?general protection fault", "general protection fault", how="rip"),
+    # die()'s banner: "[Oops: ][segment-related ]general protection fault[, probably for
+    # ...]: 0000 [#1]"; a user task's fault ("comm[pid] general protection fault ip:") is not one.
+    _k("gpf", "GPF", r"(?:Oops: )?(?:segment-related )?general protection fault[:,]",
+       "general protection fault", how="rip"),
     _k("stack_segment", "GPF", r"(?:Oops: )?stack segment: ", "stack segment fault", how="rip"),
     _k("stack_overflow", "PANIC", r"kernel stack overflow \(double-fault\)",
        "kernel stack overflow", how="rip", follow=("*",)),
@@ -388,10 +392,19 @@ _KINDS: tuple[_Kind, ...] = (
        how="rip", preamble=True),
     _k("mm_counters", "BUG", r"BUG: non-zero (?P<what>\w+) on freeing mm",
        "BUG: non-zero {what} on freeing mm", how="none", stack=False, gap=3),
-    _k("slub", "BUG", r"BUG \S+ \((?:Not t|T)ainted.*\): (?P<what>.+)", "BUG: {what}", how="none",
+    # Old KASAN announced itself through SLUB's banner ("BUG cache (...): kasan: bad access
+    # detected") before its own report: that line alone is no report.
+    _k("slub", "BUG", r"BUG \S+ \((?:Not t|T)ainted.*\): (?!kasan: bad access)(?P<what>.+)",
+       "BUG: {what}", how="none",
        stack=False),
     _k("slub_info", "BUG", rf"INFO: (?P<what>Allocated|Freed) in (?P<fn>{_SYM})",
        "INFO: {what}", how="header", follow=("*",), corrupted=True),
+    _k("file_count", "BUG", r"VFS: Close: file count is 0", "VFS: Close: file count is zero",
+       how="rip", skip=r"filp_(?:flush|close)", stack=False, preamble=True),
+    # A device that is never released: netdev_wait_allrefs() repeats this every 10 s.
+    _k("netdev_wait", "NETDEV_WAIT", r"unregister_netdevice: waiting for (?P<dev>\S+) to become free",
+       "unregister_netdevice: waiting for DEV to become free", how="none", stack=False, gap=3,
+       follow=("NETDEV_WAIT",)),
     _k("busy_inodes", "BUG", r"VFS: Busy inodes after unmount", "VFS: Busy inodes after unmount",
        how="none", stack=False, gap=3),
     _k("panic", "PANIC", r"Kernel panic - not syncing: ?(?P<why>.*)", "kernel panic: {why}",
@@ -413,7 +426,7 @@ _HEADER_WORDS = (
     "BUG", "WARNING:", "INFO:", "UBSAN:", "panic", "PANIC", "Oops", "protection fault",
     "divide", "invalid opcode", "stack segment", "stack overflow", "corruption", "double add",
     "refcount_t:", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
-    "Internal error", "Unhandled fault", "unreferenced object", "VFS: Busy", "LOCKUP",
+    "Internal error", "Unhandled fault", "unreferenced object", "VFS: Busy", "VFS: Close", "unregister_netdevice", "LOCKUP",
     "dumped because",
 )
 _BENIGN = re.compile(
@@ -429,16 +442,19 @@ _CONSEQUENCE = re.compile(
 )
 
 
-# Where a header may start in the middle of a line another message got into.
+# Headers count only at the start of a console line, where the kernel prints them.  The
+# one exception: die()'s banner ("<what>: <code> [#<n>]"), which nothing but the kernel
+# prints, may follow a message that lost its newline.
 _MIDLINE = re.compile(
-    r"BUG: |WARNING: |INFO: |general protection fault|Kernel panic - not syncing|kernel BUG at"
-    r"|Unable to handle kernel|divide[ _]error: |Oops: |(?:NMI )?watchdog: "
+    r"(?:Oops: )?(?:segment-related )?general protection fault|Oops: |invalid opcode: "
+    r"|divide[ _]error: |stack segment: |Internal error: "
 )
+_DIE_COUNTER = re.compile(r".*\[#\d+\]")
 
 
 def _match_header(line: _Line, trusted: bool) -> tuple[_Kind, re.Match[str]] | None:
     """The kind of report a line opens.  Only ``trusted`` lines (kernel-prefixed,
-    or any line of an unprefixed log) may use loose wording or a mid-line start."""
+    or any line of an unprefixed log) may use loose wording or a mid-line die() banner."""
     text = line.text
     if not any(w in text for w in _HEADER_WORDS) or _BENIGN.match(text):
         return None
@@ -449,7 +465,7 @@ def _match_header(line: _Line, trusted: bool) -> tuple[_Kind, re.Match[str]] | N
         return None
     for tok in _MIDLINE.finditer(text, 1):
         rest = text[tok.start():]
-        if _BENIGN.match(rest):
+        if not _DIE_COUNTER.match(rest):
             continue
         for kind in _KINDS:
             if not kind.generic and (m := kind.regex.match(rest)):

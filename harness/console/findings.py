@@ -51,6 +51,7 @@ class Category(enum.Enum):
     MEMORY_LEAK = "MEMORY_LEAK"
     VM_BUG_ON = "VM_BUG_ON"
     OOM = "OOM"
+    NETDEV_WAIT = "NETDEV_WAIT"
     KERNEL = "KERNEL"            # a report kind this enum does not name yet
     TAINT = "TAINT"              # a new taint bit with no report on the console
     # the guest stopped answering, or died

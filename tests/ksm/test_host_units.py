@@ -26,7 +26,7 @@ from harness.ksm import (
     write_in_background,
 )
 from harness.workloads import Workload, WorkloadError
-from tests.unit.test_workload_host import LocalSpawner
+from tests.fakes import LocalSpawner
 
 pytestmark = pytest.mark.host
 

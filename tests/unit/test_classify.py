@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from harness.console.classify import Report, StreamClassifier, classify, classify_text
+from tests.helpers import load_log
 
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
@@ -21,12 +22,13 @@ CATEGORIES = {
     "WARNING", "BUG", "OOPS", "PANIC", "KASAN", "KFENCE", "KMSAN", "KCSAN", "UBSAN", "GPF",
     "PAGING_REQUEST", "NULL_DEREF", "HUNG_TASK", "SOFT_LOCKUP", "HARD_LOCKUP", "RCU_STALL",
     "BAD_PAGE_STATE", "BAD_PAGE_MAP", "BAD_RSS_COUNTER", "LIST_CORRUPTION", "REFCOUNT",
-    "LOCKDEP", "ATOMIC_SLEEP", "MEMORY_LEAK", "VM_BUG_ON", "OOM",
+    "LOCKDEP", "ATOMIC_SLEEP", "MEMORY_LEAK", "VM_BUG_ON", "OOM", "NETDEV_WAIT",
 }
 
 
 def data(name: str) -> str:
-    return (DATA / name).read_text()
+    """A recorded console log without its header."""
+    return load_log(DATA / name)[1]
 
 
 def only(reports: list[Report]) -> Report:
@@ -239,6 +241,63 @@ BUG: in a userspace tool's output
 [    3.000000] EXT4-fs (vda): mounted filesystem with ordered data mode.
 """
     assert classify_text(log) == []
+
+
+def test_headers_count_only_where_the_kernel_prints_them() -> None:
+    # A user task's fault, reported by the kernel in one line, and sanitizer words
+    # inside other messages are not reports.
+    log = """\
+[   10.100000] traps: a.out[123] general protection fault ip:7f00 sp:7ff0 error:0 in libc.so.6
+[   10.200000] kasan: CONFIG_KASAN_INLINE enabled
+[   10.300000] audit: comm="x" msg='BUG: KASAN: use-after-free in foo'
+[   10.400000] BUG UNIX (Not tainted): kasan: bad access detected
+"""
+    assert classify_text(log) == []
+
+
+def test_die_banner_after_a_message_that_lost_its_newline() -> None:
+    log = """\
+[   44.1] kasan: GPF could be caused by NULL-ptr deref or user memory accessgeneral protection fault: 0000 [#1] SMP KASAN
+[   44.2] RIP: 0010:stable_tree_search+0x1f/0x600
+[   44.3] Call Trace:
+[   44.4]  ksm_do_scan+0x50/0x100
+"""
+    r = only(classify_text(log))
+    assert (r.category, r.frame) == ("GPF", "stable_tree_search")
+
+
+def test_segment_related_gpf() -> None:
+    log = ("[   37.3] segment-related general protection fault: beec [#2] PREEMPT SMP KASAN PTI\n"
+           "[   37.4] RIP: 0010:break_ksm+0x1f/0x600\n")
+    assert only(classify_text(log)).frame == "break_ksm"
+
+
+def test_netdev_refcount_wait() -> None:
+    log = ("[  208.6] unregister_netdevice: waiting for macsec0 to become free. Usage count = 1\n"
+           "[  218.7] unregister_netdevice: waiting for macsec0 to become free. Usage count = 1\n")
+    r = only(classify_text(log))
+    assert (r.category, r.title, r.frame, r.corrupted) == (
+        "NETDEV_WAIT", "unregister_netdevice: waiting for DEV to become free", None, False)
+
+
+def test_file_count_zero_with_and_without_its_warning() -> None:
+    old = "[   50.0] VFS: Close: file count is 0\n"
+    r = only(classify_text(old))
+    assert (r.category, r.title, r.corrupted) == ("BUG", "VFS: Close: file count is zero", False)
+    new = """\
+[   50.0] VFS: Close: file count is 0 (f_op=iommufd_fops [iommufd])
+[   50.1] WARNING: CPU: 48 PID: 2369 at fs/open.c:1507 filp_flush+0x3c/0xf0
+[   50.2] RIP: 0010:filp_flush+0x3c/0xf0
+[   50.3] Call Trace:
+[   50.4]  <TASK>
+[   50.5]  filp_close+0x1f/0x60
+[   50.6]  ksm_close_files+0x34/0x98
+[   50.7]  </TASK>
+[   50.8] ---[ end trace 0000000000000000 ]---
+"""
+    r = only(classify_text(new))
+    assert (r.category, r.title, r.frame) == ("BUG", "VFS: Close: file count is zero in "
+                                              "ksm_close_files", "ksm_close_files")
 
 
 def test_stream_emits_when_chatter_resumes() -> None:

@@ -67,9 +67,12 @@ def test_kernel_without_ksm_is_refused(tmp_path: Path) -> None:
     assert "without CONFIG_KSM=y" in r.stderr
 
 
-def test_triage_options_pass_through() -> None:
+def test_triage_options_pass_through(tmp_path: Path) -> None:
     import json
-    log = Path(__file__).parent / "data" / "ksm_warning.log"
+
+    from tests.helpers import load_log
+    log = tmp_path / "ksm_warning.log"
+    log.write_text(load_log(Path(__file__).parent / "data" / "ksm_warning.log")[1])
     r = run_harness("triage", "--json", str(log))
     assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout)[0]["title"] == "WARNING in ksm_scan_thread"

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 
 from harness.console.classify import classify_text
+from tests.helpers import load_log
 
 DATA = Path(__file__).parent / "data" / "guest"
 
 
 def _reports(name: str) -> list[tuple[str, str]]:
-    text = (DATA / name).read_text(errors="replace")
+    text = load_log(DATA / name)[1]
     return [(r.category, r.title) for r in classify_text(text)]
 
 

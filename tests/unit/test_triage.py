@@ -1,4 +1,4 @@
-"""Tests for ``ksm-harness triage`` run as ``python -m harness.console.triage``."""
+"""Tests for ``ksm-harness triage`` run as ``python -m harness.triage``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.helpers import load_log
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture()
+def log_path(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The console text of a recorded log, as a file the CLI can read."""
+    def path(name: str) -> Path:
+        out = tmp_path / name
+        out.write_text(load_log(DATA / name)[1])
+        return out
+    return path
 
 
 def triage(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -26,8 +39,8 @@ def test_clean_log_exits_0(tmp_path: Path) -> None:
     assert res.stderr == ""
 
 
-def test_report_exits_1_and_prints_title_category_span_text() -> None:
-    res = triage(str(DATA / "ksm_warning.log"))
+def test_report_exits_1_and_prints_title_category_span_text(log_path: Any) -> None:
+    res = triage(str(log_path("ksm_warning.log")))
     assert res.returncode == 1, res.stderr
     first = res.stdout.splitlines()[0]
     assert "WARNING in ksm_scan_thread" in first
@@ -35,8 +48,8 @@ def test_report_exits_1_and_prints_title_category_span_text() -> None:
     assert "ksm_scan_thread+0x1/0x2" in res.stdout
 
 
-def test_json_output() -> None:
-    res = triage("--json", str(DATA / "oops_fatal_exception.log"))
+def test_json_output(log_path: Any) -> None:
+    res = triage("--json", str(log_path("oops_fatal_exception.log")))
     assert res.returncode == 1, res.stderr
     items = json.loads(res.stdout)
     assert isinstance(items, list) and items
@@ -57,7 +70,7 @@ def test_json_clean_log_is_empty_list() -> None:
 
 
 def test_stdin() -> None:
-    res = triage("--json", "-", stdin=(DATA / "oom_kill.log").read_text())
+    res = triage("--json", "-", stdin=load_log(DATA / "oom_kill.log")[1])
     assert res.returncode == 1, res.stderr
     assert [r["category"] for r in json.loads(res.stdout)] == ["OOM"]
 
@@ -74,18 +87,18 @@ def test_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_undecodable_bytes_are_tolerated(tmp_path: Path) -> None:
     log = tmp_path / "binary.log"
-    log.write_bytes(b"\xff\xfe garbage\n" + (DATA / "sysrq_crash.log").read_bytes())
+    log.write_bytes(b"\xff\xfe garbage\n" + load_log(DATA / "sysrq_crash.log")[1].encode())
     res = triage("--json", str(log))
     assert res.returncode == 1, res.stderr
     assert json.loads(res.stdout)[0]["title"] == "kernel panic: sysrq triggered crash"
 
 
-def test_main_is_callable_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_is_callable_in_process(capsys: pytest.CaptureFixture[str], log_path: Any) -> None:
     from harness.console.triage import main
 
-    assert main([str(DATA / "hung_ksmd.log")]) == 1
+    assert main([str(log_path("hung_ksmd.log"))]) == 1
     assert "INFO: task hung in ksm_scan_thread" in capsys.readouterr().out
-    assert main(["--json", str(DATA / "hung_ksmd.log")]) == 1
+    assert main(["--json", str(log_path("hung_ksmd.log"))]) == 1
     assert json.loads(capsys.readouterr().out)[0]["category"] == "HUNG_TASK"
     assert main([str(DATA / "missing.log")]) == 2
     assert capsys.readouterr().err.startswith("ksm-harness: cannot read ")
