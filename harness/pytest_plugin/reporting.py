@@ -7,6 +7,7 @@ Under xdist only the controller records and writes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -24,6 +25,7 @@ from harness.results.model import Outcome, Result, results_document
 
 RESULTS = pytest.StashKey[dict[str, Result]]()
 STARTED = pytest.StashKey[float]()
+PYTEST_JUNIT = pytest.StashKey[tuple[Any, str]]()
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -34,10 +36,13 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = {}
     config.stash[STARTED] = time.time()
-    # one JUnit writer: ours, from the records (pytest's would write the same file)
+    # One JUnit writer: ours, from the records. pytest's junitxml plugin stays registered
+    # (its unconfigure expects it) but writes to /dev/null; its "generated xml file" line
+    # gets the real path back once ours is written.
     for plugin in config.pluginmanager.get_plugins():
-        if type(plugin).__name__ == "LogXML":
-            config.pluginmanager.unregister(plugin)
+        if type(plugin).__name__ == "LogXML" and hasattr(plugin, "logfile"):
+            config.stash[PYTEST_JUNIT] = (plugin, plugin.logfile)
+            plugin.logfile = os.devnull
 
 
 def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
@@ -152,6 +157,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     xml = getattr(config.option, "xmlpath", None)
     if xml:
         junit.write(Path(xml), [junit.Suite("ksm-harness", results)], started)
+        if PYTEST_JUNIT in config.stash:
+            plugin, logfile = config.stash[PYTEST_JUNIT]
+            plugin.logfile = logfile
     jpath = config.getoption("results_json")
     if jpath:
         _write(Path(jpath), json.dumps(doc, indent=1) + "\n")

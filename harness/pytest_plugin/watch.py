@@ -205,9 +205,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     if call.when == "teardown":  # a phase that never ran (set-up failed) leaves nothing behind
         for phase in list(pending):
             findings += pending.pop(phase)
+    from_monitor = bool(findings)
     if rep.failed:
         exc = call.excinfo.value if call.excinfo is not None else None
-        own = exception_finding(exc, call.when, str(rep.longrepr))
+        own = exception_finding(exc, call.when, "" if from_monitor else rep.longreprtext)
         # a hang the monitor already established is the same event as the test's timeout
         if not (own.category is Category.HANG
                 and any(f.category is Category.HANG for f in findings)):
@@ -218,8 +219,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
             rep.outcome = "failed"
             if hasattr(rep, "wasxfail"):
                 del rep.wasxfail
-        traceback = f"\n\n--- traceback ---\n{rep.longrepr}" if call.excinfo is not None else ""
-        rep.longrepr = describe(ranked) + traceback
+        if from_monitor:  # the cause first; the test's own traceback after the findings
+            traceback = f"\n\n--- the test's own failure ---\n{rep.longreprtext}" \
+                if call.excinfo is not None else ""
+            rep.longrepr = describe(ranked) + traceback
+        else:  # the title first (terminal summaries show the first line), then the traceback
+            rep.longrepr = f"{ranked[0].title}\n\n{rep.longreprtext}"
         rep.user_properties.append((PROPERTY, [f.to_dict() for f in ranked]))
     item.stash.setdefault(REPORTS, {})[call.when] = rep
     seed = getattr(item, "ksm_seed", None)  # set by the chaos scenario's seed fixture

@@ -1,257 +1,29 @@
-"""Build the guest workloads and drive them over their line protocol.
-
-``workloads/ksmwork.c`` (static C) and ``workloads/ksm_py_worker.py`` (stdlib Python) read one
-command per line and answer one line, ``ok ...`` or ``err ...`` (the protocol is documented at
-the top of ksmwork.c). :class:`Workload` sends one command at a time and turns replies into
-values or exceptions: ``err corrupt`` is :class:`DataCorruption`, any other ``err`` is
-:class:`WorkloadError`, silence past the deadline is :class:`WorkloadTimeout`.
-
-The harness uploads the binary itself: :func:`build` gives the host path, :data:`GUEST_BINARY`
-and :data:`GUEST_PY_WORKER` say where the workloads are expected in the guest.
-"""
+"""Drive a workload in the guest, one command at a time, with deadlines."""
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from harness.access.remote import CommandTimeout, Process, Runner, Spawner, quote
-from harness.errors import HarnessError, MissingPackageError
-
-WORKLOADS_DIR = Path(__file__).resolve().parent.parent / "workloads"
-PY_WORKER_SOURCE = WORKLOADS_DIR / "ksm_py_worker.py"
-GUEST_DIR = "/opt/ksm"
-GUEST_BINARY = f"{GUEST_DIR}/ksmwork"
-GUEST_PY_WORKER = f"{GUEST_DIR}/ksm_py_worker.py"
-MAIN_PROGRAM = "ksmwork"
-CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror")
-APT_INSTALL = "apt-get install -y gcc libc6-dev"
+from harness.access.remote import CommandTimeout, Process, Spawner, quote
+from harness.workloads.build import GUEST_BINARY, GUEST_PY_WORKER, MAIN_PROGRAM
+from harness.workloads.protocol import (
+    DataCorruption,
+    MoveResult,
+    NodeCounts,
+    Reply,
+    WorkloadDied,
+    WorkloadError,
+    WorkloadTimeout,
+    _errno_fields,
+    parse_corruption,
+)
 
 # Deadlines: a fixed part plus a per-page part, generous for TCG (C fills ~5 us/page natively,
 # 10-30x that under TCG; Python ~7x slower than C).
 BASE_TIMEOUT = 60.0
 C_SECONDS_PER_PAGE = 0.0005
 PY_SECONDS_PER_PAGE = 0.005
-
-
-class BuildError(HarnessError):
-    """A workload did not compile (with gcc and libc6-dev present)."""
-
-
-class WorkloadError(Exception):
-    """A workload refused a command, died, or hung. Not a HarnessError: inside a test it is a
-    test failure (possibly the kernel's fault), not a usage error."""
-
-    def __init__(self, message: str, workload: str = "", command: str = "",
-                 reply: str = "") -> None:
-        super().__init__(message)
-        self.workload = workload
-        self.command = command
-        self.reply = reply
-
-
-class DataCorruption(WorkloadError):
-    """Memory did not hold what the workload wrote: the bug KSM tests exist to catch."""
-
-    def __init__(self, message: str, workload: str, command: str, reply: str,
-                 region: str, page: int, offset: int, expected: int, got: int,
-                 pages: int, child: int | None) -> None:
-        super().__init__(message, workload, command, reply)
-        self.region = region
-        self.page = page
-        self.offset = offset
-        self.expected = expected
-        self.got = got
-        self.pages = pages
-        self.child = child
-
-
-class WorkloadTimeout(WorkloadError):
-    """No reply before the deadline; the workload is unusable afterwards (a late reply would
-    answer the wrong command)."""
-
-
-class WorkloadDied(WorkloadError):
-    """The workload exited or crashed while a command was outstanding."""
-
-    def __init__(self, message: str, workload: str, command: str, reply: str,
-                 status: int | None) -> None:
-        super().__init__(message, workload, command, reply)
-        self.status = status
-
-
-_CORRUPT = re.compile(r"corrupt (?P<region>\S+) page (?P<page>\d+) offset (?P<offset>\d+) "
-                      r"expected 0x(?P<expected>[0-9a-f]+) got 0x(?P<got>[0-9a-f]+)")
-_FIELD = re.compile(r"(?<!\S)([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
-
-
-# ---- building ----
-
-def build(cache_dir: Path, sources: Path = WORKLOADS_DIR) -> Path:
-    """Compile every ``sources/*.c`` statically into ``cache_dir``; return ksmwork's path.
-
-    Binaries are kept under a key made of the sources, the flags and the gcc version, so they
-    are rebuilt only when one of those changes."""
-    return build_all(cache_dir, sources)[MAIN_PROGRAM]
-
-
-def build_all(cache_dir: Path, sources: Path = WORKLOADS_DIR) -> dict[str, Path]:
-    """Like :func:`build`, returning every program by name (the .c file's stem)."""
-    c_files = sorted(sources.glob("*.c"))
-    if not c_files:
-        raise BuildError(f"no workload sources (*.c) in {sources}")
-    gcc = _require_gcc()
-    out_dir = Path(cache_dir) / f"workloads-{_build_key(gcc, c_files)}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    built = {}
-    for src in c_files:
-        target = out_dir / src.stem
-        if not _is_executable(target):
-            _compile(gcc, src, target)
-        built[src.stem] = target
-    return built
-
-
-def install(guest: Runner, cache_dir: Path, guest_dir: str = GUEST_DIR) -> tuple[str, str]:
-    """Build if needed and upload ksmwork and the Python worker into ``guest_dir``; returns
-    their guest paths (GUEST_BINARY, GUEST_PY_WORKER with the default directory)."""
-    binary = build(cache_dir)
-    guest.run(f"mkdir -p {quote(guest_dir)}", timeout=30, check=True)
-    paths = (f"{guest_dir}/{MAIN_PROGRAM}", f"{guest_dir}/{PY_WORKER_SOURCE.name}")
-    guest.put(binary, paths[0], 0o755)
-    guest.put(PY_WORKER_SOURCE, paths[1], 0o755)
-    return paths
-
-
-def _require_gcc() -> str:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise MissingPackageError(f"gcc is needed to build the guest workloads: {APT_INSTALL}")
-    libc = subprocess.run([gcc, "-print-file-name=libc.a"], capture_output=True, text=True,
-                          check=False, timeout=30).stdout.strip()
-    if not os.path.isabs(libc):  # gcc echoes the bare name when it cannot find it
-        raise MissingPackageError(
-            f"static libc (libc.a) is needed to build the guest workloads: {APT_INSTALL}")
-    return gcc
-
-
-def _build_key(gcc: str, c_files: list[Path]) -> str:
-    version = subprocess.run([gcc, "--version"], capture_output=True, text=True,
-                             check=False, timeout=30).stdout
-    digest = hashlib.sha256()
-    digest.update(version.encode())
-    digest.update(" ".join(CFLAGS).encode())
-    for src in c_files:
-        digest.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _compile(gcc: str, src: Path, target: Path) -> None:
-    # Compile to a temporary name and rename: concurrent builds never see half a binary.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run([gcc, *CFLAGS, "-o", tmp, str(src)], capture_output=True,
-                                text=True, check=False, timeout=300)
-        if result.returncode != 0:
-            text = result.stderr + result.stdout
-            if re.search(r"fatal error: \S+\.h: No such file|cannot find -lc\b", text):
-                raise MissingPackageError(
-                    f"C headers or static libc missing to build {src.name}: {APT_INSTALL}")
-            tail = " | ".join(text.strip().splitlines()[-5:])
-            raise BuildError(f"gcc failed on {src}: {tail}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-# ---- replies ----
-
-@dataclass(frozen=True)
-class Reply:
-    """One reply line, e.g. ``ok moved=3 already=0 ...``."""
-
-    command: str
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        return self.text == "ok" or self.text.startswith("ok ")
-
-    @property
-    def body(self) -> str:
-        return self.text.split(" ", 1)[1] if " " in self.text else ""
-
-    @property
-    def fields(self) -> dict[str, str]:
-        """key=value words; the first wins ("ok bye status=0 children: ok ... status=0,0")."""
-        found: dict[str, str] = {}
-        for key, value in _FIELD.findall(self.text):
-            found.setdefault(key, value)
-        return found
-
-    def number(self, key: str) -> int:
-        value = self.fields.get(key)
-        if value is None:
-            raise WorkloadError(f"reply to '{self.command}' lacks {key}=: {self.text}",
-                                command=self.command, reply=self.text)
-        return int(value, 0)
-
-
-@dataclass(frozen=True)
-class MoveResult:
-    """What move_pages(2) did to a region: see ``move`` in ksmwork.c."""
-
-    moved: int
-    already: int
-    failed: int
-    unattempted: int
-    notmoved: int
-    errors: dict[str, int] = field(default_factory=dict)  # errno name -> pages, e.g. EBUSY
-
-    @property
-    def on_target(self) -> int:
-        return self.moved + self.already
-
-
-@dataclass(frozen=True)
-class NodeCounts:
-    node0: int
-    node1: int
-    other: int
-    errors: dict[str, int] = field(default_factory=dict)  # e.g. ENOENT: pages not present
-
-
-def _errno_fields(fields: dict[str, str]) -> dict[str, int]:
-    return {k: int(v) for k, v in fields.items() if re.fullmatch(r"E[A-Z0-9]+", k)}
-
-
-def parse_corruption(text: str) -> dict[str, int | str | None] | None:
-    """The details of an ``err corrupt ...`` reply, or None if it is not one."""
-    if not text.startswith("err corrupt"):
-        return None
-    m = _CORRUPT.search(text)
-    fields = dict(_FIELD.findall(text))
-    if m is None:
-        return {"region": "?", "page": -1, "offset": -1, "expected": -1, "got": -1,
-                "pages": int(fields.get("pages", "0")), "child": None}
-    return {"region": m["region"], "page": int(m["page"]), "offset": int(m["offset"]),
-            "expected": int(m["expected"], 16), "got": int(m["got"], 16),
-            "pages": int(fields.get("pages", "1")),
-            "child": int(fields["child"]) if "child" in fields else None}
 
 
 # ---- the driver ----

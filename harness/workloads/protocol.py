@@ -1,0 +1,130 @@
+"""The workloads' line protocol: errors a reply can mean, and replies as values."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+class WorkloadError(Exception):
+    """A workload refused a command, died, or hung. Not a HarnessError: inside a test it is a
+    test failure (possibly the kernel's fault), not a usage error."""
+
+    def __init__(self, message: str, workload: str = "", command: str = "",
+                 reply: str = "") -> None:
+        super().__init__(message)
+        self.workload = workload
+        self.command = command
+        self.reply = reply
+
+
+class DataCorruption(WorkloadError):
+    """Memory did not hold what the workload wrote: the bug KSM tests exist to catch."""
+
+    def __init__(self, message: str, workload: str, command: str, reply: str,
+                 region: str, page: int, offset: int, expected: int, got: int,
+                 pages: int, child: int | None) -> None:
+        super().__init__(message, workload, command, reply)
+        self.region = region
+        self.page = page
+        self.offset = offset
+        self.expected = expected
+        self.got = got
+        self.pages = pages
+        self.child = child
+
+
+class WorkloadTimeout(WorkloadError):
+    """No reply before the deadline; the workload is unusable afterwards (a late reply would
+    answer the wrong command)."""
+
+
+class WorkloadDied(WorkloadError):
+    """The workload exited or crashed while a command was outstanding."""
+
+    def __init__(self, message: str, workload: str, command: str, reply: str,
+                 status: int | None) -> None:
+        super().__init__(message, workload, command, reply)
+        self.status = status
+
+
+_CORRUPT = re.compile(r"corrupt (?P<region>\S+) page (?P<page>\d+) offset (?P<offset>\d+) "
+                      r"expected 0x(?P<expected>[0-9a-f]+) got 0x(?P<got>[0-9a-f]+)")
+_FIELD = re.compile(r"(?<!\S)([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
+
+
+# ---- replies ----
+
+@dataclass(frozen=True)
+class Reply:
+    """One reply line, e.g. ``ok moved=3 already=0 ...``."""
+
+    command: str
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.text == "ok" or self.text.startswith("ok ")
+
+    @property
+    def body(self) -> str:
+        return self.text.split(" ", 1)[1] if " " in self.text else ""
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """key=value words; the first wins ("ok bye status=0 children: ok ... status=0,0")."""
+        found: dict[str, str] = {}
+        for key, value in _FIELD.findall(self.text):
+            found.setdefault(key, value)
+        return found
+
+    def number(self, key: str) -> int:
+        value = self.fields.get(key)
+        if value is None:
+            raise WorkloadError(f"reply to '{self.command}' lacks {key}=: {self.text}",
+                                command=self.command, reply=self.text)
+        return int(value, 0)
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """What move_pages(2) did to a region: see ``move`` in ksmwork.c."""
+
+    moved: int
+    already: int
+    failed: int
+    unattempted: int
+    notmoved: int
+    errors: dict[str, int] = field(default_factory=dict)  # errno name -> pages, e.g. EBUSY
+
+    @property
+    def on_target(self) -> int:
+        return self.moved + self.already
+
+
+@dataclass(frozen=True)
+class NodeCounts:
+    node0: int
+    node1: int
+    other: int
+    errors: dict[str, int] = field(default_factory=dict)  # e.g. ENOENT: pages not present
+
+
+def _errno_fields(fields: dict[str, str]) -> dict[str, int]:
+    return {k: int(v) for k, v in fields.items() if re.fullmatch(r"E[A-Z0-9]+", k)}
+
+
+def parse_corruption(text: str) -> dict[str, int | str | None] | None:
+    """The details of an ``err corrupt ...`` reply, or None if it is not one."""
+    if not text.startswith("err corrupt"):
+        return None
+    m = _CORRUPT.search(text)
+    fields = dict(_FIELD.findall(text))
+    if m is None:
+        return {"region": "?", "page": -1, "offset": -1, "expected": -1, "got": -1,
+                "pages": int(fields.get("pages", "0")), "child": None}
+    return {"region": m["region"], "page": int(m["page"]), "offset": int(m["offset"]),
+            "expected": int(m["expected"], 16), "got": int(m["got"], 16),
+            "pages": int(fields.get("pages", "1")),
+            "child": int(fields["child"]) if "child" in fields else None}
+
+
