@@ -24,7 +24,3 @@ class ImageError(HarnessError):
 
 class VMError(HarnessError):
     """QEMU could not start, or the guest never became reachable."""
-
-
-class GuestHung(HarnessError):
-    """The guest stopped answering: SSH past its deadline or a silent console."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 import time
 
-from harness.access.remote import CommandResult, Runner, Spawner, quote
+from harness.access.remote import CommandResult, Runner, quote
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
-THP_DEFRAG = "/sys/kernel/mm/transparent_hugepage/defrag"
 
 
 class Unavailable(Exception):
@@ -40,14 +39,6 @@ def online_nodes(vm: Runner) -> list[int]:
     for part in filter(None, text.split(",")):
         lo, _, hi = part.partition("-")
         nodes += range(int(lo), int(hi or lo) + 1)
-    return nodes
-
-
-def require_nodes(vm: Runner, count: int) -> list[int]:
-    nodes = online_nodes(vm)
-    if len(nodes) < count:
-        raise Unavailable(f"needs {count} NUMA nodes, the guest has {len(nodes)} "
-                          f"({nodes}); boot with --numa {count}")
     return nodes
 
 
@@ -176,6 +167,7 @@ def zram_remove(vm: Runner, device: str) -> None:
 # ---- THP and compaction ----
 
 def selected(text: str) -> str:
+    """The selected choice of a sysfs choice file: "always [madvise] never" -> "madvise"."""
     m = re.search(r"\[([^\]]+)\]", text)
     return m.group(1) if m else text.strip()
 
@@ -198,41 +190,3 @@ def compact(vm: Runner, timeout: float = 120.0) -> float:
         raise Unavailable("the guest kernel has no /proc/sys/vm/compact_memory "
                           "(CONFIG_COMPACTION=n)")
     return time.monotonic() - t0
-
-
-def loadavg_free_mb(vm: Runner) -> int:
-    out = sh(vm, "grep MemAvailable /proc/meminfo").stdout.split()
-    return int(out[1]) // 1024
-
-
-# ---- commands in the background ----
-
-class Background:
-    """A guest command running on its own SSH channel while the test does other things;
-    :meth:`wait` returns its exit status and output, with a deadline (a hang candidate)."""
-
-    def __init__(self, spawner: Spawner, cmd: str) -> None:
-        self.cmd = cmd
-        self.started = time.monotonic()
-        self.proc = spawner.spawn(f"{{ {cmd}\n}} 2>&1; echo \"__rc=$?\"")
-        self.lines: list[str] = []
-        self.status: int | None = None
-
-    def wait(self, timeout: float = 300.0) -> tuple[int, str, float]:
-        from harness.access.remote import CommandTimeout
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            try:
-                line = self.proc.read_line(max(deadline - time.monotonic(), 0.001))
-            except CommandTimeout:
-                self.proc.kill()
-                raise CommandTimeout(self.cmd, timeout) from None
-            except (EOFError, OSError):
-                raise GuestError(f"background command lost its channel: {self.cmd}: "
-                                 f"{' | '.join(self.lines[-3:])}") from None
-            m = re.fullmatch(r"__rc=(\d+)", line.strip())
-            if m:
-                self.status = int(m.group(1))
-            else:
-                self.lines.append(line)
-        return self.status, "\n".join(self.lines), time.monotonic() - self.started

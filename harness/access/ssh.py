@@ -116,10 +116,6 @@ class SSH:
                 time.sleep(0.05)
         raise SSHUnavailable(f"no SSH login within {deadline:.0f}s ({last})")
 
-    @property
-    def connected(self) -> bool:
-        return bool(self.conn and self.conn.is_connected)
-
     def _channel(self, timeout: float, cmd: str = "(a new SSH channel)") -> paramiko.Channel:
         if self.conn is None or self.conn.transport is None or not self.conn.transport.is_active():
             raise SSHUnavailable("not connected")

@@ -37,12 +37,6 @@ class Archive:
             self.dir(name.rsplit("/", 1)[0])
         self.entries.append(Entry(name, stat.S_IFREG | mode, data))
 
-    def symlink(self, name: str, target: str) -> None:
-        name = name.strip("/")
-        if "/" in name:
-            self.dir(name.rsplit("/", 1)[0])
-        self.entries.append(Entry(name, stat.S_IFLNK | 0o777, target.encode()))
-
     def to_bytes(self, compress: bool = False) -> bytes:
         out = io.BytesIO()
         for ino, entry in enumerate(self.entries + [Entry("TRAILER!!!", 0)], start=1):

@@ -39,7 +39,6 @@ from harness.ksm.model import (
 )
 from harness.ksm.sysfs import (
     COUNTERS,
-    KNOBS,
     KSM_DIR,
     RUN_MERGE,
     RUN_STOP,
@@ -71,7 +70,6 @@ __all__ = [
     "ExpectedCounts",
     "FAST_PAGES_TO_SCAN",
     "FAST_SLEEP_MILLISECS",
-    "KNOBS",
     "KSM_DIR",
     "Ksm",
     "KsmCountMismatch",

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from harness.access.background import Background, ChannelLost
 from harness.access.remote import (
     CommandResult,
     CommandTimeout,
-    Process,
     Runner,
+    Spawner,
     quote,
 )
 from harness.ksm.model import (
@@ -321,74 +322,41 @@ class PendingWrite:
     """A KSM file write running in the background in the guest (``run=2`` blocks until every
     page is unmerged: tests race it with fork, exit, swapoff...)."""
 
-    def __init__(self, proc: Process, name: str, value: int | str, started: float) -> None:
-        self.proc = proc
+    def __init__(self, command: Background, name: str, value: int | str) -> None:
+        self.command = command
         self.name = name
         self.value = value
-        self.started = started
+        self.started = command.started
         self.status: int | None = None
         self.detail = ""
-        self._early: str | None = None  # a line read by done()
 
     def done(self) -> bool:
         """True once the write has returned (never blocks for long; the outcome is then
         reported by :meth:`wait`)."""
-        if self.status is not None or self._early is not None:
-            return True
-        try:
-            self._early = self.proc.read_line(0.01)
-        except CommandTimeout:
-            return False
-        except (EOFError, OSError):
-            self._early = ""
-        return True
+        return self.command.done()
 
     def wait(self, timeout: float = 300.0) -> float:
         """Wait for the write to return; raise KsmTimeout past ``timeout`` (a hang candidate)
         or KsmWriteError if the kernel refused it; return how long it took since the start."""
-        deadline = time.monotonic() + timeout
-        lines: list[str] = []
-        while self.status is None:
-            left = deadline - time.monotonic()
-            try:
-                if self._early is not None:
-                    line, self._early = self._early, None
-                    if not line:
-                        raise EOFError
-                elif left <= 0:
-                    raise CommandTimeout("", timeout)
-                else:
-                    line = self.proc.read_line(left)
-            except CommandTimeout:
-                self.proc.kill()
-                raise KsmTimeout(f"writing {self.value} to KSM's {self.name} did not return "
-                                 f"within {timeout:.0f}s (KSM or ksmd hung?)") from None
-            except (EOFError, OSError):
-                raise KsmError(f"background write of {self.value} to {self.name} lost its "
-                               f"channel; output: {' | '.join(lines)}") from None
-            m = re.fullmatch(r"rc=(\d+)", line.strip())
-            if m:
-                self.status = int(m.group(1))
-            else:
-                lines.append(line.strip())
-        self.detail = " | ".join(lines)
-        took = time.monotonic() - self.started
+        try:
+            self.status, output, took = self.command.wait(timeout)
+        except CommandTimeout:
+            raise KsmTimeout(f"writing {self.value} to KSM's {self.name} did not return "
+                             f"within {timeout:.0f}s (KSM or ksmd hung?)") from None
+        except ChannelLost:
+            raise KsmError(f"background write of {self.value} to {self.name} lost its "
+                           f"channel; output: {self.command.output}") from None
+        self.detail = " | ".join(line.strip() for line in output.splitlines())
         if self.status != 0:
             raise KsmWriteError(self.name, self.value, errno_from_text(self.detail),
                                 self.detail[-200:])
         return took
 
 
-def write_in_background(runner: Runner, name: str, value: int | str,
+def write_in_background(runner: Spawner, name: str, value: int | str,
                         ksm_dir: str = KSM_DIR) -> PendingWrite:
     """Start ``echo VALUE > /sys/kernel/mm/ksm/NAME`` in the guest without waiting for it."""
-    spawn = getattr(runner, "spawn", None)
-    if spawn is None:
-        raise KsmError("a background KSM write needs a runner that can spawn (a VM)")
     text = str(value)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", text) or not re.fullmatch(r"[a-z_]+", name):
         raise ValueError(f"refusing odd KSM write {name}={text!r}")
-    proc = spawn(f"{{ /bin/echo {text} > {ksm_dir}/{name}; }} 2>&1; echo rc=$?")
-    return PendingWrite(proc, name, value, time.monotonic())
-
-
+    return PendingWrite(Background(runner, f"/bin/echo {text} > {ksm_dir}/{name}"), name, value)

@@ -2,14 +2,13 @@
 the counter, the expected and the actual value; ``check_*`` raise LeakError with them."""
 from __future__ import annotations
 
-import re
-
 from harness.access.remote import Runner
+from harness.ksm.control import Ksm
+from harness.ksm.model import EXACT_COUNTERS
+from harness.ksm.sysfs import RUN_UNMERGE
 
-KSM_DIR = "/sys/kernel/mm/ksm"
-# After run=2 and the workloads' exit, every one of these is 0 by definition.
-IDLE_COUNTERS = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
-                 "stable_node_chains", "stable_node_dups")
+# After run=2 and the workloads' exit, every counter KSM defines exactly is 0.
+IDLE_COUNTERS = EXACT_COUNTERS
 KSM_SLABS = ("ksm_rmap_item", "ksm_stable_node", "ksm_mm_slot")
 
 
@@ -18,13 +17,7 @@ class LeakError(AssertionError):
 
 
 def ksm_counters(runner: Runner) -> dict[str, int]:
-    r = runner.run(f"cd {KSM_DIR} && grep -H . * 2>/dev/null", timeout=30)
-    out: dict[str, int] = {}
-    for line in r.stdout.splitlines():
-        name, _, value = line.partition(":")
-        if value.strip().lstrip("-").isdigit():
-            out[name] = int(value)
-    return out
+    return Ksm(runner).snapshot().counters()
 
 
 def ksm_idle_problems(counters: dict[str, int]) -> list[str]:
@@ -34,7 +27,7 @@ def ksm_idle_problems(counters: dict[str, int]) -> list[str]:
 
 def check_ksm_idle(runner: Runner, unmerge_timeout: float = 300.0) -> dict[str, int]:
     """run=2 (unmerge everything), then every KSM counter must read 0."""
-    runner.run(f"echo 2 > {KSM_DIR}/run", timeout=unmerge_timeout, check=True)
+    Ksm(runner).set("run", RUN_UNMERGE, unmerge_timeout)
     counters = ksm_counters(runner)
     problems = ksm_idle_problems(counters)
     if problems:
@@ -65,19 +58,3 @@ def slab_problems(baseline: dict[str, int], now: dict[str, int], slack: int = 25
             problems.append(f"slab {name} {now[name]} objects > baseline "
                             f"{baseline[name]} + {slack}")
     return problems
-
-
-def check_slabs(runner: Runner, baseline: dict[str, int], slack: int = 256) -> None:
-    problems = slab_problems(baseline, slab_objects(runner), slack)
-    if problems:
-        raise LeakError("; ".join(problems))
-
-
-def kmemleak_reports(runner: Runner) -> list[str] | None:
-    """Unreferenced objects after a kmemleak scan; None when the kernel has no kmemleak."""
-    path = "/sys/kernel/debug/kmemleak"
-    if not runner.run(f"test -w {path}", timeout=10).ok:
-        return None
-    runner.run(f"echo scan > {path}", timeout=300)
-    text = runner.run(f"cat {path}", timeout=60).stdout
-    return re.findall(r"^unreferenced object .*$", text, re.M)

@@ -30,17 +30,11 @@ from harness.access.remote import (
     CommandTimeout,
 )
 from harness.errors import KernelError
+from harness.guestsys import selected
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 
-# Names this module knows; what a kernel really has is read with ls (never assumed).
-KNOBS = (
-    "run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "max_page_sharing",
-    "use_zero_pages", "stable_node_chains_prune_millisecs",
-    # newer than 6.1:
-    "smart_scan", "advisor_mode", "advisor_max_cpu", "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan", "advisor_target_scan_time",
-)
+# Counters this module knows; what a kernel really has is read with ls (never assumed).
 COUNTERS = (
     "full_scans", "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
     "stable_node_chains", "stable_node_dups",
@@ -207,9 +201,7 @@ def errno_from_text(text: str) -> str:
     return "?"
 
 
-def selected_value(text: str) -> str:
-    """The writable form of a knob value: "[none] scan-time" selects "none"."""
-    m = re.search(r"\[([^\]]+)\]", text)
-    return m.group(1) if m else text.strip()
+# The writable form of a knob value: "[none] scan-time" selects "none".
+selected_value = selected
 
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.access.remote import Process
+from harness.ksm.sysfs import KSM_DIR
 
 SERIES = ("pages_shared", "pages_sharing", "pages_unshared", "full_scans")
 COLORS = {"pages_shared": "#1f77b4", "pages_sharing": "#d62728", "pages_unshared": "#2ca02c",
           "full_scans": "#7f7f7f"}
 _SAMPLER = ("import os,sys,time\n"
-            "d='/sys/kernel/mm/ksm'\n"
+            f"d='{KSM_DIR}'\n"
             "while True:\n"
             " v={}\n"
             " for n in os.listdir(d):\n"

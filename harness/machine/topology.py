@@ -38,9 +38,6 @@ class Topology:
     def with_disk(self, serial: str, size_mb: int) -> Topology:
         return replace(self, disks=self.disks + (Disk(serial, size_mb),))
 
-    def with_cmdline(self, *args: str) -> Topology:
-        return replace(self, cmdline=self.cmdline + tuple(args))
-
     def describe(self) -> str:
         nodes = ",".join(f"{n.mem_mb}M:{n.cpus}" for n in self.nodes)
         disks = "".join(f" +disk {d.serial}={d.size_mb}M" for d in self.disks)
@@ -75,4 +72,3 @@ def parse_numa(spec: str) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-DEFAULT = Topology()

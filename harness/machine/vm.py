@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
-BOOT_FAILED = r"KSM-HARNESS-BOOT-FAILED|Kernel panic - not syncing|ksm-initramfs: "
 
 # Guest sysctls, written by the initramfs before anything else runs.
 GUEST_SYSCTLS: dict[str, str] = {
@@ -314,11 +312,6 @@ class VM:
     def console_run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
         assert self.console is not None
         return self.console.run(cmd, timeout)
-
-
-def qemu_version() -> str:
-    r = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
-    return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "unknown"
 
 
 def remove_run_dir(path: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from harness.ksm import (
     RUN_UNMERGE,
+    TREE_KNOBS,
     ZERO_COUNTS,
     Ksm,
     KsmWriteError,
@@ -33,7 +34,6 @@ KNOB_VALUES = {
     "use_zero_pages": (0, 1),
     "stable_node_chains_prune_millisecs": (0, 10, 2000),
 }
-TREE_KNOBS = ("merge_across_nodes", "max_page_sharing")
 INVALID = (("run", "3"), ("max_page_sharing", "1"), ("merge_across_nodes", "2"),
            ("pages_to_scan", "-1"), ("use_zero_pages", "2"), ("sleep_millisecs", "x"))
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import guestsys
+from harness.access.background import Background
 from harness.guest import Guest
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
 from harness.ksm.guest import KsmGuest
@@ -148,7 +149,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, memcg, swap_device: str,  # t
         ksm.wait_counts(layout.expected(), what=f"cycle {cycle}: merged")
         out = push_to_swap(group, 2000, (a, "s"), (b, "s"), (b, "h"))
         # swapoff (unuse_pte: swapped KSM pages come back) against run=2 (unmerge).
-        swapoff = guestsys.Background(ksm_guest.vm, f"swapoff {swap_device}")
+        swapoff = Background(ksm_guest.vm, f"swapoff {swap_device}")
         unmerge = write_in_background(ksm.runner, "run", RUN_UNMERGE)
         took_unmerge = unmerge.wait(timeout=300)
         status, output, took_swapoff = swapoff.wait(timeout=300)

@@ -341,7 +341,7 @@ def test_wait_merged_reports_the_wrong_state(k: Ksm, fake: Path, ksmd: type) -> 
     ksmd(0.05, at=1, sharing=10)
     with pytest.raises(KsmNoProgress, match=r"did not reach the expected state "
                        r"\(pages_sharing=20\).*after: .*pages_sharing=10"):
-        k.wait_merged(lambda s: s["pages_sharing"] == 20, timeout=0.6,
+        k.wait_merged(lambda s: s["pages_sharing"] == 20, timeout=3.0,
                       expect="pages_sharing=20")
 
 
