@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from harness import paths, workloads
+from harness import kernel_bugs, paths, workloads
 from harness.ksm import leaks
 from harness.ksm.control import (
     FAST_PAGES_TO_SCAN,
@@ -88,6 +88,7 @@ class KsmGuest:
         self.binary = self.py_worker = ""
         self.boot_knobs: dict[str, str] = {}
         self.nodes: list[int] = []
+        self.banner = ""
         self.ensure()
 
     def ensure(self) -> None:
@@ -103,6 +104,9 @@ class KsmGuest:
         # KSM's knobs as the kernel booted with them (no test has run in this guest yet).
         self.boot_knobs = k.defaults_capture()
         self.nodes = guestsys.online_nodes(self.sh)
+        # the kernel's banner: Debian's 6.1 releases (6.1.0-N) name the upstream version only
+        # there, and harness.kernel_bugs gates expected failures on that version
+        self.banner = self.sh.run("cat /proc/version", check=True).stdout.strip()
         self.generation = generation
 
     def close(self) -> None:
@@ -115,6 +119,20 @@ def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
     guest = KsmGuest(vm)
     yield guest
     guest.close()
+
+
+@pytest.fixture
+def known_bug(ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``known_bug(bug_id)``: on a kernel that harness.kernel_bugs lists as having the bug,
+    the test becomes a strict expected failure (it must fail; passing is an XPASS that fails
+    the run); on any other kernel nothing changes and the test must pass."""
+    def mark(bug_id: str) -> None:
+        ksm_guest.ensure()
+        xfail = kernel_bugs.xfail_mark(bug_id, ksm_guest.vm.spec.kernel.release,
+                                       ksm_guest.banner)
+        if xfail is not None:
+            request.node.add_marker(xfail)
+    return mark
 
 
 @pytest.fixture
