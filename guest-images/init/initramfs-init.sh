@@ -1,9 +1,11 @@
 #!/bin/busybox sh
 # PID 1 of the initramfs. Under TCG every exec of a dynamically linked program costs ~0.15 s,
 # so all set-up is done here with the static busybox and shell builtins: load the boot
-# modules, mount the disposable root (vda, a qcow2 overlay) and the read-only module disk
-# (vdb), mount the API file systems, apply sysctls, configure the network, then switch to
-# the real root, where guest-init.sh only starts sshd and the console shell.
+# modules, mount the disposable root (a qcow2 overlay) and the read-only module disk (when
+# the kernel has modules), mount the API file systems, apply sysctls, configure the network,
+# then switch to the real root, where guest-init.sh only starts sshd and the console shell.
+# Disks are found by their virtio serial, never by position (vda, vdb, ... follow the order
+# in which QEMU attaches them, which depends on the kernel and on the extra disks).
 # Errors go to the console prefixed "ksm-initramfs:" so the host can quote them.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -15,21 +17,47 @@ while read -r m; do
     [ -n "$m" ] || continue  # a kernel with everything built in has an empty list
     insmod "/modules/$m" || echo "ksm-initramfs: insmod $m failed" > /dev/console
 done < /modules.list
-i=0
-while [ ! -b /dev/vda ]; do
-    i=$((i+1)); [ $i -gt 500 ] && fail "no root disk /dev/vda (virtio_blk missing?)"
-    usleep 10000
-done
+# find_disk SERIAL: dev=/dev/NAME of the disk whose virtio serial is SERIAL, once its device
+# node exists; false until then (no udev here, so no /dev/disk/by-id either)
+find_disk() {
+    dev=
+    for b in /sys/block/*; do
+        [ -e "$b/serial" ] || continue
+        s=
+        read -r s < "$b/serial"  # no newline at the end: read fails but sets s
+        [ "$s" = "$1" ] || continue
+        [ -b "/dev/${b##*/}" ] || return 1
+        dev=/dev/${b##*/}
+        return 0
+    done
+    return 1
+}
+# disks.list: the serial of every disk the harness attached, one a line: "root" always,
+# "modules" when the kernel has a module tree, then the extra disks. Wait for all of them.
+root= mods= i=0
+while read -r serial; do
+    [ -n "$serial" ] || continue
+    until find_disk "$serial"; do
+        i=$((i+1))
+        [ $i -gt 500 ] && fail "no disk with serial '$serial' (virtio_blk missing?)"
+        usleep 10000
+    done
+    case $serial in
+        root) root=$dev ;;
+        modules) mods=$dev ;;
+    esac
+done < /ksm/disks.list
+[ -n "$root" ] || fail "no root disk in /ksm/disks.list"
 R=/newroot
-mount -t ext4 -o rw,noatime /dev/vda $R || fail "cannot mount root /dev/vda"
+mount -t ext4 -o rw,noatime "$root" $R || fail "cannot mount root disk $root (serial root)"
 mount -t tmpfs -o mode=0755 tmpfs $R/run
 cp -a /ksm $R/run/ksm
-if [ -b /dev/vdb ]; then
+if [ -n "$mods" ]; then
     read -r rel < /proc/sys/kernel/osrelease
     mount -t tmpfs -o mode=0755 tmpfs $R/lib/modules
     mkdir -p "$R/lib/modules/$rel"
-    mount -t ext4 -o ro,noatime /dev/vdb "$R/lib/modules/$rel" \
-        || echo "ksm-initramfs: cannot mount module disk /dev/vdb" > /dev/console
+    mount -t ext4 -o ro,noatime "$mods" "$R/lib/modules/$rel" \
+        || fail "cannot mount module disk $mods (serial modules)"
 fi
 mount --move /dev $R/dev
 mkdir -p $R/dev/pts $R/dev/shm

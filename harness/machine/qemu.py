@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.machine.topology import Topology
+from harness.machine.topology import MODULES_SERIAL, ROOT_SERIAL, Topology
 
 QEMU = "qemu-system-x86_64"
 
@@ -48,6 +48,12 @@ class QemuConfig:
     name: str = "ksm-guest"
     extra_args: list[str] = field(default_factory=list)
 
+    def disk_serials(self) -> list[str]:
+        """The serial of every disk attached, in argv() order; the initramfs waits for each
+        and finds the root and module disks by theirs."""
+        mods = [MODULES_SERIAL] if self.module_disk is not None else []
+        return [ROOT_SERIAL, *mods, *(d.serial for d in self.topology.disks)]
+
     def kernel_cmdline(self) -> str:
         parts = [p for p in BASE_CMDLINE if p] + list(self.topology.cmdline) + list(self.cmdline_extra)
         return " ".join(parts)
@@ -74,15 +80,17 @@ class QemuConfig:
                 cpu += node.cpus
                 args += ["-object", f"memory-backend-ram,id=mem{i},size={node.mem_mb}M",
                          "-numa", f"node,nodeid={i},cpus={cpus},memdev=mem{i}"]
-        # guest-side names follow PCI slot order: vda root, vdb modules, then extra disks
+        # Every disk has a serial, by which the guest finds it: its guest-side name (vda,
+        # vdb, ...) follows PCI slot order and so depends on which disks are attached.
         slot = 4
         args += ["-drive", f"if=none,id=root,file={self.root_disk},format=qcow2,cache=unsafe,"
                            "discard=unmap",
-                 "-device", f"virtio-blk-pci,drive=root,addr={slot:#x}"]
+                 "-device", f"virtio-blk-pci,drive=root,serial={ROOT_SERIAL},addr={slot:#x}"]
         if self.module_disk is not None:
             slot += 1
             args += ["-drive", f"if=none,id=mods,file={self.module_disk},format=raw,readonly=on",
-                     "-device", f"virtio-blk-pci,drive=mods,addr={slot:#x}"]
+                     "-device", f"virtio-blk-pci,drive=mods,serial={MODULES_SERIAL},"
+                                f"addr={slot:#x}"]
         for disk in topo.disks:
             slot += 1
             path = self.run_dir / f"disk-{disk.serial}.raw"

@@ -14,11 +14,27 @@ class Node:
     cpus: int = 1
 
 
+# Serials of the disks every guest may have; the guest finds each disk by its virtio serial
+# (/sys/block/*/serial), never by its position (vda, vdb, ...), which depends on which
+# disks are attached.
+ROOT_SERIAL = "root"        # the qcow2 overlay of the guest image
+MODULES_SERIAL = "modules"  # the kernel's module tree, when the kernel has one
+RESERVED_SERIALS = (ROOT_SERIAL, MODULES_SERIAL)
+
+
 @dataclass(frozen=True)
 class Disk:
     """An extra raw disk; the guest finds it by serial in /sys/block/*/serial."""
     serial: str
     size_mb: int
+
+    def __post_init__(self) -> None:
+        # virtio-blk serials are at most 20 bytes; the serial also names QEMU's drive id
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,20}", self.serial):
+            raise HarnessError(f"disk serial {self.serial!r}: use 1-20 of A-Z a-z 0-9 _ . -")
+        if self.serial in RESERVED_SERIALS:
+            raise HarnessError(f"disk serial {self.serial!r} is the harness's own "
+                               f"(reserved: {', '.join(RESERVED_SERIALS)})")
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class Topology:
         return sum(n.mem_mb for n in self.nodes)
 
     def with_disk(self, serial: str, size_mb: int) -> Topology:
+        if any(d.serial == serial for d in self.disks):
+            raise HarnessError(f"two disks with serial {serial!r}")
         return replace(self, disks=self.disks + (Disk(serial, size_mb),))
 
     def describe(self) -> str:

@@ -101,16 +101,19 @@ class VM:
             "ssh_host_ed25519_key.pub": ((host.public_line + "\n").encode(), 0o644),
             "sysctl.list": (sysctl.encode(), 0o644),
         }
-        initrd = initramfs.compose(spec.kernel, files, self.dir / "initrd.img")
         overlay = image.overlay(spec.base_image, self.dir / "root-overlay.qcow2")
         for disk in spec.topology.disks:
             with open(self.dir / f"disk-{disk.serial}.raw", "wb") as fh:
                 fh.truncate(disk.size_mb * 2**20)
-        return QemuConfig(kernel=spec.kernel.boot_image, initrd=initrd, root_disk=overlay,
-                          module_disk=initramfs.module_disk(spec.kernel),
-                          topology=spec.topology, accel=spec.accel.name, ssh_port=0,
-                          qmp_socket=self.dir / "qmp.sock", pidfile=self.dir / "qemu.pid",
-                          run_dir=self.dir, cmdline_extra=spec.cmdline, name=spec.name)
+        cfg = QemuConfig(kernel=spec.kernel.boot_image, initrd=self.dir / "initrd.img",
+                         root_disk=overlay, module_disk=initramfs.module_disk(spec.kernel),
+                         topology=spec.topology, accel=spec.accel.name, ssh_port=0,
+                         qmp_socket=self.dir / "qmp.sock", pidfile=self.dir / "qemu.pid",
+                         run_dir=self.dir, cmdline_extra=spec.cmdline, name=spec.name)
+        # the initramfs finds each disk by serial: it is told which ones are attached
+        files["disks.list"] = ("".join(f"{s}\n" for s in cfg.disk_serials()).encode(), 0o644)
+        initramfs.compose(spec.kernel, files, cfg.initrd)
+        return cfg
 
     def dry_run(self) -> list[str]:
         cfg = self._prepare()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
+from harness.assets import initramfs
 from harness.machine.topology import Topology, parse_numa
 from harness.machine.vm import VM
 
@@ -80,3 +83,49 @@ def test_two_guests_side_by_side(vm_pool) -> None:
     finally:
         vm_pool.stop(a)
         vm_pool.stop(b)
+
+
+def _disks(vm: VM) -> dict[str, tuple[str, int]]:
+    """serial -> (/dev/NAME, size in bytes) of every virtio disk the guest sees."""
+    r = vm.run("for b in /sys/block/vd*; do echo ${b##*/} $(cat $b/size) $(cat $b/serial); done",
+               check=True)
+    found = {}
+    for line in r.stdout.splitlines():
+        name, sectors, *serial = line.split()
+        found[serial[0] if serial else f"(none: {name})"] = (f"/dev/{name}", int(sectors) * 512)
+    return found
+
+
+def _mounted(vm: VM) -> dict[str, str]:
+    """mount point -> source, from the guest's /proc/mounts."""
+    lines = vm.run("cat /proc/mounts", check=True).stdout.splitlines()
+    return {f[1]: f[0] for f in (line.split() for line in lines)}
+
+
+def test_disks_are_mounted_by_serial(vm: VM) -> None:
+    disks, mounts = _disks(vm), _mounted(vm)
+    assert set(disks) == {"root", "modules"}, disks
+    assert mounts["/"] == disks["root"][0]
+    # the file system holding the module tree (/lib is /usr/lib in a merged-/usr image)
+    r = vm.run("findmnt -n -o SOURCE -T /lib/modules/$(uname -r)", check=True)
+    assert r.stdout.strip() == disks["modules"][0]
+
+
+def test_disk_roles_ignore_position(vm_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a module disk (as for a kernel with everything built in) the disk after the
+    root is an extra one: a by-position init mounted it as the module tree and failed. Debian's
+    kernel still boots without its module disk: its boot modules are in the initramfs."""
+    monkeypatch.setattr(initramfs, "module_disk", lambda kernel: None)
+    guest = vm_factory(topology=Topology(nodes=parse_numa("1")).with_disk("swap", 64)
+                       .with_disk("scratch", 32))
+    assert guest.config is not None and guest.config.module_disk is None
+    disks, mounts = _disks(guest), _mounted(guest)
+    assert set(disks) == {"root", "swap", "scratch"}, disks
+    assert disks["swap"][1] == 64 << 20 and disks["scratch"][1] == 32 << 20
+    assert mounts["/"] == disks["root"][0]
+    assert not any("lib/modules" in m for m in mounts), mounts
+    assert not {disks["swap"][0], disks["scratch"][0]} & set(mounts.values()), mounts
+    # the guest's root disk is the host's qcow2 overlay of the base image
+    blocks = {b["device"]: b["inserted"] for b in guest.qmp.command("query-block")}
+    assert Path(blocks["root"]["file"]).name == "root-overlay.qcow2"
+    assert blocks["root"]["image"]["virtual-size"] == disks["root"][1]

@@ -40,7 +40,7 @@ from harness.ksm import (
     leaks,
 )
 from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import skip_unless
+from harness.pytest_plugin.ksm import skip_unless, xfail_mark
 from harness.pytest_plugin.watch import phase_report
 from harness.workloads import Workload, WorkloadError, WorkloadTimeout
 
@@ -52,6 +52,19 @@ def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
         guest = KsmGuest(vm)
     yield guest
     guest.close()
+
+
+@pytest.fixture
+def known_bug(ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``known_bug(bug_id)``: on a kernel that harness.kernel_bugs lists as having the bug,
+    the test becomes a strict expected failure (it must fail; passing is an XPASS that fails
+    the run); on any other kernel nothing changes and the test must pass."""
+    def mark(bug_id: str) -> None:
+        ksm_guest.ensure()
+        xfail = xfail_mark(bug_id, ksm_guest.vm.spec.kernel.release, ksm_guest.banner)
+        if xfail is not None:
+            request.node.add_marker(xfail)
+    return mark
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from harness.ksm import (
     RUN_UNMERGE,
     ZERO_COUNTS,
     Ksm,
-    KsmCountMismatch,
     KsmWriteError,
     Layout,
 )
@@ -159,11 +158,11 @@ def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> No
     a.verify()
 
 
-@pytest.mark.xfail(raises=KsmCountMismatch, strict=False, reason=(
-    "found on 6.12.117, in 1 of 3 runs: twins of pages smart_scan skips never merged (4044 "
-    "full scans). Our reading: a long-lone page is looked at once every 9 scans, its twin "
-    "settles into the same period, at a phase that depends on timing, and the unstable tree "
-    "lives for one scan only"))
+# Not an expected failure: no kernel is known to have a bug here. Seen once, on 6.12.117 in
+# 1 of 3 runs: twins of pages smart_scan skips never merged (4044 full scans). A guess, not
+# proven: a long-lone page is looked at once every 9 scans, its twin settles into the same
+# period at a phase that depends on timing, and the unstable tree lives for one scan only. If
+# it fails again, that failure is the evidence to chase (kernel or test), not to hide.
 def test_smart_scan_merges_a_skipped_page_when_its_twin_appears(  # type: ignore[no-untyped-def]
         ksm: Ksm, workload) -> None:
     """A skipped page must not be lost: once an identical page appears, both must merge."""

@@ -7,7 +7,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.machine.qemu import QemuConfig
-from harness.machine.topology import Node, Topology, parse_numa
+from harness.machine.topology import Disk, Node, Topology, parse_numa
 
 
 def test_numa_specs() -> None:
@@ -19,11 +19,14 @@ def test_numa_specs() -> None:
             parse_numa(bad)
 
 
+def _config(topo: Topology, module_disk: Path | None = Path("/m.ext4")) -> QemuConfig:
+    return QemuConfig(kernel=Path("/k"), initrd=Path("/i"), root_disk=Path("/r.qcow2"),
+                      module_disk=module_disk, topology=topo, accel="tcg", ssh_port=2222,
+                      qmp_socket=Path("/q.sock"), pidfile=Path("/p"), run_dir=Path("/run"))
+
+
 def _argv(topo: Topology) -> list[str]:
-    cfg = QemuConfig(kernel=Path("/k"), initrd=Path("/i"), root_disk=Path("/r.qcow2"),
-                     module_disk=Path("/m.ext4"), topology=topo, accel="tcg", ssh_port=2222,
-                     qmp_socket=Path("/q.sock"), pidfile=Path("/p"), run_dir=Path("/run"))
-    return cfg.argv()
+    return _config(topo).argv()
 
 
 def test_each_node_gets_its_own_socket_and_memory() -> None:
@@ -43,3 +46,35 @@ def test_single_node_has_no_numa_options_and_disks_keep_their_order() -> None:
     devices = [a for a in argv if a.startswith("virtio-blk-pci")]
     assert [d.split(",")[1] for d in devices] == ["drive=root", "drive=mods", "drive=d-swap",
                                                   "drive=d-b"]
+
+
+def _device_serials(argv: list[str]) -> list[str | None]:
+    """The serial= of every virtio-blk device in ``argv``, in order (None: no serial)."""
+    serials: list[str | None] = []
+    for arg in argv:
+        if arg.startswith("virtio-blk-pci"):
+            opts = dict(o.partition("=")[::2] for o in arg.split(",")[1:])
+            serials.append(opts.get("serial"))
+    return serials
+
+
+@pytest.mark.parametrize("module_disk", [Path("/m.ext4"), None], ids=["modules", "built-in"])
+@pytest.mark.parametrize("extra", [(), ("swap",), ("swap", "scratch")])
+def test_every_disk_has_a_serial_and_the_initramfs_is_told_them_all(
+        module_disk: Path | None, extra: tuple[str, ...]) -> None:
+    # the guest finds each disk by serial: its position (vda, vdb...) depends on the set
+    topo = Topology(nodes=parse_numa("1"))
+    for serial in extra:
+        topo = topo.with_disk(serial, 64)
+    cfg = _config(topo, module_disk)
+    expected = ["root", *(["modules"] if module_disk else []), *extra]
+    assert _device_serials(cfg.argv()) == expected
+    assert cfg.disk_serials() == expected
+
+
+def test_extra_disk_serials_are_checked() -> None:
+    for bad in ("root", "modules", "", "a,b", "x" * 21, "with space"):
+        with pytest.raises(HarnessError):
+            Disk(bad, 64)
+    with pytest.raises(HarnessError):
+        Topology().with_disk("swap", 64).with_disk("swap", 32)

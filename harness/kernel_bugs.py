@@ -1,0 +1,87 @@
+"""Kernel bugs the suite knows, each with the kernel versions that have it and the fix.
+
+A test that meets a known bug asks :func:`xfail_mark` with the guest's kernel release: inside
+the affected versions it gets a *strict* expected failure (a kernel carrying the fix makes the
+test XPASS, which fails the run: the table below needs updating); outside them the test must
+pass like any other. The symptom alone never makes a test an expected failure.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+Version = tuple[int, int, int]
+
+
+def parse_version(text: str) -> Version | None:
+    """``6.12.54`` -> (6, 12, 54); ``6.1`` -> (6, 1, 0); None when it starts otherwise."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def kernel_version(release: str, banner: str = "") -> Version | None:
+    """The upstream version of a kernel from its release (``uname -r``) and, if known, its
+    banner (/proc/version, ``uname -v``). Debian's 6.1 releases are ``6.1.0-N-amd64``: the
+    upstream sublevel is only in the banner's last words (``... Debian 6.1.192-3
+    (2026-11-26)``; the compiler's "Debian 12.2.0-14" comes earlier)."""
+    found = re.findall(r"Debian (\d+\.\d+\.\d+)\S* \(\d{4}-\d\d-\d\d\)", banner)
+    if found:
+        return parse_version(found[-1])
+    return parse_version(release)
+
+
+@dataclass(frozen=True)
+class KernelBug:
+    id: str
+    summary: str
+    introduced: str            # first upstream version with the bug
+    fix: str                   # the upstream commit that removes it: "<sha> (\"subject\")"
+    fixed_in: tuple[str, ...]  # first fixed release of each line: stable (6.12.54), mainline
+    evidence: str = ""         # where the versions come from
+
+    def affects(self, version: Version | None) -> bool:
+        if version is None:
+            return False  # unknown kernel: no excuse, the test must pass
+        if version < _v(self.introduced):
+            return False
+        fixes = sorted(_v(f) for f in self.fixed_in)
+        if version >= fixes[-1]:
+            return False  # at or past the mainline fix
+        for fixed in fixes:
+            if version[:2] == fixed[:2]:
+                return version < fixed  # a stable line that got the fix
+        return True  # a line that never got it
+
+    def describe(self) -> str:
+        return (f"known kernel bug {self.id}: {self.summary}; affects {self.introduced} up to "
+                f"the fix {self.fix}, in {', '.join(self.fixed_in)}")
+
+
+def _v(text: str) -> Version:
+    v = parse_version(text)
+    assert v is not None, text
+    return v
+
+
+KNOWN_BUGS: dict[str, KernelBug] = {bug.id: bug for bug in (
+    KernelBug(
+        id="ksm-fork-counters",
+        summary="a forked child inherits its parent's ksm_merging_pages and ksm_rmap_items "
+                "(/proc/PID/ksm_merging_pages, /proc/PID/ksm_stat)",
+        introduced="5.19",  # 7609385337a4 ("ksm: count ksm merging pages for each process")
+        fix='4d6fc29f3634 ("mm/ksm: fix incorrect KSM counter handling in mm_struct during '
+            'fork")',
+        # mainline 6.18-rc1; Cc stable 6.6+, so 6.1 never got it. 6.12.54 and 6.17.4 carry it
+        # (their stable review shortlogs, 2025-10-17); 6.6.113 is the same stable cycle.
+        fixed_in=("6.6.113", "6.12.54", "6.17.4", "6.18"),
+        evidence="seen on Debian 6.1.0-x (upstream 6.1.192); passes on Debian 6.12.117",
+    ),
+)}
+
+
+def affected(bug_id: str, release: str, banner: str = "") -> KernelBug | None:
+    """The bug when this kernel is known to have it, else None."""
+    bug = KNOWN_BUGS[bug_id]
+    return bug if bug.affects(kernel_version(release, banner)) else None
