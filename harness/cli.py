@@ -131,10 +131,19 @@ def cmd_junit_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ksm-harness")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ksm-harness", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Test Linux KSM in real QEMU NUMA guests.")
+    parser.add_argument("--version", action="version", version=f"ksm-harness {_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status")

@@ -103,7 +103,7 @@ def vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Guest]:
 @pytest.fixture
 def fresh_vm(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Guest]:
     """A guest of this test's own."""
-    guest = _guest(vm_pool, request.node.name[:40])
+    guest = _guest(vm_pool, request.node.name[:24])
     yield guest
     guest.close()
 
@@ -114,7 +114,7 @@ def vm_factory(vm_pool: VMPool, request: pytest.FixtureRequest) -> Iterator[Call
     made: list[Guest] = []
 
     def make(topology: Topology | None = None, cmdline: tuple[str, ...] = ()) -> Guest:
-        guest = _guest(vm_pool, request.node.name[:40], topology, cmdline)
+        guest = _guest(vm_pool, request.node.name[:24], topology, cmdline)
         made.append(guest)
         return guest
 
