@@ -1,2 +1,2 @@
 """Root conftest: load the harness's pytest plugin (options, markers, VM fixtures, reports)."""
-pytest_plugins = ["harness.pytest_plugin"]
+pytest_plugins = ["harness.pytest_plugin.plugin"]

@@ -24,6 +24,8 @@ class Guest:
     def _start(self) -> None:
         self.vm = self._boot()
         self.monitor = Monitor(self.vm)
+        if self.vm.ssh is not None:  # every wait on this guest ends on a fatal report
+            self.vm.ssh.abort = self.monitor.fatal_reason
         # reports printed while booting go to the first test that uses this guest
         self.boot_findings: list[Finding] = self.monitor.claim(phase="at boot")
         self.generation += 1

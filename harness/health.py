@@ -33,6 +33,7 @@ TAINT_FLAGS = {
 # A test marker; notice level so that it reaches a console at loglevel 7.
 MARK = "<5>ksm-harness: {what} {test}"
 END_TIMEOUT = 30.0
+START_TIMEOUT = 10.0
 
 
 def taint_letters(value: int) -> str:
@@ -66,6 +67,8 @@ class Monitor:
         self.vm = vm
         self.reports: list[Report] = []
         self._claimed = 0  # reports[:_claimed] belong to a window already
+        self.fatal: Report | None = None  # the first report after which waits end
+        self.fatal_open: str | None = None  # the category of such a report still printing
         self._lock = threading.Lock()
         self._classifier = StreamClassifier()
         self.current: TestWindow | None = None
@@ -77,7 +80,28 @@ class Monitor:
 
     def _feed(self, line: str) -> None:
         with self._lock:
-            self.reports.extend(self._classifier.feed(line))
+            new = self._classifier.feed(line)
+            self.reports.extend(new)
+            if self.fatal is None:
+                self.fatal = next((r for r in new if Category.of(r.category).fatal), None)
+            if self.fatal is None and self.fatal_open is None:
+                self.fatal_open = next((c for c in self._classifier.open_categories()
+                                        if Category.of(c).fatal), None)
+
+    def fatal_reason(self) -> str | None:
+        """Why waiting on this guest is pointless (for access.ssh's abort hook): a fatal
+        kernel report, or QEMU gone; else None."""
+        fatal = self.fatal
+        if fatal is not None:
+            return f"the kernel reported: {fatal.title}"
+        if self.fatal_open is not None:
+            return f"the kernel is printing a {self.fatal_open} report"
+        return self.vm.alive()
+
+    @property
+    def broken(self) -> bool:
+        """A fatal report came, or is coming: the guest is not to be asked again."""
+        return self.fatal is not None or self.fatal_open is not None
 
     def flush(self) -> list[Report]:
         with self._lock:
@@ -105,6 +129,11 @@ class Monitor:
         text = MARK.format(what=what, test=test).replace("'", "")
         return f"echo '{text}' > /dev/kmsg"
 
+    @staticmethod
+    def _mark_text(what: str, test: str) -> str:
+        """What the marker looks like on the console (without the level prefix)."""
+        return MARK.format(what=what, test=test).replace("'", "").split(">", 1)[1][:60]
+
     def _taint(self) -> int | None:
         try:
             r = self.vm.run("cat /proc/sys/kernel/tainted", timeout=20)
@@ -113,11 +142,20 @@ class Monitor:
             return None
 
     def begin(self, test: str) -> TestWindow:
-        assert self.vm.console is not None
-        start = self.vm.console.mark()
-        taint = self._taint()
+        """Open a test's window: read the taint and mark START in the kernel log, in one
+        command; the window starts at the START line once it came through the console, so
+        everything the kernel printed before it (a fixture's set-up) is before the window."""
+        console = self.vm.console
+        assert console is not None
+        start = console.mark()
+        taint: int | None = None
         try:
-            self.vm.run(self._kmsg("START", test), timeout=20)
+            r = self.vm.run(f"cat /proc/sys/kernel/tainted; {self._kmsg('START', test)}",
+                            timeout=20)
+            words = r.stdout.split()
+            taint = int(words[0]) if r.ok and words and words[0].isdigit() else None
+            line = console.wait_for_line(self._mark_text("START", test), START_TIMEOUT, start)
+            start = line if line is not None else console.mark()
         except Exception:
             pass  # a dead guest shows up at end()
         self.current = TestWindow(test, start, taint)
@@ -134,9 +172,9 @@ class Monitor:
         if responsive:
             try:
                 self.vm.run(self._kmsg("END", window.name), timeout=20, check=True)
-                console.wait_for(f"ksm-harness: END {window.name}"[:60], END_TIMEOUT,
-                                 start=window.start_line, what="the test's END marker")
-                window.answered = True
+                window.answered = console.wait_for_line(
+                    self._mark_text("END", window.name), END_TIMEOUT, window.start_line
+                ) is not None
             except Exception:
                 pass  # a hung or dying guest: the reports so far still count
         window.end_line = console.mark()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from harness.access.remote import CommandTimeout, Spawner
+from harness.access.remote import CommandTimeout, GuestBroken, Spawner
 
 _RC = re.compile(r"__rc=(\d+)")
 
@@ -37,6 +37,8 @@ class Background:
         while self.status is None:
             try:
                 self._take(self.proc.read_line(0.01))
+            except GuestBroken:
+                return True  # wait() raises it
             except CommandTimeout:
                 return False
             except (EOFError, OSError):
@@ -54,6 +56,8 @@ class Background:
         while self.status is None:
             try:
                 self._take(self.proc.read_line(max(deadline - time.monotonic(), 0.001)))
+            except GuestBroken:
+                raise
             except CommandTimeout:
                 self.proc.kill()
                 raise CommandTimeout(self.cmd, timeout) from None

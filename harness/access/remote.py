@@ -6,6 +6,7 @@ does not care how a command reaches the machine.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +42,23 @@ class CommandTimeout(Exception):
         self.command = command
         self.timeout = timeout
         super().__init__(f"guest command still running after {timeout:.0f}s: {command}")
+
+
+class GuestBroken(CommandTimeout):
+    """A wait ended early because the guest is known broken (the kernel reported a fatal
+    error, or QEMU is gone): waiting out the deadline would only delay the verdict. A
+    CommandTimeout, so whatever treats a command that did not finish treats this one too."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(command, 0.0)
+        self.args = (f"stopped waiting for {command}: {reason}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+Abort = Callable[[], "str | None"]  # a reason to stop waiting on the guest, or None
 
 
 class Runner(Protocol):

@@ -10,6 +10,7 @@ from harness.access.remote import (
     CommandFailed,
     CommandResult,
     CommandTimeout,
+    GuestBroken,
     Process,
     Spawner,
 )
@@ -69,6 +70,9 @@ class GuestShell:
                     break
                 else:
                     err.append(line)
+        except GuestBroken:
+            self.close()
+            raise
         except CommandTimeout:
             self.close()
             raise CommandTimeout(cmd, timeout) from None

@@ -12,7 +12,13 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 
-from harness.access.remote import CommandFailed, CommandResult, CommandTimeout
+from harness.access.remote import (
+    Abort,
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    GuestBroken,
+)
 
 # Before sshd listens, QEMU's hostfwd accepts and resets connections: paramiko's transport
 # thread would log a traceback for each retry.
@@ -23,12 +29,20 @@ class SSHUnavailable(Exception):
     pass
 
 
+def _check(abort: Abort | None, cmd: str) -> None:
+    why = abort() if abort is not None else None
+    if why:
+        raise GuestBroken(cmd, why)
+
+
 class SSHProcess:
     """A guest program on its own channel, driven line by line (see remote.Process)."""
 
-    def __init__(self, channel: paramiko.Channel, cmd: str) -> None:
+    def __init__(self, channel: paramiko.Channel, cmd: str, abort: Abort | None = None
+                 ) -> None:
         self.channel = channel
         self.cmd = cmd
+        self.abort = abort
         self._buf = b""
         channel.exec_command(cmd)
 
@@ -41,7 +55,8 @@ class SSHProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CommandTimeout(self.cmd, timeout)
-            self.channel.settimeout(min(left, 1.0))
+            _check(self.abort, self.cmd)
+            self.channel.settimeout(min(left, 0.2))
             try:
                 chunk = self.channel.recv(65536)
             except TimeoutError:
@@ -66,6 +81,7 @@ class SSHProcess:
         while not self.channel.exit_status_ready():
             if time.monotonic() > deadline:
                 raise CommandTimeout(self.cmd, timeout)
+            _check(self.abort, self.cmd)
             if self.channel.recv_ready():
                 self._buf += self.channel.recv(65536)
             time.sleep(0.01)
@@ -81,6 +97,8 @@ class SSH:
         self.host, self.port = host, port
         self.client_key, self.host_key = client_key, host_key
         self.conn: Connection | None = None
+        # set by whoever watches the guest (the health monitor): every wait checks it
+        self.abort: Abort | None = None
 
     def _new_connection(self, timeout: float) -> Connection:
         conn = Connection(self.host, user="root", port=self.port,
@@ -132,6 +150,7 @@ class SSH:
         """Run ``cmd``; every step (channel open, input, output, exit) within ``timeout``."""
         t0 = time.monotonic()
         deadline = t0 + timeout
+        _check(self.abort, cmd)  # a broken guest may not even open a channel
         chan = self._channel(timeout, cmd)
         try:
             chan.settimeout(0.2)
@@ -152,6 +171,7 @@ class SSH:
             while not (stdout_eof and chan.exit_status_ready()):
                 if time.monotonic() > deadline:
                     raise CommandTimeout(cmd, timeout)
+                _check(self.abort, cmd)
                 if not self.conn or not self.conn.transport or not self.conn.transport.is_active():
                     raise SSHUnavailable(f"SSH connection lost while running: {cmd}")
                 if stdout_eof:
@@ -194,7 +214,8 @@ class SSH:
         Path(local).write_bytes(out)
 
     def spawn(self, cmd: str) -> SSHProcess:
-        return SSHProcess(self._channel(30.0, cmd), cmd)
+        _check(self.abort, cmd)
+        return SSHProcess(self._channel(30.0, cmd), cmd, self.abort)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -140,6 +140,11 @@ class StreamClassifier:
             p.tail = True
         self._open[ln.ctx] = p
 
+    def open_categories(self) -> list[str]:
+        """Categories of the reports still being printed (their header seen, their end not):
+        a live console can act on a panic or a BUG before its last line arrives."""
+        return [p.kind.category for p in self._open.values()]
+
     def _close(self, p: _Pending) -> Report:
         del self._open[p.ctx]
         return _finish(p)

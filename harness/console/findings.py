@@ -70,6 +70,12 @@ class Category(enum.Enum):
     def kind(self) -> Kind:
         return _KIND.get(self, Kind.KERNEL)
 
+    @property
+    def fatal(self) -> bool:
+        """After a report of this kind the guest cannot be trusted to finish what it was
+        doing (a task died holding locks, a CPU is stuck): waits end, the VM is replaced."""
+        return self in _FATAL
+
     @classmethod
     def of(cls, name: str) -> Category:
         """The category named ``name``; an unknown kernel report kind becomes KERNEL."""
@@ -79,6 +85,11 @@ class Category(enum.Enum):
             return cls.KERNEL
 
 
+_FATAL = frozenset({
+    Category.PANIC, Category.OOPS, Category.BUG, Category.GPF, Category.NULL_DEREF,
+    Category.PAGING_REQUEST, Category.VM_BUG_ON, Category.SOFT_LOCKUP, Category.HARD_LOCKUP,
+    Category.RCU_STALL, Category.HUNG_TASK,
+})
 _KIND = {
     Category.HANG: Kind.HANG, Category.VM_DEAD: Kind.HANG,
     Category.ASSERTION: Kind.ASSERTION, Category.CORRUPTION: Kind.ASSERTION,

@@ -124,6 +124,22 @@ class Console:
                     raise ConsoleTimeout(what or rx.pattern, timeout, self.tail())
                 self._cond.wait(min(left, 0.25))
 
+    def wait_for_line(self, text: str, timeout: float, start: int = 0) -> int | None:
+        """Index of the first complete line from ``start`` that contains ``text``; None past
+        the deadline or when the console closed (the caller decides what that means)."""
+        deadline = time.monotonic() + timeout
+        pos = start
+        with self._cond:
+            while True:
+                while pos < len(self.lines):
+                    if text in self.lines[pos]:
+                        return pos
+                    pos += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    return None
+                self._cond.wait(min(left, 0.25))
+
     def tail(self, n: int = 40) -> str:
         with self._cond:
             lines = self.lines[-n:] + ([self._partial] if self._partial else [])

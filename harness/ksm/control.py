@@ -11,6 +11,7 @@ from harness.access.background import Background, ChannelLost
 from harness.access.remote import (
     CommandResult,
     CommandTimeout,
+    GuestBroken,
     Runner,
     Spawner,
     quote,
@@ -172,6 +173,8 @@ class Ksm:
     def _run(self, cmd: str, what: str, timeout: float) -> CommandResult:
         try:
             return self.runner.run(cmd, timeout=timeout)
+        except GuestBroken:
+            raise
         except CommandTimeout as e:
             raise KsmTimeout(f"{what} did not return within {timeout:.0f}s "
                              "(KSM or ksmd hung?)") from e
@@ -340,6 +343,8 @@ class PendingWrite:
         or KsmWriteError if the kernel refused it; return how long it took since the start."""
         try:
             self.status, output, took = self.command.wait(timeout)
+        except GuestBroken:
+            raise
         except CommandTimeout:
             raise KsmTimeout(f"writing {self.value} to KSM's {self.name} did not return "
                              f"within {timeout:.0f}s (KSM or ksmd hung?)") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from harness.access.remote import CommandTimeout
+from harness.access.remote import CommandTimeout, GuestBroken
 from harness.console.findings import Category, Finding, describe, rank
 from harness.errors import HarnessError
 from harness.guest import Guest
@@ -99,9 +99,11 @@ def _open_windows(item: pytest.Item, phase: str) -> None:
         _start_timeline(item, guest)
         _add(item, "call", guest.boot_findings)  # the test runs, and fails for them
         guest.boot_findings = []
-        # what the kernel printed during the fixtures' set-up (or between tests)
-        _add(item, phase, guest.monitor.claim(allow=_allowed(item), phase=phase))
-        windows.append((guest, guest.monitor.begin(_test_name(item))))
+        window = guest.monitor.begin(_test_name(item))
+        # what the kernel printed before the window: during the fixtures' set-up, between
+        # tests, or during the call when this is the teardown's window
+        _add(item, phase, guest.monitor.claim(window.start_line, _allowed(item), phase))
+        windows.append((guest, window))
     item.stash[WINDOWS] = windows
 
 
@@ -115,10 +117,14 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
             findings += guest.monitor.claim(allow=allowed, phase=phase)
             continue
         dead = guest.alive()
-        hung = isinstance(excinfo, HANG_ERRORS) and dead is None
+        # after a fatal report the report is the evidence, and the guest is not asked again
+        fatal = guest.monitor.broken
+        hung = isinstance(excinfo, HANG_ERRORS) and dead is None and not fatal
         evidence = guest.monitor.hang_evidence() if hung else ""
-        found = guest.monitor.end(window, allow=allowed, responsive=not hung)
-        if not hung and dead is None and not window.answered:
+        found = guest.monitor.end(window, allow=allowed, responsive=not (hung or fatal))
+        if fatal and dead is None:
+            guest.broken = "fatal kernel report"
+        elif not hung and dead is None and not window.answered:
             # no answer: usually a panic still being printed; give QEMU a moment to exit
             dead = guest.vm.wait_exit(10.0)
             if dead is None:
@@ -209,9 +215,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     if rep.failed:
         exc = call.excinfo.value if call.excinfo is not None else None
         own = exception_finding(exc, call.when, "" if from_monitor else rep.longreprtext)
-        # a hang the monitor already established is the same event as the test's timeout
-        if not (own.category is Category.HANG
-                and any(f.category is Category.HANG for f in findings)):
+        # a hang the monitor established is the same event as the test's timeout, and a
+        # wait cut short by a fatal report or a dead VM is that report's consequence
+        same = (own.category is Category.HANG
+                and any(f.category is Category.HANG for f in findings)) \
+            or (isinstance(exc, GuestBroken) and from_monitor)
+        if not same:
             findings.append(own)
     if findings:
         ranked = rank(findings)

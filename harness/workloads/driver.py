@@ -5,7 +5,7 @@ import re
 from types import TracebackType
 from typing import Self
 
-from harness.access.remote import CommandTimeout, Process, Spawner, quote
+from harness.access.remote import CommandTimeout, GuestBroken, Process, Spawner, quote
 from harness.workloads.build import GUEST_BINARY, GUEST_PY_WORKER, MAIN_PROGRAM
 from harness.workloads.protocol import (
     DataCorruption,
@@ -79,6 +79,9 @@ class Workload:
         reply = self.command("exit", timeout)
         try:
             status = self.proc.wait(timeout)
+        except GuestBroken:
+            self._unusable = "the guest broke"
+            raise
         except CommandTimeout:
             self.kill()
             raise WorkloadTimeout(f"workload '{self.name}' answered exit ({reply.text}) but "
@@ -141,6 +144,9 @@ class Workload:
         timeout = BASE_TIMEOUT if timeout is None else timeout
         try:
             text = self.proc.read_line(timeout)
+        except GuestBroken:  # not the workload's hang: the wait was cut short
+            self._unusable = "the guest broke"
+            raise
         except CommandTimeout:
             self._unusable = f"'{line}' timed out"
             raise WorkloadTimeout(f"workload '{self.name}' (pid {self.pid}) did not answer "

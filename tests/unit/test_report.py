@@ -74,7 +74,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     pytester.makepyfile(test_fake=FAKE_TESTS)
     pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
     out = tmp_path / "out"
-    res = pytester.runpytest("-p", "harness.pytest_plugin", "--junitxml", str(out / "junit.xml"),
+    res = pytester.runpytest("-p", "harness.pytest_plugin.plugin", "--junitxml", str(out / "junit.xml"),
                              "--results-json", str(out / "results.json"),
                              "--ktap", str(out / "results.ktap"),
                              "--report-dir", str(out / "report"))

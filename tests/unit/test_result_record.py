@@ -60,7 +60,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path) -> tuple[pytest.RunResult, Pa
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_fake=TESTS)
     out = tmp_path / "out"
-    res = pytester.runpytest("-p", "harness.pytest_plugin", "--junitxml", str(out / "junit.xml"),
+    res = pytester.runpytest("-p", "harness.pytest_plugin.plugin", "--junitxml", str(out / "junit.xml"),
                              "--results-json", str(out / "results.json"),
                              "--report-dir", str(out / "report"))
     return res, out

@@ -48,3 +48,58 @@ def test_f_allowed_oom(vm):
 def test_g_oom_not_allowed(vm):
     vm.run("sh -c 'echo $$ > /sys/fs/cgroup/oomt/cgroup.procs && "
            "exec python3 -c \"b = bytearray(200 << 20)\"'", timeout=120)
+
+
+# Reports written to /dev/kmsg take the kernel's own path to the serial console: the monitor
+# cannot tell them from the kernel's, which is what these cases need (a report at a chosen
+# moment, on a real guest).
+WARNING_LINES = [
+    "WARNING: CPU: 1 PID: 77 at mm/ksm.c:2291 cmp_and_merge_page+0x2f1/0x4c0",
+    "Modules linked in:",
+    "CPU: 1 PID: 77 Comm: ksmd Not tainted 6.1.0 #1",
+    "RIP: 0010:cmp_and_merge_page+0x2f1/0x4c0",
+    "Call Trace:",
+    " <TASK>",
+    " ksm_scan_thread+0x1a3/0x2a0",
+    " kthread+0xe6/0x110",
+    " </TASK>",
+    "---[ end trace 0000000000000000 ]---",
+]
+BUG_LINES = [
+    "kernel BUG at mm/rmap.c:1182!",
+    "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",
+    "CPU: 0 PID: 157 Comm: ksmwork Not tainted 6.1.0 #1",
+    "RIP: 0010:page_add_anon_rmap+0x1f5/0x200",
+    "Call Trace:",
+    " <TASK>",
+    " do_swap_page+0x6a3/0xb50",
+    " __handle_mm_fault+0x7a2/0xe40",
+    " handle_mm_fault+0xd0/0x2c0",
+    " </TASK>",
+    "---[ end trace 0000000000000000 ]---",
+]
+
+
+def kmsg(vm, lines):
+    vm.run("; ".join(f"echo '<4>{line}' > /dev/kmsg" for line in lines), check=True)
+
+
+@pytest.fixture
+def warns_in_setup(vm):
+    kmsg(vm, WARNING_LINES)  # during the fixture's set-up: the test must error in set-up
+    yield
+
+
+def test_h_warning_in_fixture_setup(vm, warns_in_setup):
+    pass
+
+
+def test_i_warning_then_hang(vm):
+    kmsg(vm, WARNING_LINES)
+    os.kill(vm.child.pid, signal.SIGSTOP)  # then the machine stops answering
+    vm.run("true", timeout=10)
+
+
+def test_j_bug_ends_the_wait(vm):
+    kmsg(vm, BUG_LINES)  # a fatal report: the 120 s wait must end within seconds
+    vm.run("sleep 120", timeout=150)

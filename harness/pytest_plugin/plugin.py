@@ -1,0 +1,54 @@
+"""The ksm-harness pytest plugin (loaded by the root conftest.py).
+
+- options and markers (declared here, once; the guest options come from harness.options),
+- ``fixtures``: booted guests for tests (one per module by default, a fresh one on request),
+- ``watch``: the kernel health monitor around every phase of every guest test, turning
+  what it finds and what the test raised into ranked findings on the phase's report,
+- ``reporting``: a Result record per test, and the files CI reads (JUnit, JSON, KTAP,
+  report directory with reproducers and summary.html).
+
+Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture) and
+``host`` (pure host test). ``-m 'not guest'`` runs only what needs no QEMU.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness import options
+
+pytest_plugins = [
+    "harness.pytest_plugin.fixtures",
+    "harness.pytest_plugin.watch",
+    "harness.pytest_plugin.reporting",
+]
+
+MARKERS = (
+    "guest: needs a booted QEMU guest",
+    "host: runs on the host only, no QEMU",
+    "fresh_vm: give this test its own VM",
+    "slow: long soak (opt-in)",
+    "allow_kernel(*categories): kernel reports of these categories (e.g. OOM) do not fail "
+    "the test",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("ksm-harness", "ksm-harness guest options")
+    options.add_to_pytest(g)
+    g.addoption("--ksm-seed", type=int, default=None,
+                help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
+                     "a failure prints the seed to rerun with)")
+    g.addoption("--keep-runs", action="store_true",
+                help="keep each VM's run directory (overlay, initrd) after the run")
+    r = parser.getgroup("ksm-harness-report", "ksm-harness reports")
+    r.addoption("--results-json", metavar="PATH", default=None,
+                help="write per-test results (outcome, findings, title, properties) as JSON")
+    r.addoption("--ktap", metavar="PATH", default=None, help="write KTAP results")
+    r.addoption("--report-dir", metavar="DIR", default=None,
+                help="reproducers, console logs and summary.html of a run with guest tests "
+                     "(default: results/)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
