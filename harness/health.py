@@ -32,6 +32,9 @@ TAINT_FLAGS = {
 }
 # A test marker; notice level so that it reaches a console at loglevel 7.
 MARK = "<5>ksm-harness: {what} {test}"
+# Set when the user interrupted the run (Ctrl-C): every wait on every guest ends at once, so
+# the teardown that follows does not wait on a guest again.
+INTERRUPTED = threading.Event()
 END_TIMEOUT = 30.0
 START_TIMEOUT = 10.0
 
@@ -91,6 +94,8 @@ class Monitor:
     def fatal_reason(self) -> str | None:
         """Why waiting on this guest is pointless (for access.ssh's abort hook): a fatal
         kernel report, or QEMU gone; else None."""
+        if INTERRUPTED.is_set():
+            return "the run was interrupted"
         fatal = self.fatal
         if fatal is not None:
             return f"the kernel reported: {fatal.title}"

@@ -21,7 +21,7 @@ from harness.access.remote import CommandTimeout, GuestBroken
 from harness.console.findings import Category, Finding, describe, rank
 from harness.errors import HarnessError
 from harness.guest import Guest
-from harness.health import TestWindow
+from harness.health import INTERRUPTED, TestWindow
 from harness.ksm import KsmError, timeline
 from harness.ksm.leaks import LeakError
 from harness.ksm.timeline import Sampler
@@ -175,6 +175,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, pluggy.Result[None
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
     outcome = yield
     _close_windows(item, "teardown", _excinfo(outcome))
+
+
+def pytest_keyboard_interrupt() -> None:
+    INTERRUPTED.set()  # Ctrl-C: waits on guests end now; teardown asks no guest again
 
 
 # --- the phase's report -------------------------------------------------------------------

@@ -62,6 +62,26 @@ def test_interrupted_cli_stops_its_qemu(sig: signal.Signals, status: int) -> Non
     wait_until(lambda: not pid_alive(qemu), 10, f"QEMU {qemu} to stop")
 
 
+def test_ctrl_c_during_a_guest_wait_stops_the_run_at_once(tmp_path: Path) -> None:
+    # Ctrl-C while a test waits 600 s on the guest: the run stops within seconds (teardown
+    # does not wait on the guest again), writes its JUnit file and leaves no QEMU.
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.Popen(
+        harness_cmd("run", str(REPO / "tests/guest/data/hold_vm.py"), "--numa", "1", "-s",
+                    "-p", "no:cacheprovider", "--junitxml", str(junit)),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_output(proc, proc.stdout, "VM-READY", BOOT_DEADLINE)
+    qemu = _qemu_of(proc.pid)
+    time.sleep(1)  # the test is now inside its 600 s wait
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    took = time.monotonic() - t0
+    assert took < 10, f"the run took {took:.1f}s to stop after Ctrl-C"
+    assert junit.is_file()
+    wait_until(lambda: not pid_alive(qemu), 10, f"QEMU {qemu} to stop")
+
+
 def test_next_run_kills_a_stale_qemu(tmp_path: Path) -> None:
     # A run directory whose owner PID is dead, holding a live QEMU: what a harness killed in
     # a way PDEATHSIG could not cover would leave. The next run's clean-up must kill it.
