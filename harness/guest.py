@@ -29,6 +29,8 @@ class Guest:
         # reports printed while booting go to the first test that uses this guest
         self.boot_findings: list[Finding] = self.monitor.claim(phase="at boot")
         self.generation += 1
+        # QEMU start to first SSH command; reported once, by the next test that uses it
+        self.boot_seconds: float | None = self.vm.timings.get("ssh_ready")
 
     def replace(self) -> None:
         self._stop(self.vm)

@@ -63,6 +63,9 @@ def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
                       ("topology", vm.spec.topology.describe())]
         props += [(f"console_log{suffix}", str(vm.console_log)),
                   (f"qemu_cmdline{suffix}", str(vm.dir / "qemu-cmdline.txt"))]
+        if guest.boot_seconds is not None:  # this test waited for (or replaced) the boot
+            props.append((f"boot_seconds{suffix}", f"{guest.boot_seconds:.2f}"))
+            guest.boot_seconds = None
     return props
 
 

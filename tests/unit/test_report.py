@@ -179,8 +179,11 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
     spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
     guest.vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    guest.boot_seconds = 4.25  # booted for this test: reported once
     item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
     props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]
     assert props["kernel_release"] == "6.1.0-9" and props["kernel_config_hash"] == "c0ffee"
     assert props["console_log"] == str(tmp_path / "console.log")
-    assert props["accelerator"] == "tcg"
+    assert props["accelerator"] == "tcg" and props["boot_seconds"] == "4.25"
+    assert "boot_seconds" not in dict(reporting.guest_properties(item)) and props["boot_seconds"] == "4.25"
+    assert "boot_seconds" not in dict(reporting.guest_properties(item))
