@@ -37,10 +37,10 @@ class Guest:
         self.broken = None
         self._start()
 
-    def spawn(self, cmd: str) -> Process:
+    def spawn(self, cmd: str, timeout: float = 30.0) -> Process:
         """Like VM.spawn; while a timeline sampler is attached, every line sent to the
         program (a workload command) is recorded as a phase."""
-        proc = self.vm.spawn(cmd)
+        proc = self.vm.spawn(cmd, timeout)
         sampler = self.sampler
         if sampler is not None:
             send = proc.send_line

@@ -74,7 +74,7 @@ class LocalSpawner:
     def get(self, remote: str, local: Path) -> None:
         shutil.copyfile(remote, local)
 
-    def spawn(self, cmd: str) -> LocalProcess:
+    def spawn(self, cmd: str, timeout: float = 30.0) -> LocalProcess:
         proc = LocalProcess(cmd)
         self.spawned.append(proc)
         return proc

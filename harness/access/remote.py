@@ -94,4 +94,7 @@ class Process(Protocol):
 
 
 class Spawner(Runner, Protocol):
-    def spawn(self, cmd: str) -> Process: ...
+    def spawn(self, cmd: str, timeout: float = 30.0) -> Process:
+        """Start ``cmd`` on its own channel; CommandTimeout when that takes past
+        ``timeout`` (a frozen guest)."""
+        ...

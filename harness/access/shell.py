@@ -41,13 +41,16 @@ class GuestShell:
         self.errfile = f"/tmp/.ksm-shell-{os.getpid()}-{id(self):x}.err"
         self.commands = 0
 
-    def _start(self) -> Process:
-        self.proc = self.spawner.spawn(f"exec {self.shell}")
+    def _start(self, timeout: float) -> Process:
+        self.proc = self.spawner.spawn(f"exec {self.shell}", timeout=timeout)
         return self.proc
 
     def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
-        proc = self.proc or self._start()
-        t0 = time.monotonic()
+        t0 = time.monotonic()  # one deadline for starting the shell and running the command
+        try:
+            proc = self.proc or self._start(timeout)
+        except CommandTimeout:
+            raise CommandTimeout(cmd, timeout) from None
         isolate = re.search(r"(^|[^\w$-])(exit|cd|exec|set|trap)\b", cmd) is not None
         body = f"( {cmd}\n)" if isolate else f"{{ {cmd}\n}}"
         script = (f"{body} </dev/null 2>{self.errfile}; printf '\\n{self.MARK} %d\\n' $?; "
@@ -94,8 +97,8 @@ class GuestShell:
     def get(self, remote: str, local: Path) -> None:
         self.spawner.get(remote, local)
 
-    def spawn(self, cmd: str) -> Process:
-        return self.spawner.spawn(cmd)
+    def spawn(self, cmd: str, timeout: float = 30.0) -> Process:
+        return self.spawner.spawn(cmd, timeout=timeout)
 
     def close(self) -> None:
         if self.proc is not None:

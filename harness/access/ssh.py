@@ -213,9 +213,9 @@ class SSH:
             raise SSHUnavailable(f"get {remote} failed: {err.decode(errors='replace')}")
         Path(local).write_bytes(out)
 
-    def spawn(self, cmd: str) -> SSHProcess:
+    def spawn(self, cmd: str, timeout: float = 30.0) -> SSHProcess:
         _check(self.abort, cmd)
-        return SSHProcess(self._channel(30.0, cmd), cmd, self.abort)
+        return SSHProcess(self._channel(timeout, cmd), cmd, self.abort)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -308,9 +308,9 @@ class VM:
         assert self.ssh is not None
         self.ssh.get(remote, local)
 
-    def spawn(self, cmd: str) -> SSHProcess:
+    def spawn(self, cmd: str, timeout: float = 30.0) -> SSHProcess:
         assert self.ssh is not None
-        return self.ssh.spawn(cmd)
+        return self.ssh.spawn(cmd, timeout)
 
     def console_run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
         assert self.console is not None
