@@ -187,8 +187,12 @@ def k(fake: Path, runner: LocalRunner) -> Ksm:
 
 
 def put(d: Path, **values: int) -> None:
+    # atomically, as sysfs does: a reader never sees a half-written file (a fake ksmd thread
+    # writes while the code under test reads; under load a plain write was seen half done)
     for name, value in values.items():
-        (d / name).write_text(f"{value}\n")
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(f"{value}\n")
+        tmp.rename(d / name)
 
 
 def test_detects_what_the_kernel_has(k: Ksm) -> None:
