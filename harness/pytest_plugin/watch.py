@@ -22,10 +22,11 @@ from harness.console.findings import Category, Finding, describe, rank
 from harness.errors import HarnessError
 from harness.guest import Guest
 from harness.health import INTERRUPTED, TestWindow
-from harness.ksm import KsmError, timeline
+from harness.ksm import KsmError
 from harness.ksm.leaks import LeakError
 from harness.ksm.timeline import Sampler
 from harness.pytest_plugin.fixtures import BootFailed
+from harness.results import plot
 from harness.results.reproducer import slug
 from harness.workloads import DataCorruption, WorkloadTimeout
 
@@ -86,7 +87,7 @@ def _stop_timeline(item: pytest.Item, guest: Guest) -> None:
         return
     rdir = Path(item.config.getoption("report_dir", None) or "results")
     try:
-        timeline.write(sampler.stop(), item.nodeid, rdir / "plots" / f"{slug(item.nodeid)}.svg")
+        plot.write(sampler.stop(), item.nodeid, rdir / "plots" / f"{slug(item.nodeid)}.svg")
     except OSError:
         pass
 
