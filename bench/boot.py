@@ -1,5 +1,8 @@
-"""Boot figures: time from QEMU start to the first successful SSH command (min/median/max
-over several boots), and the guest image build time, cold and cached.
+"""Boot figures, side by side in one run (absolute times differ a lot between machines):
+QEMU start to the first successful SSH command for a cold boot and for a guest restored from
+a snapshot (harness/machine/snapshot.py), alternating, with their ratio; the end-to-end
+time of `ksm-harness boot -- true`, and of virtme-ng on the same kernel when `vng` is
+installed (`pip install virtme-ng`); the guest image build time, cold and cached.
 
     .venv/bin/python bench/boot.py [--boots 5] [--cold] [--numa 2] [--kernel PATH]
 
@@ -9,24 +12,35 @@ otherwise idle machine: two TCG guests side by side each run ~1.3x slower.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from harness import paths  # noqa: E402
-from harness import spec as spec_mod
-from harness.assets import image
+from harness import spec as spec_mod  # noqa: E402
+from harness.assets import image  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
 
 
 def stats(values: list[float]) -> str:
     return (f"min {min(values):.2f}s  median {statistics.median(values):.2f}s  "
             f"max {max(values):.2f}s  (n={len(values)})")
+
+
+def end_to_end(cmd: list[str]) -> float:
+    t0 = time.monotonic()
+    subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
+    return time.monotonic() - t0
 
 
 def main() -> int:
@@ -42,35 +56,57 @@ def main() -> int:
     t0 = time.monotonic()
     image.ensure()
     cached = time.monotonic() - t0
-    cold = None
+    build = None
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="ksm-bench-cache-") as tmp:
             os.environ["KSM_HARNESS_CACHE"] = tmp
             t0 = time.monotonic()
             image.ensure(log=lambda _msg: None)
-            cold = time.monotonic() - t0
+            build = time.monotonic() - t0
             del os.environ["KSM_HARNESS_CACHE"]
 
-    spec = spec_mod.build(spec_mod.Options.of(kernel=args.kernel, numa=args.numa, append=args.append))
-    ssh, console = [], []
+    spec = spec_mod.build(spec_mod.Options.of(kernel=args.kernel, numa=args.numa,
+                                              append=args.append))
+    cold_spec = dataclasses.replace(spec, snapshots=False)
+    warm_spec = dataclasses.replace(spec, snapshots=True)
+    cold, warm, console = [], [], []
     run_dir = paths.new_run_dir("bench")
     try:
+        VM(warm_spec, run_dir / "save").start().stop()  # makes the snapshot if missing
         for i in range(args.boots):
-            vm = VM(spec, run_dir / f"boot-{i}")
-            try:
-                vm.start()
-                ssh.append(vm.timings["ssh_ready"])
-                console.append(vm.timings["console_ready"])
-            finally:
-                vm.stop()
+            for which, s, into in (("cold", cold_spec, cold), ("warm", warm_spec, warm)):
+                vm = VM(s, run_dir / f"{which}-{i}")
+                try:
+                    vm.start()
+                    assert (vm.restored is not None) == (which == "warm")
+                    into.append(vm.timings["ssh_ready"])
+                    if which == "cold":
+                        console.append(vm.timings["console_ready"])
+                finally:
+                    vm.stop()
     finally:
         remove_run_dir(run_dir)
+    ours = [end_to_end([sys.executable, "-m", "harness.cli", "boot", "--numa", args.numa,
+                        *(["--kernel", args.kernel] if args.kernel else []), "--", "true"])
+            for _ in range(args.boots)]
+    vng = None
+    if shutil.which("vng"):
+        vng = [end_to_end(["vng", "--disable-kvm", "--run", str(spec.kernel.boot_image),
+                           "--exec", "true"]) for _ in range(args.boots)]
 
     print(f"accelerator: {spec.accel.describe()}")
     print(f"kernel: {spec.kernel.describe()}; topology: {spec.topology.describe()}")
-    print(f"QEMU start -> first SSH command ok: {stats(ssh)}")
-    print(f"QEMU start -> guest ready marker:   {stats(console)}")
-    print(f"guest image, cached: {cached:.2f}s" + (f"; cold build: {cold:.1f}s" if cold else ""))
+    print(f"QEMU start -> first SSH command, cold boot: {stats(cold)}")
+    print(f"QEMU start -> first SSH command, restored:  {stats(warm)}")
+    print(f"restored / cold (medians): {statistics.median(warm) / statistics.median(cold):.2f}")
+    print(f"QEMU start -> guest ready marker, cold:     {stats(console)}")
+    print(f"`ksm-harness boot -- true`, end to end:     {stats(ours)}")
+    if vng:
+        print(f"`vng --disable-kvm --run VMLINUX --exec true`: {stats(vng)}; ours / vng "
+              f"(medians): {statistics.median(ours) / statistics.median(vng):.2f}")
+    else:
+        print("virtme-ng: not installed (pip install virtme-ng) - not compared")
+    print(f"guest image, cached: {cached:.2f}s" + (f"; cold build: {build:.1f}s" if build else ""))
     return 0
 
 

@@ -61,6 +61,9 @@ VM_OPTIONS: tuple[Option, ...] = (
     Option("image", "use this base qcow2 image instead of the recipe's", metavar="QCOW2"),
     Option("boot_timeout", "seconds to wait for the guest (default 180 under TCG, 60 under "
            "KVM)", default=0.0, type=float, metavar="S", reproduce=False),
+    Option("snapshot", "auto: the first guest of a kernel and topology is saved once ready, "
+           "later ones start from it (about 1 s instead of a boot); off: boot every guest",
+           default="auto", choices=("auto", "off"), reproduce=False),
 )
 
 BY_FLAG = {o.flag: o for o in VM_OPTIONS}

@@ -28,6 +28,7 @@ class Options:
     swap_disk: str | None            # e.g. "512M": adds a disk with serial "swap"
     image: str | None                # a prebuilt qcow2 instead of the recipe's
     boot_timeout: float              # 0: choose from the accelerator
+    snapshot: str                    # auto: start guests from a saved one; off: boot
     extra_cmdline: list[str] = field(default_factory=list)
 
     @classmethod
@@ -63,4 +64,5 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
     log(f"ksm-harness: kernel {kern.describe()}; accel {acc.describe()}; "
         f"topology {topo.describe()}")
     return VMSpec(kernel=kern, base_image=base, accel=acc, topology=topo, cmdline=cmdline,
+                  snapshots=opts.snapshot == "auto",
                   boot_timeout=timeout)

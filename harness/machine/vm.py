@@ -2,6 +2,8 @@
 stop it. Nothing here knows KSM."""
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ from harness.assets import image, initramfs, keys
 from harness.assets.kernel import Kernel
 from harness.console.reader import Console, ConsoleTimeout
 from harness.errors import VMError
-from harness.machine import reaper
+from harness.machine import reaper, snapshot
 from harness.machine.accel import Accel
 from harness.machine.qemu import QemuConfig
 from harness.machine.qmp import QMP, QMPError
@@ -54,6 +56,7 @@ class VMSpec:
     sysctls: dict[str, str] = field(default_factory=lambda: dict(GUEST_SYSCTLS))
     boot_timeout: float = 120.0
     name: str = "ksm-guest"
+    snapshots: bool = False      # start from a saved guest when one fits (and save one)
 
 
 def _free_port() -> int:
@@ -80,6 +83,8 @@ class VM:
         self._reaper_key: int | None = None
         self.config: QemuConfig | None = None
         self.stopped = False  # stop() was called: QEMU's exit is ours, not a crash
+        self.snapshot_key: str | None = None
+        self.restored: snapshot.Snapshot | None = None  # the snapshot this guest started from
 
     # --- preparation ------------------------------------------------------------------
     def _prepare(self) -> QemuConfig:
@@ -113,7 +118,22 @@ class VM:
         # the initramfs finds each disk by serial: it is told which ones are attached
         files["disks.list"] = ("".join(f"{s}\n" for s in cfg.disk_serials()).encode(), 0o644)
         initramfs.compose(spec.kernel, files, cfg.initrd)
+        if spec.snapshots:
+            secret = ("authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
+            self.snapshot_key = snapshot.key(
+                cfg.argv(), self.dir, {n: v for n, (v, _) in files.items() if n not in secret})
+            self._public = (client.public_line, host.private_openssh, host.public_line)
         return cfg
+
+    def _use_snapshot(self, cfg: QemuConfig, snap: snapshot.Snapshot) -> None:
+        """Start this VM from ``snap``: its own overlay of the saved disk, the saved initrd
+        (the machine must match the saved one), the saved boot at the top of the log."""
+        (self.dir / "root-overlay.qcow2").unlink(missing_ok=True)
+        image.overlay(snap.disk, self.dir / "root-overlay.qcow2")
+        cfg.initrd = snap.initrd
+        cfg.extra_args = [*cfg.extra_args, "-incoming", f"exec:cat {shlex.quote(str(snap.state))}"]
+        self.console_log.write_bytes(snap.console.read_bytes())
+        self.restored = snap
 
     def dry_run(self) -> list[str]:
         cfg = self._prepare()
@@ -156,6 +176,9 @@ class VM:
         kernel kills QEMU when the thread that forked it exits (PR_SET_PDEATHSIG)."""
         t0 = time.monotonic()
         self.config = self._prepare()
+        snap = snapshot.find(self.snapshot_key) if self.snapshot_key else None
+        if snap is not None:
+            self._use_snapshot(self.config, snap)
         self.timings["prepare"] = time.monotonic() - t0
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
@@ -163,10 +186,21 @@ class VM:
     def wait_ready(self) -> VM:
         """Wait for the guest's ready marker and a working SSH login."""
         assert self.config is not None
+        if self.restored is not None:
+            try:
+                self._wait_restored()
+                return self
+            except VMError as exc:  # a stale or broken snapshot: boot cold, once
+                self.log(f"ksm-harness: could not start from the snapshot ({exc}); booting "
+                         "cold and saving a new one")
+                self.restored.remove()
+                self._cold_again()
         crashes = 0
         for attempt in range(5):
             try:
                 self._wait_ready()
+                if self.snapshot_key is not None:
+                    self._save_snapshot(self.snapshot_key)
                 return self
             except VMError as exc:
                 if "host forwarding" in str(exc) and attempt < 4:
@@ -233,6 +267,79 @@ class VM:
                 self.qmp.connect(5)
             except QMPError:
                 self.qmp = None
+
+    def _wait_restored(self) -> None:
+        """Load the saved guest, resume it, make it this run's (keys, clock, sshd), log in."""
+        assert self.config is not None and self.console is not None
+        deadline = time.monotonic() + self.spec.boot_timeout
+        qmp = QMP(self.config.qmp_socket)
+        try:
+            qmp.connect(10)
+            status = qmp.status()
+            while status in ("inmigrate", "prelaunch") and time.monotonic() < deadline:
+                if self.alive():
+                    break
+                time.sleep(0.02)
+                status = qmp.status()
+            if status not in ("paused", "running", "postmigrate"):
+                raise VMError(f"the saved guest did not load (QEMU status {status}; "
+                              f"{self.alive() or 'running'}): {self.console.tail(5)}")
+            if status != "running":
+                qmp.command("cont")
+        except QMPError as exc:
+            raise VMError(f"QMP while loading the saved guest: {exc}") from None
+        self.timings["console_ready"] = time.monotonic() - self.t_spawn
+        authorized, host_private, host_public = self._public
+        r = self.console.run(snapshot.restore_script(authorized, host_private, host_public,
+                                                     time.time()), timeout=30)
+        if not r.ok:
+            raise VMError(f"the restored guest refused its new keys: {r.stdout[-300:]}")
+        self.ssh = SSH(self.port, self._client_key, self._host_key)
+        try:
+            self.ssh.connect(max(5.0, deadline - time.monotonic()), alive=self.alive)
+            self.ssh.run("true", timeout=30, check=True)
+        except (SSHUnavailable, Exception) as exc:
+            raise VMError(f"restored guest, but SSH failed: {exc}") from None
+        self.timings["ssh_ready"] = time.monotonic() - self.t_spawn
+        self.qmp = qmp
+
+    def _cold_again(self) -> None:
+        """Give up the restore: a new QEMU that boots the kernel (same run directory)."""
+        self._kill()
+        self.restored = None
+        self.config = self._prepare()
+        self.config.ssh_port = self.port = _free_port()
+        self.console_log.unlink(missing_ok=True)
+        self._spawn(self.config)
+
+    def _save_snapshot(self, key: str) -> None:
+        """Save the ready guest for later VMs of the same key (pause, migrate to a file,
+        copy the disk and initrd, resume); a failure only costs the speed-up."""
+        if self.qmp is None or self.console is None or self.config is None:
+            return
+        t0 = time.monotonic()
+        with snapshot.locked(key) as snap:
+            if snap is None:
+                return
+            try:
+                self.qmp.command("stop")
+                self.qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(snap.state))}")
+                status = snapshot.wait_migration(self.qmp.command, 120)
+                if status == "completed":
+                    shutil.copyfile(self.dir / "root-overlay.qcow2", snap.disk)
+                    shutil.copyfile(self.config.initrd, snap.initrd)
+                    snap.console.write_text(self.console.text() + "\n")
+                    os.chmod(snap.initrd, 0o600)
+                self.qmp.command("cont")
+            except QMPError as exc:
+                self.log(f"ksm-harness: no snapshot saved: {exc}")
+                return
+            if status != "completed":
+                self.log(f"ksm-harness: no snapshot saved: migration {status}")
+                return
+            size = snap.state.stat().st_size >> 20
+        self.log(f"ksm-harness: saved the ready guest ({size} MiB, {time.monotonic() - t0:.1f}s):"
+                 " later guests of this kernel and topology start from it")
 
     def _respawn(self) -> None:
         """Kill this QEMU and start it again on a fresh SSH port (same files)."""

@@ -57,9 +57,12 @@ class VMPool:
     def boot(self, topology: Topology | None = None, cmdline: tuple[str, ...] = (),
              name: str = "vm") -> VM:
         self.count += 1
+        # only the run's own guest is saved and restored: a one-off topology or command
+        # line boots (saving it would cost more than it saves)
         spec = VMSpec(kernel=self.base.kernel, base_image=self.base.base_image,
                       accel=self.base.accel, topology=topology or self.base.topology,
-                      cmdline=self.base.cmdline + cmdline, boot_timeout=self.base.boot_timeout)
+                      cmdline=self.base.cmdline + cmdline, boot_timeout=self.base.boot_timeout,
+                      snapshots=self.base.snapshots and topology is None and not cmdline)
         vm = VM(spec, self.run_dir / f"{self.count:03d}-{name}")
         self.live.append(vm)
         try:

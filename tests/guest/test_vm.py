@@ -3,11 +3,13 @@ guests side by side."""
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
 
 from harness.assets import initramfs
+from harness.ksm import KSM_DIR
 from harness.machine.topology import Topology, parse_numa
 from harness.machine.vm import VM
 
@@ -129,3 +131,24 @@ def test_disk_roles_ignore_position(vm_factory, monkeypatch: pytest.MonkeyPatch)
     blocks = {b["device"]: b["inserted"] for b in guest.qmp.command("query-block")}
     assert Path(blocks["root"]["file"]).name == "root-overlay.qcow2"
     assert blocks["root"]["image"]["virtual-size"] == disks["root"][1]
+
+
+def test_restored_guest_is_a_fresh_one(vm_factory, vm_spec) -> None:
+    # Two guests of the run's own kernel and topology: the second starts from the snapshot
+    # (the first saved it, or an earlier one did) and keeps nothing of the first: no file it
+    # wrote, no KSM state, no dmesg line, not its SSH keys.
+    if not vm_spec.snapshots:
+        pytest.skip("snapshots are off (--snapshot off)")
+    first = vm_factory()
+    first.run("echo left-behind > /root/marker; echo '<5>ksm-harness: from the first guest' "
+              f"> /dev/kmsg; echo 1 > {KSM_DIR}/run", check=True)
+    first_key = first.ssh.host_key.get_base64()
+    first.close()
+    second = vm_factory()
+    assert second.vm.restored is not None, "the second guest was booted, not restored"
+    assert not second.run("test -e /root/marker").ok
+    assert second.run(f"cat {KSM_DIR}/run", check=True).stdout.strip() == "0"
+    assert "from the first guest" not in second.run("dmesg", check=True).stdout
+    assert second.ssh.host_key.get_base64() != first_key
+    assert abs(float(second.run("date +%s", check=True).stdout) - time.time()) < 30
+    assert "KSM-HARNESS-READY" in second.vm.console_log.read_text()  # the saved boot, on top
