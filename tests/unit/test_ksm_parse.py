@@ -3,6 +3,7 @@ directory (plain files in a temp dir) through the host's /bin/sh, the same dash 
 The host's real /sys/kernel/mm/ksm is never touched."""
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -187,12 +188,14 @@ def k(fake: Path, runner: LocalRunner) -> Ksm:
 
 
 def put(d: Path, **values: int) -> None:
-    # atomically, as sysfs does: a reader never sees a half-written file (a fake ksmd thread
-    # writes while the code under test reads; under load a plain write was seen half done)
+    """Set files of the fake tree the way sysfs shows them: a reader sees the old value or
+    the new one, never an empty file (FakeKsmd writes while the code under test reads)."""
     for name, value in values.items():
-        tmp = d / f".{name}.tmp"
+        path = d / name
+        tmp = path.with_name(f".{name}.new")
         tmp.write_text(f"{value}\n")
-        tmp.rename(d / name)
+        tmp.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
 
 
 def test_detects_what_the_kernel_has(k: Ksm) -> None:
