@@ -53,7 +53,8 @@ def test_missing_debian_package_names_the_apt_line(tmp_path: Path) -> None:
 def test_bad_numa_spec() -> None:
     r = run_harness("boot", "--numa", "lots", "--", "true")
     assert r.returncode == 2
-    _one_clear_line(r.stderr, "ksm-harness: bad size 'lots'")
+    _one_clear_line(r.stderr, "ksm-harness: --numa lots: bad node 'lots'; use a node count")
+    assert "MEM[:CPUS]" in r.stderr
 
 
 def test_kernel_without_ksm_is_refused(tmp_path: Path) -> None:
