@@ -14,6 +14,7 @@ from harness import spec as spec_mod
 from harness.access.remote import CommandTimeout
 from harness.errors import HarnessError
 from harness.machine import reaper
+from harness.version import harness_version
 
 EPILOG = """examples:
   ksm-harness boot -- cat /sys/devices/system/node/online
@@ -114,6 +115,16 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         return bisect.ABORT
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from harness import cells
+    from harness.runs import cells as cell_runs
+    plan = cells.plan(args.kernel or [], args.numa or [], args.modules)
+    argv = [a for k in args.kernel or [] for a in ("--kernel", k)] + \
+        [a for n in args.numa or [] for a in ("--numa", n)]
+    print(cell_runs.plan_output(plan, args.format, argv, args.runner_tag))
+    return 0
+
+
 def cmd_junit_check(args: argparse.Namespace) -> int:
     from harness.results.junit import validate as validate_junit
     bad = 0
@@ -131,19 +142,11 @@ def cmd_junit_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("ksm-harness")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ksm-harness", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Test Linux KSM in real QEMU NUMA guests.")
-    parser.add_argument("--version", action="version", version=f"ksm-harness {_version()}")
+    parser.add_argument("--version", action="version", version=f"ksm-harness {harness_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status")
@@ -186,6 +189,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--good", required=True, metavar="REV")
     p.add_argument("--bad", required=True, metavar="REV")
 
+    p = sub.add_parser("plan", help="list the cells (kernel x topology) of a run with their "
+                       "ids, or a CI job matrix of them")
+    p.add_argument("--kernel", action="append", metavar="KERNEL",
+                   help=options.BY_FLAG["--kernel"].help + "; repeat for more columns")
+    p.add_argument("--numa", action="append", metavar="SPEC",
+                   help=options.BY_FLAG["--numa"].help + "; repeat for more columns")
+    p.add_argument("--modules", metavar="DIR", help=options.BY_FLAG["--modules"].help)
+    p.add_argument("--format", choices=("text", "json", "github", "gitlab"), default="text",
+                   help="text (default), json, github (a strategy.matrix 'include' list), "
+                        "gitlab (a child pipeline: a job per cell, then merge)")
+    p.add_argument("--runner-tag", metavar="TAG", help="gitlab: the runners' tag (e.g. kvm)")
+
+    p = sub.add_parser("merge", help="combine cells' and shards' results (from `run --cell` "
+                       "/ `run --shard`) into the matrix table, matrix.json, JUnit and HTML")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="directories holding results.json files (searched recursively), or "
+                        "results files")
+    p.add_argument("--baseline", metavar="FILE",
+                   help="a results.json or matrix.json: only new failures fail the merge")
+    p.add_argument("--out", default="results/matrix", metavar="DIR",
+                   help="where matrix.json, matrix-junit.xml, matrix.html go (default "
+                        "results/matrix)")
+
     p = sub.add_parser("junit-check", help="validate JUnit XML against Jenkins' junit-10.xsd")
     p.add_argument("files", nargs="+", metavar="XML")
 
@@ -209,10 +235,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_triage(args)
         if args.cmd == "run":
             from harness.pytest_plugin import session
-            from harness.runs import matrix
-            if matrix.wanted(args.rest):
-                return matrix.main(args.rest)
+            from harness.runs import cells as cell_runs
+            if cell_runs.wanted(args.rest):
+                return cell_runs.run(args.rest)
             return session.run(args.rest, ["tests/ksm"])
+        if args.cmd == "plan":
+            return cmd_plan(args)
+        if args.cmd == "merge":
+            from harness.runs import cells as cell_runs
+            return cell_runs.merge([Path(d) for d in args.dirs], args.baseline, Path(args.out))
         if args.cmd == "build":
             from harness.runs import build
             return build.main(args.tree, args.jobs, args.defconfig, args.slim)
