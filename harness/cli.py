@@ -125,6 +125,47 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.results import kcidb
+    from harness.results.model import load_results
+    from harness.runs import cells as cell_runs
+    files = []
+    for f in cell_runs.result_files([Path(p) for p in args.results or ["results"]]):
+        try:
+            doc, results = load_results(f)
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"export: {exc}") from None
+        files.append((doc, results, f.parent))
+    if not files:
+        raise HarnessError(f"export: no results.json under {' '.join(args.results or ['results'])}")
+    try:
+        data = kcidb.export(files, args.origin, args.artifacts_url,
+                            Path(args.artifacts_root) if args.artifacts_root else None)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
+    try:
+        import kcidb_io  # the dev extra; KCIDB's own schema when it is installed
+    except ImportError:
+        pass
+    else:
+        try:
+            kcidb_io.schema.V5_0.validate_exactly(data)
+        except Exception as exc:  # noqa: BLE001 -- jsonschema's ValidationError
+            raise HarnessError(f"export kcidb: invalid against KCIDB's schema: "
+                               f"{str(exc).splitlines()[0]}") from None
+    text = json.dumps(data, indent=1) + "\n"
+    if args.output and args.output != "-":
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"ksm-harness: {len(data['tests'])} tests, {len(data['builds'])} build(s) in "
+              f"{args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_junit_check(args: argparse.Namespace) -> int:
     from harness.results.junit import validate as validate_junit
     bad = 0
@@ -212,6 +253,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="where matrix.json, matrix-junit.xml, matrix.html go (default "
                         "results/matrix)")
 
+    p = sub.add_parser("export", help="export results in another system's format")
+    esub = p.add_subparsers(dest="format", required=True)
+    e = esub.add_parser("kcidb", help="KCIDB I/O data (schema v5) for kcidb-submit")
+    e.add_argument("--origin", required=True, metavar="NAME",
+                   help="your CI system's KCIDB origin (lower-case letters, digits, _)")
+    e.add_argument("results", nargs="*", metavar="RESULTS",
+                   help="results.json files or directories holding them (default results/)")
+    e.add_argument("-o", "--output", metavar="FILE", help="write here (default stdout)")
+    e.add_argument("--artifacts-url", metavar="URL",
+                   help="where the results directory is published (e.g. the CI job's "
+                        "artifacts URL): output files get URLs under it instead of file://")
+    e.add_argument("--artifacts-root", metavar="DIR",
+                   help="the local directory --artifacts-url corresponds to (default: the "
+                        "current directory)")
+
     p = sub.add_parser("junit-check", help="validate JUnit XML against Jenkins' junit-10.xsd")
     p.add_argument("files", nargs="+", metavar="XML")
 
@@ -249,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return build.main(args.tree, args.jobs, args.defconfig, args.slim)
         if args.cmd in ("bisect-step", "bisect"):
             return cmd_bisect(args)
+        if args.cmd == "export":
+            return cmd_export(args)
         if args.cmd == "junit-check":
             return cmd_junit_check(args)
         if args.cmd == "selftest":
