@@ -73,7 +73,9 @@ class Cell:
         return f"{self.kernel or 'debian'} on numa {self.numa or DEFAULT_NUMA}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kernel": self.kernel, "numa": self.numa}
+        # the topology always spelled out: a run without --numa and one with --numa 2
+        # describe their cell alike
+        return {"id": self.id, "kernel": self.kernel, "numa": self.numa or DEFAULT_NUMA}
 
 
 def validate(kernels: Iterable[str | None], numas: Iterable[str | None],

@@ -7,7 +7,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 from harness import options, paths
 from harness import spec as spec_mod
@@ -24,37 +26,75 @@ EPILOG = """examples:
 """
 
 
+GUEST_FAILED = 255  # like ssh: the guest (not the command) failed
+
+
+def _guest_failed(vm, why: str) -> int:
+    """The guest panicked, died or never came up: the kernel report's title (else why) on
+    stderr, the console log kept, status 255."""
+    from harness import health
+    from harness.console.classify import classify_text
+    from harness.console.findings import rank
+    vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
+    try:
+        text = vm.console_log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    reports = rank(health.report_finding(r) for r in classify_text(text))
+    title = reports[0].title if reports else why.splitlines()[0]
+    print(f"ksm-harness: guest failed: {title}", file=sys.stderr)
+    print(f"ksm-harness: console log kept: {vm.console_log}", file=sys.stderr, flush=True)
+    return GUEST_FAILED
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
-    from harness.machine.vm import VM
+    from harness.errors import VMError
+    from harness.machine.vm import VM, remove_run_dir
     spec = spec_mod.build(spec_mod.Options.of(args))
+    if args.dry_run:
+        # outside the runs directory: the reaper frees run directories of dead processes
+        keep = paths.cache_dir() / "dry-run" / time.strftime("boot-%Y%m%d-%H%M%S")
+        keep.mkdir(parents=True, exist_ok=True)
+        print(shlex.join(VM(spec, keep).dry_run()))
+        print(f"ksm-harness: the command's files (overlay, initrd) are in {keep}: remove that "
+              "directory when done", file=sys.stderr)
+        return 0
     run_dir = paths.new_run_dir("boot")
     vm = VM(spec, run_dir)
-    if args.dry_run:
-        print(shlex.join(vm.dry_run()))
-        vm.stop()
-        return 0
     print(f"ksm-harness: booting (console log: {vm.console_log})", file=sys.stderr, flush=True)
+    keep_dir = args.keep
     try:
-        vm.start()
+        try:
+            vm.start()
+        except VMError as exc:
+            keep_dir = True
+            return _guest_failed(vm, str(exc))
         t = vm.timings
         print(f"ksm-harness: guest ready in {t['ssh_ready']:.1f}s "
               f"(console {t['console_ready']:.1f}s)", file=sys.stderr, flush=True)
-        if args.command:
-            cmd = shlex.join(args.command) if len(args.command) > 1 else args.command[0]
-            try:
-                r = vm.run(cmd, timeout=args.timeout)
-            except CommandTimeout as exc:
-                print(f"ksm-harness: {exc}; console tail:\n{vm.console.tail(20) if vm.console else ''}",
-                      file=sys.stderr)
-                return 124
-            sys.stdout.write(r.stdout)
-            sys.stderr.write(r.stderr)
-            return r.status
-        return _interactive(vm, run_dir)
+        if not args.command:
+            return _interactive(vm, run_dir)
+        cmd = shlex.join(args.command) if len(args.command) > 1 else args.command[0]
+        try:
+            r = vm.run(cmd, timeout=args.timeout)
+        except CommandTimeout as exc:
+            keep_dir = True
+            if vm.alive() is not None:
+                return _guest_failed(vm, str(exc))
+            print(f"ksm-harness: {exc}; console log kept: {vm.console_log}", file=sys.stderr)
+            return 124
+        except Exception as exc:  # noqa: BLE001 -- the connection died with the guest
+            keep_dir = True
+            return _guest_failed(vm, f"{type(exc).__name__}: {exc}")
+        if vm.alive() is not None or r.status < 0:  # the guest died under the command
+            keep_dir = True
+            return _guest_failed(vm, vm.alive() or "guest died")
+        sys.stdout.write(r.stdout)
+        sys.stderr.write(r.stderr)
+        return r.status
     finally:
         vm.stop()
-        if not args.keep:
-            from harness.machine.vm import remove_run_dir
+        if not keep_dir:
             remove_run_dir(run_dir)
 
 
@@ -86,8 +126,9 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 def _add_bisect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", required=True, metavar="PATH", help="kernel git tree")
-    p.add_argument("-k", dest="scenario", required=True, metavar="SCENARIO",
-                   help="pytest -k expression selecting the scenario in tests/ksm")
+    p.add_argument("-k", "--scenario", dest="scenario", required=True, metavar="EXPR",
+                   help="pytest -k expression selecting the scenario in tests/ksm (the same "
+                        "-k as run's), e.g. -k test_lone_page_beyond_the_cap_stays_unshared")
     p.add_argument("--runs", type=int, default=1, metavar="N",
                    help="run the scenario N times per commit (bad if any run matches)")
     p.add_argument("--report-dir", default="results", metavar="DIR",
@@ -183,17 +224,31 @@ def cmd_junit_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line that names the verb and where its syntax is, not argparse's usage
+    block and exit status."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.removeprefix("ksm-harness").strip()
+        raise HarnessError(f"{verb + ': ' if verb else ''}{message} (see {self.prog} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ksm-harness", epilog=EPILOG,
+    parser = _Parser(prog="ksm-harness", epilog=EPILOG, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Test Linux KSM in real QEMU NUMA guests.")
     parser.add_argument("--version", action="version", version=f"ksm-harness {harness_version()}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="VERB")
 
-    p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status")
+    p = sub.add_parser("boot", help="boot a guest, run CMD (or a shell), exit with its status "
+                       "(255: the guest panicked or died; the kernel report's title on stderr)",
+                       allow_abbrev=False)
     options.add_to_argparse(p)
-    p.add_argument("--dry-run", action="store_true", help="print the QEMU command line and exit")
-    p.add_argument("--keep", action="store_true", help="keep the run directory (console log)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print a QEMU command line that runs the guest (its files are kept, and "
+                        "where is said) and exit")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run directory (console log); a failed boot keeps it anyway")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD (default 600)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
@@ -279,7 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         # their options belong to triage / pytest: pass them through untouched
         args = argparse.Namespace(cmd=argv[0], rest=argv[1:])
     else:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except HarnessError as exc:
+            msg = str(exc)
+            if argv and argv[0] in sub.choices and msg.startswith("unrecognized arguments"):
+                msg = msg.replace("(see ksm-harness --help)",
+                                  f"(see ksm-harness {argv[0]} --help)")
+                msg = f"{argv[0]}: {msg}"
+            print(f"ksm-harness: {msg}", file=sys.stderr)
+            return exc.exit_code
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:
@@ -292,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             from harness.pytest_plugin import session
             from harness.runs import cells as cell_runs
+            from harness.runs import runargs
+            if runargs.check(args.rest) is None:
+                return 0  # help printed
             if cell_runs.wanted(args.rest):
                 return cell_runs.run(args.rest)
             return session.run(args.rest, ["tests/ksm"])
