@@ -193,3 +193,19 @@ def test_merge_reads_results_files_from_before_cells() -> None:
     columns, problems = cell_runs.columns_of([data / "good.json"])
     assert [c.cell for c in columns] == [cells.cell_id("/src/linux", "2")]
     assert problems == []
+
+
+def test_plan_formats(tmp_path: Path, kernels: list[str]) -> None:
+    plan = cells.plan(kernels, ["2", "512M:1,1536M:1"])
+    argv = ["--kernel", kernels[0], "--kernel", kernels[1], "--numa", "2",
+            "--numa", "512M:1,1536M:1"]
+    gh = json.loads(cell_runs.plan_output(plan, "github", argv, None))
+    assert [i["cell"] for i in gh["include"]] == [c.id for c in plan]
+    assert [c["id"] for c in json.loads(cell_runs.plan_output(plan, "json", argv, None))] \
+        == [c.id for c in plan]
+    lab = cell_runs.plan_output(plan, "gitlab", argv, "kvm")
+    for c in plan:
+        assert f"cell-{c.id}:" in lab and f'KSM_CELL: "{c.id}"' in lab
+    assert 'tags: ["kvm"]' in lab and "./ksm-harness merge results/cells" in lab
+    text = cell_runs.plan_output(plan, "text", argv, None).splitlines()
+    assert text[0].split() == ["cell", "kernel", "numa"] and len(text) == 5
