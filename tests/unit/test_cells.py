@@ -209,3 +209,27 @@ def test_plan_formats(tmp_path: Path, kernels: list[str]) -> None:
     assert 'tags: ["kvm"]' in lab and "./ksm-harness merge results/cells" in lab
     text = cell_runs.plan_output(plan, "text", argv, None).splitlines()
     assert text[0].split() == ["cell", "kernel", "numa"] and len(text) == 5
+
+
+def test_kernel_facts_of_a_build_tree(tmp_path: Path) -> None:
+    """A tree's git commit and its compiler (CONFIG_CC_VERSION_TEXT) reach the results."""
+    import subprocess
+
+    from harness.assets import kernel
+    tree = tmp_path / "linux"
+    (tree / "arch/x86/boot").mkdir(parents=True)
+    fake_bzimage(tree / "arch/x86/boot/bzImage", "6.1.0-tree")
+    (tree / "Makefile").write_text("VERSION = 6\n")
+    (tree / ".config").write_text('CONFIG_KSM=y\nCONFIG_CC_VERSION_TEXT="gcc (GCC) 14.2.0"\n')
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    for given in (tree, tree / "arch/x86/boot/bzImage"):
+        k = kernel.load(given)
+        assert (k.release, k.commit, k.compiler) == ("6.1.0-tree", head, "gcc (GCC) 14.2.0")
+    assert kernel.banner_compiler(
+        "Linux version 6.1.0 (u@h) (gcc-12 (Debian 12.2.0-14) 12.2.0, GNU ld 2.40) #1 SMP") \
+        == "gcc-12 (Debian 12.2.0-14) 12.2.0"
