@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,6 +374,7 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
     boot = root / "boot"
     if not (root / ".complete").exists():
         log(f"ksm-harness: fetching kernel package {target} with apt-get download")
+        t0 = time.monotonic()
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
@@ -386,6 +388,8 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
         for mods in (root / "lib/modules").iterdir():
             subprocess.run(["depmod", "-b", str(root), mods.name], check=True)
         (root / ".complete").write_text(target + "\n")
+        log(f"ksm-harness: kernel package {target} fetched and unpacked in "
+            f"{time.monotonic() - t0:.0f}s")
     images = sorted(boot.glob("vmlinuz-*"))
     if not images:
         raise KernelError(f"{root}: package {target} holds no /boot/vmlinuz-*")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import cells, options
+from harness import cells, options, progress
 from harness.errors import HarnessError
 from harness.machine.topology import canonical_numa
 from harness.pytest_plugin import session
@@ -58,7 +58,7 @@ def option_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def progress(msg: str) -> None:
+def note(msg: str) -> None:
     print(f"ksm-harness: {msg}", file=sys.stderr, flush=True)
 
 
@@ -111,21 +111,25 @@ def run(argv: list[str], root: Path = Path("results"),
     baseline = matrix.load_baseline(Path(found["baseline"][-1])) if found["baseline"] else None
     plan_file = cells.write_plan(root / "cells" / "plan.json", plan)
     dirs = []
+    t0 = time.monotonic()
     for pos, cell in enumerate(chosen):
         cell_dir = root / "cells" / cell.id
         _clean(cell_dir, shard)
         out = cell_dir / shard.dirname if shard else cell_dir
-        progress(f"cell {pos + 1}/{len(chosen)}: {cell.describe()} [{cell.id}]"
-                 + (f", shard {shard}" if shard else "") + f" -> {out}")
+        took = time.monotonic() - t0
+        eta = (f", {pos} done in {progress.duration(took)}, about "
+               f"{progress.duration(took / pos * (len(chosen) - pos))} left" if pos else "")
+        progress.say(f"cell {pos + 1}/{len(chosen)}: {cell.describe()} [{cell.id}]"
+                     + (f", shard {shard}" if shard else "") + f"{eta} -> {out}")
         run_cell(cell, rest, out, plan_file, shard, (pos, len(chosen)))
         dirs.append(out)
     if found["cell"] or shard:
         # a part of the run: its own table and status; `merge` makes the matrix
         columns, problems = columns_of(result_files(dirs), whole_plan=False)
         for p in problems:
-            progress(p)
+            note(p)
         status = matrix.report(columns, baseline, None)
-        progress("a part of the run: combine the parts with `ksm-harness merge "
+        note("a part of the run: combine the parts with `ksm-harness merge "
                  f"{root / 'cells'} ...`")
         return status or (2 if problems else 0)
     return merge(dirs, found["baseline"][-1] if found["baseline"] else None, root / "matrix")

@@ -233,3 +233,16 @@ def test_kernel_facts_of_a_build_tree(tmp_path: Path) -> None:
     assert kernel.banner_compiler(
         "Linux version 6.1.0 (u@h) (gcc-12 (Debian 12.2.0-14) 12.2.0, GNU ld 2.40) #1 SMP") \
         == "gcc-12 (Debian 12.2.0-14) 12.2.0"
+
+
+def test_cell_progress_lines_only_when_asked_or_on_a_terminal(
+        tmp_path: Path, kernels: list[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KSM_HARNESS_PROGRESS", "0")
+    cell_runs.run(_argv(kernels), root=tmp_path / "quiet", env={})
+    assert "cell 1/4" not in capsys.readouterr().err  # a CI log: no progress lines
+    monkeypatch.setenv("KSM_HARNESS_PROGRESS", "1")
+    cell_runs.run(_argv(kernels), root=tmp_path / "loud", env={})
+    err = capsys.readouterr().err
+    assert "cell 1/4: " in err and "cell 4/4: " in err and "3 done in " in err
+    assert " left -> " in err
