@@ -67,6 +67,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         try:
             vm.start()
         except VMError as exc:
+            if vm.child is None:  # QEMU never started (e.g. the kernel lacks virtio): exit 2
+                raise
             keep_dir = True
             return _guest_failed(vm, str(exc))
         t = vm.timings
