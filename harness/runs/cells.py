@@ -58,6 +58,18 @@ def option_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
+def _without(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def note(msg: str) -> None:
     print(f"ksm-harness: {msg}", file=sys.stderr, flush=True)
 
@@ -105,6 +117,9 @@ def run_cell(cell: cells.Cell, rest: list[str], out: Path, plan_file: Path,
 def run(argv: list[str], root: Path = Path("results"),
         env: Mapping[str, str] = os.environ) -> int:
     found, rest = split_args(argv)
+    given = option_value(rest, "--report-dir")
+    if given:  # the run's root: cells/ and matrix/ go under it
+        root, rest = Path(given), _without(rest, "--report-dir")
     plan = cells.plan(found["kernel"], found["numa"], option_value(rest, "--modules"))
     chosen = cells.select(plan, found["cell"]) if found["cell"] else plan
     shard = cells.parse_shard(found["shard"][-1]) if found["shard"] else cells.shard_from_env(env)

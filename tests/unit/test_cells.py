@@ -246,3 +246,11 @@ def test_cell_progress_lines_only_when_asked_or_on_a_terminal(
     err = capsys.readouterr().err
     assert "cell 1/4: " in err and "cell 4/4: " in err and "3 done in " in err
     assert " left -> " in err
+
+
+def test_report_dir_is_the_root_of_a_cell_run(tmp_path: Path, kernels: list[str]) -> None:
+    cell_runs.run(_argv(kernels) + ["--report-dir", str(tmp_path / "nightly")],
+                  root=tmp_path / "unused", env={})
+    assert (tmp_path / "nightly" / "matrix" / "matrix.json").is_file()
+    assert len(list((tmp_path / "nightly" / "cells").glob("*/results.json"))) == 4
+    assert not (tmp_path / "unused").exists()
