@@ -169,10 +169,13 @@ def matrix_html(columns: list[Column], new: set[tuple[str, str]], out: Path) -> 
     colour = {"pass": "#2e7d32", "FAIL": "#c62828", "ERROR": "#ad1457", "XPASS": "#c62828"}
 
     def link(c: Column, text: str) -> str:
-        page = next((d / "summary.html" for d in c.dirs if (d / "summary.html").exists()), None)
-        if page is None:
+        """The column's summary page; a sharded column's other parts as [2], [3], ..."""
+        pages = [d / "summary.html" for d in c.dirs if (d / "summary.html").exists()]
+        hrefs = [html.escape(os.path.relpath(page, out)) for page in pages]
+        if not hrefs:
             return text
-        return f'<a href="{html.escape(os.path.relpath(page, out))}">{text}</a>'
+        return f'<a href="{hrefs[0]}">{text}</a>' + "".join(
+            f' <a href="{h}">[{i}]</a>' for i, h in enumerate(hrefs[1:], 2))
 
     head = "".join(f"<th>{link(c, html.escape(c.label))}<br><small>{html.escape(c.cell or '')}"
                    f"</small></th>" for c in columns)
