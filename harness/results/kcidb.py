@@ -139,6 +139,8 @@ class Exporter:
 
     def add(self, doc: dict[str, Any], results: list[Result], report_dir: Path) -> None:
         """One results file (its metadata and records) and the report directory beside it."""
+        if not results:  # e.g. a shard that selected none of this cell's tests
+            return
         build = self._build(doc, results)
         cell = (doc.get("cell") or {}).get("id") or "default"
         created = doc.get("created") or ""

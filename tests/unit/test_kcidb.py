@@ -78,8 +78,8 @@ def test_status_follows_the_schema() -> None:
 
 
 def test_export_respects_the_schema_rules(tmp_path: Path) -> None:
-    data = kcidb.export(files("good", "bad_warning", "boot_failed", "lost_vm", "skipped"),
-                        "ksm_ci")
+    data = kcidb.export(files("good", "bad_warning", "boot_failed", "lost_vm", "skipped",
+                              "empty"), "ksm_ci")
     check_rules(data)
     assert len(data["builds"]) == 1 and len(data["checkouts"]) == 1
     bad = next(t for t in data["tests"] if t["status"] == "FAIL")
