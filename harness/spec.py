@@ -50,6 +50,7 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
     topo = Topology(nodes=parse_numa(opts.numa))
     if opts.swap_disk:
         topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
+    kernel_mod.check_spec(opts.kernel, opts.modules)  # names --kernel, before any download
     kern = kernel_mod.choose(opts.kernel, opts.modules, log)
     if opts.image:
         base = Path(opts.image).expanduser()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import deps
+from harness import deps, progress
 from harness.errors import ImageError
 from harness.paths import REPO, cache_dir
 
@@ -75,7 +75,7 @@ def _stream(cmd: list[str], log: Log, prefix: str) -> None:
     for line in proc.stdout:
         line = line.rstrip()
         tail = (tail + [line])[-8:]
-        if line.startswith(("I:", "E:", "W:")):
+        if line.startswith(("E:", "W:")) or (line.startswith("I:") and progress.enabled()):
             log(f"{prefix} {line}")
     if proc.wait() != 0:
         raise ImageError(f"{cmd[0]} failed (exit {proc.returncode}): " + " | ".join(tail[-3:]))

@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from harness.paths import cache_dir
 
 DEFAULT_PACKAGE = "linux-image-amd64"
 ELF_MAGIC = b"\x7fELF"
+BANNER = re.compile(rb"Linux version \S+ \([^\n\0]{0,400}")
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point note
 
 
@@ -36,6 +38,9 @@ class Kernel:
     config: dict[str, str] = field(default_factory=dict)  # CONFIG_X -> value; empty if unknown
     modules_dir: Path | None = None  # .../lib/modules/<release>
     origin: str = "user"
+    tree: Path | None = None   # the build tree the image came from, when there is one
+    _banner: str | None = field(default=None, repr=False, compare=False)
+    _commit: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def pvh(self) -> bool:
@@ -57,6 +62,36 @@ class Kernel:
         text = "\n".join(f"{k}={v}" for k, v in sorted(self.config.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:12] if text else "unknown"
 
+    @property
+    def banner(self) -> str:
+        """The /proc/version banner (``Linux version ... (gcc ...) #1 SMP ...``) from the
+        uncompressed image, '' when it cannot be read."""
+        if self._banner is None:
+            try:
+                m = BANNER.search(self.boot_image.read_bytes())
+            except OSError:
+                m = None
+            self._banner = m.group(0).decode("utf-8", "replace").strip() if m else ""
+        return self._banner
+
+    @property
+    def compiler(self) -> str:
+        """CONFIG_CC_VERSION_TEXT (5.8+), else the compiler named in the banner."""
+        if self.config.get("CONFIG_CC_VERSION_TEXT"):
+            return self.config["CONFIG_CC_VERSION_TEXT"]
+        return banner_compiler(self.banner)
+
+    @property
+    def commit(self) -> str:
+        """The build tree's ``git rev-parse HEAD`` (what was built, if the tree is clean)."""
+        if self._commit is None:
+            self._commit = ""
+            if self.tree is not None and (self.tree / ".git").exists():
+                r = subprocess.run(["git", "-C", str(self.tree), "rev-parse", "HEAD"],
+                                   capture_output=True, text=True)
+                self._commit = r.stdout.strip() if r.returncode == 0 else ""
+        return self._commit
+
     def describe(self) -> str:
         kind = "vmlinux (PVH)" if self.pvh else "bzImage"
         return f"{self.release} [{self.origin}, {kind}]"
@@ -74,6 +109,19 @@ def bzimage_release(data: bytes) -> str | None:
     start = ptr + 0x200
     text = data[start:start + 256].split(b"\0", 1)[0].decode("ascii", "replace")
     return text.split()[0] if text else None
+
+
+def banner_compiler(banner: str) -> str:
+    """``gcc-12 (Debian 12.2.0-14) 12.2.0`` from ``Linux version R (who@where) (gcc-12
+    (Debian 12.2.0-14) 12.2.0, GNU ld ...) #1 ...``; '' when the banner has none."""
+    m = re.match(r"Linux version \S+ \([^()]*\) \(", banner)
+    if not m:
+        return ""
+    depth, i = 1, m.end()
+    while i < len(banner) and depth:
+        depth += {"(": 1, ")": -1}.get(banner[i], 0)
+        i += 1
+    return re.split(r", (?:GNU ld|LLD|ld)\b", banner[m.end():i - 1])[0].strip()
 
 
 def elf_release(data: bytes) -> str | None:
@@ -182,8 +230,13 @@ def load(path: Path | str, modules: Path | str | None = None) -> Kernel:
         raise KernelError(f"{path} is not a Linux kernel (no bzImage header, not an ELF vmlinux)")
     config = _find_config(path, tree, ikdata)
     mods = _find_modules(modules, release)
+    if tree is None and path.name == "bzImage" and len(path.parents) > 3 \
+            and (path.parents[3] / "Makefile").is_file():
+        tree = path.parents[3]  # arch/x86/boot/bzImage
+    elif tree is None and path.name == "vmlinux" and (path.parent / "Makefile").is_file():
+        tree = path.parent
     kernel = Kernel(path=path, boot_image=boot, release=release, config=config,
-                    modules_dir=mods, origin="user")
+                    modules_dir=mods, origin="user", tree=tree)
     check_required(kernel)
     return kernel
 
@@ -258,6 +311,48 @@ def _apt_target(package: str) -> str:
                       "(or pass --kernel PATH)")
 
 
+DEBIAN_PACKAGE = re.compile(r"linux-image-[a-z0-9][a-z0-9.+~-]*")
+KERNEL_SYNTAX = ("a bzImage, a vmlinux, a kernel build tree, or debian[:PACKAGE] "
+                 "(e.g. debian:linux-image-6.12-amd64)")
+
+
+def check_spec(spec: str | None, modules: str | None = None) -> None:
+    """A cheap look at --kernel before anything runs: the path exists and starts like a
+    kernel, a Debian package name looks like one. Nothing is downloaded or extracted, so a
+    matrix can check every column before its first cell."""
+    if spec is None or spec == "debian":
+        return
+    if spec.startswith("debian:") and not Path(spec).exists():
+        package = spec.partition(":")[2]
+        if not DEBIAN_PACKAGE.fullmatch(package):
+            raise KernelError(f"--kernel {spec}: {package!r} is not a Debian kernel image "
+                              f"package name (linux-image-...); use {KERNEL_SYNTAX}")
+        if modules:
+            raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "
+                              "brings its own modules)")
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise KernelError(f"--kernel {spec}: no such file or directory; use {KERNEL_SYNTAX}")
+    if path.is_dir():
+        if not any((path / c).is_file() for c in ("vmlinux", "arch/x86/boot/bzImage")):
+            raise KernelError(f"--kernel {spec}: the tree holds no vmlinux or "
+                              "arch/x86/boot/bzImage: build it first")
+    else:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(0x10000)  # the setup sectors hold the version string
+                is_elf = head[:4] == ELF_MAGIC
+                data = head + fh.read() if is_elf else head
+        except OSError as exc:
+            raise KernelError(f"--kernel {spec}: {exc.strerror}") from None
+        if bzimage_release(head) is None and not (is_elf and elf_release(data)):
+            raise KernelError(f"--kernel {spec}: not a Linux kernel (no bzImage header, not "
+                              f"an ELF vmlinux); use {KERNEL_SYNTAX}")
+    if modules is not None and not Path(modules).expanduser().is_dir():
+        raise KernelError(f"--modules {modules}: no such directory")
+
+
 def choose(spec: str | None, modules: str | None = None,
            log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """--kernel: a path (bzImage, vmlinux, build tree); ``debian`` or ``debian:PACKAGE``
@@ -279,6 +374,7 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
     boot = root / "boot"
     if not (root / ".complete").exists():
         log(f"ksm-harness: fetching kernel package {target} with apt-get download")
+        t0 = time.monotonic()
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
@@ -292,6 +388,8 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
         for mods in (root / "lib/modules").iterdir():
             subprocess.run(["depmod", "-b", str(root), mods.name], check=True)
         (root / ".complete").write_text(target + "\n")
+        log(f"ksm-harness: kernel package {target} fetched and unpacked in "
+            f"{time.monotonic() - t0:.0f}s")
     images = sorted(boot.glob("vmlinuz-*"))
     if not images:
         raise KernelError(f"{root}: package {target} holds no /boot/vmlinuz-*")

@@ -70,9 +70,13 @@ def parse_size_mb(text: str) -> int:
     return n * 1024 if m.group(2).lower() == "g" else n
 
 
+NUMA_SYNTAX = ("a node count (2: two nodes of 1 GiB and 1 CPU each), or MEM[:CPUS] per node, "
+               "comma separated (512M:1,1536M:1)")
+
+
 def parse_numa(spec: str) -> tuple[Node, ...]:
     """``2`` (two default nodes), or per node ``MEM[:CPUS]`` separated by commas:
-    ``1G,1G``, ``512M:1,1536M:2``."""
+    ``1G,1G``, ``512M:1,1536M:2``. Errors name ``--numa`` and its syntax."""
     spec = spec.strip()
     if re.fullmatch(r"\d+", spec):
         count = int(spec)
@@ -82,11 +86,18 @@ def parse_numa(spec: str) -> tuple[Node, ...]:
     nodes = []
     for part in spec.split(","):
         mem, _, cpus = part.partition(":")
+        if not re.fullmatch(r"\d+[MmGg]?", mem.strip()):
+            raise HarnessError(f"--numa {spec}: bad node {part!r}; use {NUMA_SYNTAX}")
         if cpus and not cpus.isdigit():
-            raise HarnessError(f"--numa {spec}: bad CPU count {cpus!r}")
+            raise HarnessError(f"--numa {spec}: bad CPU count {cpus!r}; use {NUMA_SYNTAX}")
         nodes.append(Node(mem_mb=parse_size_mb(mem), cpus=int(cpus) if cpus else 1))
     if any(n.cpus < 1 for n in nodes):
         raise HarnessError(f"--numa {spec}: every node needs at least one CPU")
+    if any(n.mem_mb < 1 for n in nodes):
+        raise HarnessError(f"--numa {spec}: every node needs memory")
     return tuple(nodes)
 
 
+def canonical_numa(spec: str) -> str:
+    """The topology in one spelling (``2`` and ``1G,1G`` are the same machine)."""
+    return ",".join(f"{n.mem_mb}M:{n.cpus}" for n in parse_numa(spec))

@@ -19,6 +19,7 @@ from harness import options
 pytest_plugins = [
     "harness.pytest_plugin.fixtures",
     "harness.pytest_plugin.watch",
+    "harness.pytest_plugin.sharding",  # before reporting, which imports it
     "harness.pytest_plugin.reporting",
 ]
 
@@ -47,6 +48,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     r.addoption("--report-dir", metavar="DIR", default=None,
                 help="reproducers, console logs and summary.html of a run with guest tests "
                      "(default: results/)")
+    c = parser.getgroup("ksm-harness-cells", "ksm-harness cells and shards")
+    c.addoption("--shard", metavar="I/N", default=None,
+                help="run the I-th of N contiguous slices of the selected tests (1-based)")
+    c.addoption("--cell-position", metavar="c/C", default="0/1",
+                help="this cell's place among the C cells a sharded run splits (0-based; "
+                     "set by `ksm-harness run`)")
+    c.addoption("--cell-plan", metavar="FILE", default=None,
+                help="the run's cells (JSON, written by `ksm-harness run`), recorded in the "
+                     "results so `ksm-harness merge` sees a missing cell")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -16,16 +17,20 @@ from typing import Any
 import pluggy
 import pytest
 
-from harness import options, paths
+from harness import cells, options, paths
 from harness.console.findings import Category, Finding
+from harness.errors import HarnessError
 from harness.guest import Guest
+from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY
 from harness.results import html, junit, ktap, reproducer
 from harness.results.model import Outcome, Result, results_document
+from harness.version import harness_version
 
 RESULTS = pytest.StashKey[dict[str, Result]]()
 STARTED = pytest.StashKey[float]()
 PYTEST_JUNIT = pytest.StashKey[tuple[Any, str]]()
+KERNEL = pytest.StashKey[dict[str, str]]()  # the first guest's kernel, for the run's metadata
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -61,6 +66,8 @@ def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
             props += [("kernel", str(k.path)), ("kernel_release", k.release),
                       ("kernel_config_hash", k.config_hash), ("accelerator", vm.spec.accel.name),
                       ("topology", vm.spec.topology.describe())]
+            props += [(f"kernel_{key}", value) for key, value in kernel_facts(k).items()
+                      if key in ("commit", "compiler") and value]
         props += [(f"console_log{suffix}", str(vm.console_log)),
                   (f"qemu_cmdline{suffix}", str(vm.dir / "qemu-cmdline.txt"))]
         if guest.boot_seconds is not None:  # this test waited for (or replaced) the boot
@@ -69,11 +76,23 @@ def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
     return props
 
 
+def kernel_facts(k: Any) -> dict[str, str]:
+    """What a dashboard needs to know about the kernel a guest ran (harness.assets.kernel)."""
+    return {"release": k.release, "origin": getattr(k, "origin", ""), "path": str(k.path),
+            "banner": getattr(k, "banner", ""), "compiler": getattr(k, "compiler", ""),
+            "commit": getattr(k, "commit", ""), "config_hash": k.config_hash}
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
     yield
     have = {name for name, _ in item.user_properties}
     item.user_properties.extend(p for p in guest_properties(item) if p[0] not in have)
+    if KERNEL not in item.config.stash:
+        guest = next((v for v in getattr(item, "funcargs", {}).values()
+                      if isinstance(v, Guest)), None)
+        if guest is not None:
+            item.config.stash[KERNEL] = kernel_facts(guest.vm.spec.kernel)
 
 
 def merge(result: Result, rep: pytest.TestReport) -> None:
@@ -138,6 +157,20 @@ def run_options(config: pytest.Config) -> dict[str, Any]:
     return out
 
 
+def cell_meta(config: pytest.Config) -> dict[str, Any]:
+    """Which cell (kernel x topology) and shard this run is, for `ksm-harness merge`."""
+    opts = options.values(config.option)
+    shard = config.getoption("shard", None)
+    plan_file = config.getoption("cell_plan", None)
+    try:
+        plan = cells.read_plan(Path(plan_file)) if plan_file else None
+        return cells.meta(cells.Cell(opts["kernel"], opts["numa"]), plan,
+                          cells.parse_shard(shard) if shard else None,
+                          config.stash.get(SELECTED, None))
+    except (HarnessError, OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -155,7 +188,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "duration": round(time.time() - started, 3),
             "options": run_options(config),
-            "exitstatus": int(session.exitstatus)}
+            "exitstatus": int(session.exitstatus),
+            "host": socket.gethostname(), "harness_version": harness_version(),
+            "cell": cell_meta(config), "kernel": config.stash.get(KERNEL, {})}
     doc = results_document(results, meta)
     xml = getattr(config.option, "xmlpath", None)
     if xml:

@@ -40,3 +40,19 @@ def run(args: list[str], default_paths: list[str]) -> int:
 def run_child(args: list[str], default_paths: list[str], cwd: Path | None = None) -> int:
     cmd = [sys.executable, "-m", "pytest", *argv(args, default_paths)]
     return subprocess.run(cmd, cwd=cwd or Path.cwd()).returncode
+
+
+def usage_error(args: list[str], default_paths: list[str]) -> str | None:
+    """pytest's own complaint about ``args`` (an unknown option, a bad value), from the
+    parser the run itself will use, as one line; None when pytest accepts them. Nothing is
+    collected or run."""
+    from _pytest.config import _prepareconfig  # no public API parses without running
+    try:
+        config = _prepareconfig(argv(args, default_paths))
+    except pytest.UsageError as exc:
+        lines = [ln for ln in str(exc).splitlines() if "error: " in ln]
+        return lines[0].split("error: ", 1)[1] if lines else str(exc).strip().splitlines()[-1]
+    except Exception:  # noqa: BLE001 -- a plugin failing here fails the run itself, visibly
+        return None
+    config._ensure_unconfigure()
+    return None

@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.results.model import Outcome, Result
 
 XSD = Path(__file__).with_name("junit-10.xsd")
-RUN_WIDE = ("kernel", "kernel_release", "kernel_config_hash", "accelerator", "topology")
+RUN_WIDE = ("kernel", "kernel_release", "kernel_config_hash", "kernel_commit", "kernel_compiler",
+            "accelerator", "topology")
 
 
 @dataclass

@@ -1,26 +1,27 @@
-"""The nightly matrix: ``ksm-harness run --kernel A --kernel B [--numa 2 --numa 1G:1,3G:1]
-[--baseline results.json] [pytest options]`` runs the suite once per kernel (and topology),
-one after the other, each pytest run writing its own results; then prints a scenario x kernel
-table and the failures that are new against the baseline. Exit status 1 when anything new
-failed (without a baseline: when anything failed).
+"""The matrix of a run's cells (kernel x topology, see harness.runs.cells): a scenario x
+kernel table, the failures that are new against a baseline, and the files (``matrix.json``,
+``matrix-junit.xml``, ``matrix.html``). Exit status 1 when anything new failed (without a
+baseline: when anything failed), 2 when a cell produced no results.
 
-The table and the comparison are pure functions over results files, tested on recorded ones.
+The table and the comparison are pure functions over results records, tested on recorded
+ones; ``report`` is the one place that turns columns into files and an exit status (used by
+``run`` over several cells and by ``merge``).
 """
 from __future__ import annotations
 
+import html
 import json
+import os
 import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import options
 from harness.console.findings import normalize
 from harness.errors import HarnessError
-from harness.pytest_plugin import session
 from harness.results import junit
-from harness.results.model import Outcome, Result, load_results
+from harness.results.model import Outcome, Result
 
 SHORT = {Outcome.PASSED: "pass", Outcome.FAILED: "FAIL", Outcome.ERROR: "ERROR",
          Outcome.SKIPPED: "skip", Outcome.XFAILED: "xfail", Outcome.XPASSED: "XPASS"}
@@ -33,6 +34,9 @@ class Column:
     kernel: str | None
     numa: str | None
     results: dict[str, Result]
+    cell: str | None = None             # the cell id (harness.cells)
+    facts: dict[str, str] = field(default_factory=dict)  # release, commit, compiler, host
+    dirs: list[Path] = field(default_factory=list)       # its report directories
 
 
 def wanted(argv: list[str]) -> bool:
@@ -142,8 +146,9 @@ def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[
 
 def matrix_document(columns: list[Column]) -> dict[str, Any]:
     return {"version": 2, "columns": [
-        {"label": c.label, "kernel": c.kernel, "numa": c.numa,
-         "tests": {n: {"outcome": r.outcome.value, "title": r.title}
+        {"label": c.label, "kernel": c.kernel, "numa": c.numa, "cell": c.cell, **c.facts,
+         "tests": {n: {"outcome": r.outcome.value, "title": r.title,
+                       "category": r.category.value if r.category else None}
                    for n, r in c.results.items()}} for c in columns]}
 
 
@@ -156,50 +161,70 @@ def matrix_junit(columns: list[Column]) -> str:
                     prefix=c.label) for c in columns)
 
 
-def run_one(kernel: str | None, numa: str | None, rest: list[str], out: Path) -> list[Result]:
-    args = [*rest]
-    if kernel:
-        args += ["--kernel", kernel]
-    if numa:
-        args += ["--numa", numa]
-    args += ["--results-json", str(out / "results.json"), "--junitxml", str(out / "junit.xml"),
-             "--report-dir", str(out)]
-    print(f"ksm-harness: matrix: {' '.join(args)}", file=sys.stderr, flush=True)
-    (out / "results.json").unlink(missing_ok=True)
-    session.run_child(args, ["tests/ksm"])
-    if not (out / "results.json").is_file():
-        return []
-    return load_results(out / "results.json")[1]
+def matrix_html(columns: list[Column], new: set[tuple[str, str]], out: Path) -> str:
+    """matrix.html: the table, each cell linking its column's summary.html."""
+    nodeids: list[str] = []
+    for c in columns:
+        nodeids += [n for n in c.results if n not in nodeids]
+    colour = {"pass": "#2e7d32", "FAIL": "#c62828", "ERROR": "#ad1457", "XPASS": "#c62828"}
+
+    def link(c: Column, text: str) -> str:
+        """The column's summary page; a sharded column's other parts as [2], [3], ..."""
+        pages = [d / "summary.html" for d in c.dirs if (d / "summary.html").exists()]
+        hrefs = [html.escape(os.path.relpath(page, out)) for page in pages]
+        if not hrefs:
+            return text
+        return f'<a href="{hrefs[0]}">{text}</a>' + "".join(
+            f' <a href="{h}">[{i}]</a>' for i, h in enumerate(hrefs[1:], 2))
+
+    head = "".join(f"<th>{link(c, html.escape(c.label))}<br><small>{html.escape(c.cell or '')}"
+                   f"</small></th>" for c in columns)
+    rows = []
+    for n in nodeids:
+        tds = []
+        for c in columns:
+            r = c.results.get(n)
+            short = SHORT[r.outcome] if r else "-"
+            mark = "*" if (c.label, n) in new else ""
+            title = html.escape(r.title if r else "", quote=True)
+            tds.append(f'<td title="{title}" style="color:{colour.get(short, "#555")}">'
+                       f"{short}{mark}</td>")
+        rows.append(f"<tr><td><code>{html.escape(n)}</code></td>{''.join(tds)}</tr>")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>ksm-harness matrix</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .6em}}th{{background:#eee}}</style></head><body>
+<h1>ksm-harness matrix</h1><p>* = new failure; hover a cell for its title</p>
+<table><tr><th>scenario</th>{head}</tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
 
 
-def main(argv: list[str], report_root: Path | None = None) -> int:
-    kernels, numas, baseline_path, rest = split_args(argv)
-    baseline = load_baseline(Path(baseline_path)) if baseline_path else None
-    root = report_root or Path("results") / "matrix"
-    columns: list[Column] = []
-    for i, kernel in enumerate(kernels or [None]):
-        for j, numa in enumerate(numas or [None]):
-            out = root / f"{i + 1}-{j + 1}"
-            out.mkdir(parents=True, exist_ok=True)
-            results = run_one(kernel, numa, rest, out)
-            label = label_for(results, kernel, numa, len(numas) > 1)
-            if any(c.label == label for c in columns):
-                label = f"{label} #{i + 1}"
-            columns.append(Column(label, kernel, numa, {r.nodeid: r for r in results}))
+def report(columns: list[Column], baseline: dict[str, Any] | None, out: Path | None,
+           say: Any = print) -> int:
+    """Print the table and the new failures; write the matrix files into ``out`` (when
+    given); the exit status: 1 new failures, 2 a column without results, else 0."""
     new = new_failures(columns, baseline)
-    (root / "matrix.json").write_text(json.dumps(matrix_document(columns), indent=1) + "\n")
-    (root / "matrix-junit.xml").write_text(matrix_junit(columns))
-    print(table(columns, new))
-    print(f"(matrix.json, matrix-junit.xml and per-column results in {root})")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "matrix.json").write_text(json.dumps(matrix_document(columns), indent=1) + "\n")
+        (out / "matrix-junit.xml").write_text(matrix_junit(columns))
+        (out / "matrix.html").write_text(matrix_html(columns, new, out))
+        (out / "matrix.txt").write_text(table(columns, new) + "\n")
+    say(table(columns, new))
+    if out is not None:
+        say(f"(matrix.json, matrix-junit.xml, matrix.html in {out})")
     if new:
         what = "new failure" if baseline else "failure"
-        print(f"{len(new)} {what}{'s' if len(new) > 1 else ''}"
-              f"{' against the baseline' if baseline else ''} (*):")
+        say(f"{len(new)} {what}{'s' if len(new) > 1 else ''}"
+            f"{' against the baseline' if baseline else ''} (*):")
         for label, nodeid in sorted(new):
             r = next(c for c in columns if c.label == label).results[nodeid]
-            print(f"  {label}: {nodeid}: {r.title}")
+            say(f"  {label}: {nodeid}: {r.title}")
         return 1
-    if any(not c.results for c in columns):
-        print("ksm-harness: a column produced no results (see its output above)")
+    empty = [c.label for c in columns if not c.results]
+    if empty:
+        say(f"ksm-harness: no results for {', '.join(empty)} (see its output)")
         return 2
     return 0

@@ -18,7 +18,8 @@ def _one_clear_line(stderr: str, startswith: str) -> None:
 def test_missing_kernel_path(tmp_path: Path) -> None:
     r = run_harness("boot", "--kernel", str(tmp_path / "nope"), "--", "true")
     assert r.returncode == 2
-    _one_clear_line(r.stderr, f"ksm-harness: kernel not found: {tmp_path / 'nope'}")
+    _one_clear_line(r.stderr, f"ksm-harness: --kernel {tmp_path / 'nope'}: no such file")
+    assert "debian[:PACKAGE]" in r.stderr  # the syntax
 
 
 def test_file_that_is_not_a_kernel(tmp_path: Path) -> None:
@@ -26,7 +27,7 @@ def test_file_that_is_not_a_kernel(tmp_path: Path) -> None:
     fake.write_bytes(b"this is not a kernel\n" * 100)
     r = run_harness("boot", "--kernel", str(fake), "--", "true")
     assert r.returncode == 2
-    _one_clear_line(r.stderr, f"ksm-harness: {fake} is not a Linux kernel")
+    _one_clear_line(r.stderr, f"ksm-harness: --kernel {fake}: not a Linux kernel")
 
 
 def test_elf_that_is_not_a_kernel(tmp_path: Path) -> None:
@@ -53,7 +54,8 @@ def test_missing_debian_package_names_the_apt_line(tmp_path: Path) -> None:
 def test_bad_numa_spec() -> None:
     r = run_harness("boot", "--numa", "lots", "--", "true")
     assert r.returncode == 2
-    _one_clear_line(r.stderr, "ksm-harness: bad size 'lots'")
+    _one_clear_line(r.stderr, "ksm-harness: --numa lots: bad node 'lots'; use a node count")
+    assert "MEM[:CPUS]" in r.stderr
 
 
 def test_kernel_without_ksm_is_refused(tmp_path: Path) -> None:
@@ -76,3 +78,68 @@ def test_triage_options_pass_through(tmp_path: Path) -> None:
     r = run_harness("triage", "--json", str(log))
     assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout)[0]["title"] == "WARNING in ksm_scan_thread"
+
+
+def _only_line(r, startswith: str) -> None:  # type: ignore[no-untyped-def]
+    """Exactly one line on stderr, status 2, nothing on stdout: pytest never started."""
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(startswith), r.stderr
+    assert r.stdout == "", r.stdout
+
+
+def test_run_refuses_a_file_that_is_not_a_kernel_before_pytest() -> None:
+    r = run_harness("run", "--kernel", "/etc/passwd")
+    _only_line(r, "ksm-harness: --kernel /etc/passwd: not a Linux kernel")
+
+
+def test_run_refuses_an_unknown_option_in_one_line() -> None:
+    r = run_harness("run", "--bogus")
+    _only_line(r, "ksm-harness: run: unrecognized arguments: --bogus (see ksm-harness run --help)")
+    r = run_harness("run", "--ksm-seed", "x")
+    _only_line(r, "ksm-harness: run: argument --ksm-seed: invalid int value: 'x'")
+    r = run_harness("run", "--accel", "fast")
+    _only_line(r, "ksm-harness: run: argument --accel: invalid choice: 'fast'")
+
+
+def test_run_numa_error_names_the_option_and_syntax() -> None:
+    r = run_harness("run", "--numa", "garbage")
+    _only_line(r, "ksm-harness: --numa garbage: ")
+    assert "MEM[:CPUS]" in r.stderr
+
+
+def test_every_matrix_kernel_is_checked_before_the_first_cell(tmp_path: Path) -> None:
+    r = run_harness("run", "--kernel", "debian", "--kernel", "debian:linux-image-nope!",
+                    "--kernel", str(tmp_path / "missing"))
+    _only_line(r, "ksm-harness: --kernel debian:linux-image-nope!: ")
+    r = run_harness("run", "--shard", "3/2")
+    _only_line(r, "ksm-harness: --shard 3/2: use I/N")
+
+
+def test_run_help_shows_our_options_first() -> None:
+    r = run_harness("run", "--help")
+    assert r.returncode == 0
+    out = r.stdout
+    for text in ("guest:", "--kernel KERNEL", "--numa SPEC", "--shard I/N", "--cell ID",
+                 "--baseline FILE", "-k EXPR", "--help-pytest", "modes:"):
+        assert text in out, text
+    assert "--last-failed" not in out and "--capture" not in out  # behind --help-pytest
+    r = run_harness("run", "--help-pytest")
+    assert r.returncode == 0 and "--last-failed" in r.stdout and "--kernel" in r.stdout
+
+
+def test_k_means_a_pytest_expression_everywhere() -> None:
+    r = run_harness("bisect", "--help")
+    assert "-k EXPR, --scenario EXPR" in r.stdout and "pytest -k expression" in r.stdout
+    r = run_harness("boot", "-k", "x")  # boot has no -k (it was never --kernel)
+    _only_line(r, "ksm-harness: boot: unrecognized arguments: -k (see ksm-harness boot --help)")
+    r = run_harness("boot", "--ker", "x")  # no abbreviations: --ker is not --kernel
+    _only_line(r, "ksm-harness: boot: unrecognized arguments: --ker")
+
+
+def test_verb_errors_name_the_verb() -> None:
+    r = run_harness("bisect", "--tree", "/tmp")
+    _only_line(r, "ksm-harness: bisect: the following arguments are required: -k/--scenario")
+    r = run_harness("merge", "/nonexistent")
+    _only_line(r, "ksm-harness: merge: /nonexistent: no such file or directory")
+    r = run_harness("plan", "--format", "yaml")
+    _only_line(r, "ksm-harness: plan: argument --format: invalid choice: 'yaml'")

@@ -18,17 +18,6 @@ def column(name: str, label: str) -> matrix.Column:
     return matrix.Column(label, f"/k/{label}", None, {r.nodeid: r for r in results})
 
 
-def test_split_args() -> None:
-    k, n, b, rest = matrix.split_args(["--kernel", "A", "-k", "merge", "--kernel=B",
-                                       "--baseline", "old.json", "--numa", "2"])
-    assert (k, n, b, rest) == (["A", "B"], ["2"], "old.json", ["-k", "merge"])
-    assert matrix.wanted(["--kernel", "A", "--kernel", "B"])
-    assert matrix.wanted(["--baseline", "x.json"])
-    assert not matrix.wanted(["--kernel", "A", "-k", "merge"])
-    with pytest.raises(HarnessError):
-        matrix.split_args(["--kernel"])
-
-
 def test_table_scenario_by_kernel() -> None:
     cols = [column("good", "6.1.0-a"), column("bad_warning", "6.1.0-b"),
             column("skipped", "6.1.0-c")]
@@ -82,19 +71,31 @@ def test_bad_baseline_is_one_line(tmp_path: Path) -> None:
         matrix.load_baseline(tmp_path / "x.json")
 
 
-def test_main_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.runs import cells as cell_runs
     runs = {"A": "good", "B": "bad_warning"}
-    monkeypatch.setattr(matrix, "run_one", lambda k, n, rest, out:
-                        load_results(DATA / f"{runs[k]}.json")[1])
-    status = matrix.main(["--kernel", "A", "--kernel", "B", "--baseline",
-                          str(DATA / "good.json")], report_root=tmp_path)
+
+    def fake(cell, rest, out, plan_file, shard, position):  # type: ignore[no-untyped-def]
+        out.mkdir(parents=True, exist_ok=True)
+        doc = json.loads((DATA / f"{runs[cell.kernel]}.json").read_text())
+        doc["cell"] = {**cell.to_dict(), "plan": json.loads(plan_file.read_text())}
+        (out / "results.json").write_text(json.dumps(doc))
+        return out / "results.json"
+
+    for k in runs:
+        (tmp_path / k).write_bytes(b"")
+    monkeypatch.setattr(cell_runs.cells.kernel_mod, "check_spec", lambda spec, modules: None)
+    monkeypatch.setattr(cell_runs, "run_cell", fake)
+    status = cell_runs.run(["--kernel", "A", "--kernel", "B", "--baseline",
+                            str(DATA / "good.json")], root=tmp_path, env={})
     out = capsys.readouterr().out
     assert status == 1
     assert "FAIL*" in out and "WARNING in cmp_and_merge_page" in out
     # both kernels report the same release in the recorded files: labels stay distinct
     assert "6.1.0-ksmtest #2" in out
-    assert (tmp_path / "matrix.json").is_file()
+    assert (tmp_path / "matrix" / "matrix.json").is_file()
+    assert (tmp_path / "matrix" / "matrix.html").is_file()
 
 
 def test_matrix_junit_has_a_case_per_scenario_per_kernel() -> None:

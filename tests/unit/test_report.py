@@ -185,5 +185,24 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
     assert props["kernel_release"] == "6.1.0-9" and props["kernel_config_hash"] == "c0ffee"
     assert props["console_log"] == str(tmp_path / "console.log")
     assert props["accelerator"] == "tcg" and props["boot_seconds"] == "4.25"
-    assert "boot_seconds" not in dict(reporting.guest_properties(item)) and props["boot_seconds"] == "4.25"
     assert "boot_seconds" not in dict(reporting.guest_properties(item))
+
+
+def test_ktap_timeout_and_error_directives() -> None:
+    from harness.console.findings import Category, Finding
+    from harness.results import ktap
+    from harness.results.model import Outcome, Result
+    results = [
+        Result("t.py::hang", Outcome.FAILED,
+               [Finding(Category.HANG, "guest hung: ssh command 'x' timed out after 60s")]),
+        Result("t.py::boot", Outcome.ERROR,
+               [Finding(Category.BOOT, "guest failed to boot: no marker # within 180s")]),
+        Result("t.py::warn", Outcome.FAILED, [Finding(Category.WARNING, "WARNING in f")]),
+        Result("t.py::hang_after_bug", Outcome.FAILED,
+               [Finding(Category.BUG, "BUG: x"), Finding(Category.HANG, "guest hung")]),
+    ]
+    lines = ktap.render(results).splitlines()
+    assert "not ok 1 t.py::hang # TIMEOUT guest hung: ssh command 'x' timed out after 60s" in lines
+    assert "not ok 2 t.py::boot # ERROR guest failed to boot: no marker  within 180s" in lines
+    assert "not ok 3 t.py::warn" in lines  # the kernel's failure: no directive
+    assert "not ok 4 t.py::hang_after_bug" in lines  # the cause (the BUG) ranks first
