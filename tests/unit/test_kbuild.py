@@ -123,3 +123,18 @@ def test_flavour_configure_names_the_fragment_of_a_lost_option(tmp_path: Path) -
         "olddefconfig:\n\tgrep -v KFENCE $(OUT)/.config > $(OUT)/.c; mv $(OUT)/.c $(OUT)/.config\n"))
     with pytest.raises(build.ConfigError, match=r"of kernel-debug.config .*CONFIG_KFENCE=y"):
         build.configure(tree, log=lambda m: None, flavour="debug", out=tmp_path / "out")
+
+
+def test_progress_lines_carry_elapsed_time_and_the_last_make_line(tmp_path: Path) -> None:
+    import time
+    logfile = tmp_path / "build.log"
+    logfile.write_text("  CC      mm/ksm.o\n")
+    lines: list[str] = []
+    stop = build._progress("build", logfile, lines.append, time.monotonic() - 125, 0.02)
+    time.sleep(0.15)
+    stop()
+    assert lines and lines[0].startswith("ksm-harness: build: 2m0")
+    assert lines[0].endswith("at: CC      mm/ksm.o")
+    n = len(lines)
+    time.sleep(0.05)
+    assert len(lines) == n  # stopped means stopped
