@@ -265,8 +265,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("build", help="configure (the tree's .config or defconfig, + "
-                       "guest-images/kernel.config, checked) and build a kernel tree")
-    p.add_argument("--tree", required=True, metavar="PATH", help="kernel source tree")
+                       "guest-images/kernel.config, checked) and build a kernel tree; or "
+                       "build Debian's linux-source into the cache (--source)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tree", metavar="PATH", help="kernel source tree")
+    where.add_argument("--source", nargs="?", const="6.1", metavar="SERIES",
+                       help="Debian's linux-source-SERIES (default 6.1), fetched, built "
+                       "with --flavour (default builtin) and cached: what --kernel "
+                       "source:SERIES[+debug] boots")
+    p.add_argument("--flavour", choices=["builtin", "debug"], default=None,
+                   help="builtin: allnoconfig + guest-images/kernel-builtin.config + "
+                   "kernel.config, no modules; debug: that + "
+                   "guest-images/kernel-debug.config (DEBUG_VM, DEBUG_LIST, KFENCE, ...)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
     p.add_argument("--defconfig", action="store_true",
                    help="start from x86_64 defconfig even when the tree has a .config")
@@ -371,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return cell_runs.merge([Path(d) for d in args.dirs], args.baseline, Path(args.out))
         if args.cmd == "build":
             from harness.runs import build
-            return build.main(args.tree, args.jobs, args.defconfig, args.slim)
+            return build.main(args.tree, args.jobs, args.defconfig, args.slim,
+                              args.flavour, args.source)
         if args.cmd in ("bisect-step", "bisect"):
             return cmd_bisect(args)
         if args.cmd == "export":

@@ -357,7 +357,18 @@ def choose(spec: str | None, modules: str | None = None,
            log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """--kernel: a path (bzImage, vmlinux, build tree); ``debian`` or ``debian:PACKAGE``
     for a Debian kernel package (so a matrix can put a packaged kernel beside a tree, or
-    bookworm's 6.1 beside its 6.12); None for Debian's default."""
+    bookworm's 6.1 beside its 6.12); ``source:6.1`` or ``source:6.1+debug`` for Debian's
+    linux-source-6.1 built with our built-in config (harness.assets.source, cached); None
+    for Debian's default."""
+    from harness.assets import source
+    if source.is_spec(spec) and spec and not Path(spec).exists():
+        if modules:
+            raise KernelError(f"--modules is for a kernel path, not {spec} (it is built "
+                              "without modules)")
+        src = source.parse_spec(spec)
+        kernel = load(source.build(src, log=log))
+        kernel.origin = str(src)
+        return kernel
     if spec and (spec == "debian" or spec.startswith("debian:")) and not Path(spec).exists():
         if modules:
             raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "

@@ -6,6 +6,14 @@ fragment (``guest-images/kernel.config``), a check that every option of the frag
 landed in ``.config`` (as kunit.py does: Kconfig drops an option silently when a dependency
 is missing), then ``make -jN bzImage modules``, through ccache when it is installed.
 
+``--flavour builtin`` replaces the base with ``make allnoconfig`` + ``kernel-builtin.config``
+(just what our QEMU guest needs, everything built in, no modules: a cold build is a fraction
+of a defconfig's); ``--flavour debug`` adds ``kernel-debug.config`` (DEBUG_VM, DEBUG_LIST,
+KFENCE, page poisoning, ...: the kernel a developer bisects an mm bug with). Every option of
+every fragment is checked, later fragments overriding earlier ones. A build with ``out`` set
+goes out of tree (``make O=``), which is how one unpacked ``linux-source`` serves each
+flavour (``harness.assets.source``).
+
 Rebuilding after ``git checkout`` is incremental: the merge rewrites ``.config`` but Kconfig
 only touches the headers of options that changed, so a bisect step recompiles what the
 commit changed (and ccache serves files seen in earlier steps)."""
@@ -18,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +39,14 @@ from harness.machine import reaper
 
 FRAGMENT = paths.REPO / "guest-images" / "kernel.config"
 SLIM = paths.REPO / "guest-images" / "kernel-slim.config"
+BUILTIN = paths.REPO / "guest-images" / "kernel-builtin.config"
+DEBUG = paths.REPO / "guest-images" / "kernel-debug.config"
+# flavour -> fragments merged over `make allnoconfig`, in order (later ones win)
+FLAVOURS: dict[str, tuple[Path, ...]] = {
+    "builtin": (BUILTIN, FRAGMENT),
+    "debug": (BUILTIN, FRAGMENT, DEBUG),
+}
+PROGRESS_EVERY = 20.0  # seconds between "still building" lines
 _SET = re.compile(r"^(CONFIG_\w+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_\w+) is not set$")
 
@@ -65,6 +82,23 @@ def parse_fragment(text: str) -> dict[str, str | None]:
     return wanted
 
 
+def flavour_fragments(flavour: str) -> tuple[Path, ...]:
+    try:
+        return FLAVOURS[flavour]
+    except KeyError:
+        raise BuildError(f"unknown flavour {flavour!r}: choose "
+                         + " or ".join(FLAVOURS)) from None
+
+
+def merged_fragments(fragments: tuple[Path, ...] | list[Path]) -> dict[str, tuple[str | None, str]]:
+    """CONFIG_X -> (wanted value, fragment that says so); a later fragment wins."""
+    wanted: dict[str, tuple[str | None, str]] = {}
+    for frag in fragments:
+        for opt, value in parse_fragment(frag.read_text()).items():
+            wanted[opt] = (value, frag.name)
+    return wanted
+
+
 def missing_options(wanted: dict[str, str | None], config: dict[str, str]) -> list[str]:
     """The fragment's options that .config does not have, each with what it has instead."""
     out = []
@@ -92,8 +126,36 @@ def _make_env() -> tuple[list[str], bool]:
     return cc, bool(cc)
 
 
+def _last_line(logfile: Path) -> str:
+    try:
+        with logfile.open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            lines = fh.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip()[:100] if lines else ""
+
+
+def _progress(what: str, logfile: Path, log: Callable[[str], None], t0: float,
+              every: float) -> Callable[[], None]:
+    """Log "<what>: 3m20s, at: CC mm/ksm.o" every `every` seconds; returns the stopper."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            m, sec = divmod(int(time.monotonic() - t0), 60)
+            log(f"ksm-harness: {what}: {m}m{sec:02d}s, at: {_last_line(logfile)}")
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+    return stop
+
+
 def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
-         logfile: Path) -> None:
+         logfile: Path, progress: float = 0.0) -> None:
     log(f"ksm-harness: {what}: {' '.join(cmd)}")
     with logfile.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -108,12 +170,15 @@ def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         key = reaper.register(kill_group)  # SIGTERM, SIGHUP, exit
+        stop = _progress(what, logfile, log, time.monotonic(), progress) if progress else None
         try:
             returncode = proc.wait()
         except BaseException:  # Ctrl-C
             kill_group()
             raise
         finally:
+            if stop:
+                stop()
             reaper.unregister(key)
     if returncode != 0:
         tail = logfile.read_text(errors="replace").splitlines()[-15:]
@@ -121,63 +186,97 @@ def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
                          + "\n".join(tail))
 
 
-def _merge(tree: Path, fragment: Path, log: Callable[[str], None], logfile: Path) -> None:
+def _merge(tree: Path, fragment: Path, log: Callable[[str], None], logfile: Path,
+           out: Path | None = None) -> None:
+    """Merge into the .config of `out` (an O= build directory), else of the tree."""
     merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    where = out or tree
     if merge.is_file():
-        _run(["sh", str(merge), "-m", ".config", str(fragment)], tree, log,
+        _run(["sh", str(merge), "-m", ".config", str(fragment)], where, log,
              f"merge {fragment.name}", logfile)
     else:
-        with (tree / ".config").open("a") as fh:
+        with (where / ".config").open("a") as fh:
             fh.write("\n" + fragment.read_text())
+
+
+def _out(out: Path | None) -> list[str]:
+    return [f"O={out}"] if out is not None else []
 
 
 def configure(tree: Path, fragment: Path = FRAGMENT, log: Callable[[str], None] = print,
               logfile: Path | None = None, defconfig: bool = False,
-              slim: bool = False) -> dict[str, str]:
+              slim: bool = False, flavour: str | None = None,
+              out: Path | None = None) -> dict[str, str]:
+    """Write and check .config (in `out` for an O= build, else in the tree). With a
+    flavour the base is allnoconfig and the fragments are the flavour's (`fragment`,
+    `defconfig` and `slim` do not apply)."""
     tree = check_tree(tree)
-    if not fragment.is_file():
-        raise BuildError(f"config fragment not found: {fragment}")
-    logfile = logfile or tree / ".ksm-harness-build.log"
+    fragments = flavour_fragments(flavour) if flavour else (*((SLIM,) if slim else ()), fragment)
+    for frag in fragments:
+        if not frag.is_file():
+            raise BuildError(f"config fragment not found: {frag}")
+    where = out or tree
+    where.mkdir(parents=True, exist_ok=True)
+    logfile = logfile or where / ".ksm-harness-build.log"
     cc, _ = _make_env()
-    if defconfig or not (tree / ".config").is_file():
-        _run(["make", *cc, "defconfig"], tree, log, "defconfig", logfile)
+    if flavour:
+        _run(["make", *cc, *_out(out), "allnoconfig"], tree, log, "allnoconfig", logfile)
+    elif defconfig or not (where / ".config").is_file():
+        _run(["make", *cc, *_out(out), "defconfig"], tree, log, "defconfig", logfile)
     else:
-        log(f"ksm-harness: keeping {tree}/.config as the base (--defconfig replaces it)")
-    if slim:
-        _merge(tree, SLIM, log, logfile)
-    _merge(tree, fragment, log, logfile)
-    _run(["make", *cc, "olddefconfig"], tree, log, "olddefconfig", logfile)
-    config = parse_config((tree / ".config").read_text(errors="replace"))
-    missing = missing_options(parse_fragment(fragment.read_text()), config)
+        log(f"ksm-harness: keeping {where}/.config as the base (--defconfig replaces it)")
+    for frag in fragments:
+        _merge(tree, frag, log, logfile, out)
+    _run(["make", *cc, *_out(out), "olddefconfig"], tree, log, "olddefconfig", logfile)
+    config = parse_config((where / ".config").read_text(errors="replace"))
+    merged = merged_fragments(fragments)
+    missing = missing_options({k: v for k, (v, _) in merged.items()}, config)
     if missing:
-        raise ConfigError(f"{len(missing)} option(s) of {fragment.name} are not in "
-                          f"{tree}/.config: " + "; ".join(missing))
+        names = ", ".join(dict.fromkeys(merged[m.split("=")[0].split()[0]][1] for m in missing))
+        raise ConfigError(f"{len(missing)} option(s) of {names} are not in "
+                          f"{where}/.config: " + "; ".join(missing))
     return config
 
 
 def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
           log: Callable[[str], None] = print, defconfig: bool = False,
-          slim: bool = False) -> BuildResult:
+          slim: bool = False, flavour: str | None = None,
+          out: Path | None = None) -> BuildResult:
+    """Configure and build; the result (and what to pass to --kernel) is `out` for an
+    O= build, else the tree."""
     tree = check_tree(tree)
     deps.ensure(deps.KERNEL_BUILD)
     t0 = time.monotonic()
-    logfile = tree / ".ksm-harness-build.log"
+    where = out or tree
+    where.mkdir(parents=True, exist_ok=True)
+    logfile = where / ".ksm-harness-build.log"
     logfile.write_text("")
-    configure(tree, fragment, log, logfile, defconfig, slim)
+    config = configure(tree, fragment, log, logfile, defconfig, slim, flavour, out)
     cc, ccache = _make_env()
     jobs = jobs or os.cpu_count() or 1
-    _run(["make", *cc, f"-j{jobs}", "bzImage", "modules"], tree, log, "build", logfile)
-    image = tree / "arch" / "x86" / "boot" / "bzImage"
+    targets = ["bzImage"] + (["modules"] if config.get("CONFIG_MODULES") == "y" else [])
+    _run(["make", *cc, *_out(out), f"-j{jobs}", *targets], tree, log, "build", logfile,
+         progress=PROGRESS_EVERY)
+    image = where / "arch" / "x86" / "boot" / "bzImage"
     if not image.is_file():
         raise BuildError(f"build finished without {image}")
-    return BuildResult(tree, image, time.monotonic() - t0, ccache)
+    return BuildResult(where, image, time.monotonic() - t0, ccache)
 
 
-def main(tree: str, jobs: int | None = None, defconfig: bool = False,
-         slim: bool = False) -> int:
+def main(tree: str | None, jobs: int | None = None, defconfig: bool = False,
+         slim: bool = False, flavour: str | None = None, source: str | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
-    r = build(Path(tree), jobs, log=log, defconfig=defconfig, slim=slim)
+    if tree is None:
+        from harness.assets import source as source_mod
+        spec = source_mod.parse_spec(f"source:{source or source_mod.DEFAULT_SERIES}"
+                                     f"+{flavour or 'builtin'}")
+        out = source_mod.build(spec, jobs=jobs, log=log)
+        print(f"ksm-harness: {out}; boot it with --kernel {spec}")
+        return 0
+    if flavour and (defconfig or slim):
+        raise BuildError("--flavour starts from allnoconfig: --defconfig and --slim do not apply")
+    r = build(Path(tree), jobs, log=log, defconfig=defconfig, slim=slim, flavour=flavour)
     print(f"ksm-harness: built {r.image} in {r.seconds:.0f}s"
           f"{' (ccache)' if r.ccache else ''}; boot it with --kernel {r.tree}")
     return 0

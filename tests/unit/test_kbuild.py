@@ -1,0 +1,140 @@
+"""The built-in kernel without building one: flavours' fragments, the ``source:`` spelling of
+--kernel, the build cache key, the flavour configure step on a fake tree."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.assets import kernel as kernel_mod
+from harness.assets import source
+from harness.errors import KernelError
+from harness.runs import build
+
+
+@pytest.mark.parametrize("spec,series,flavour", [
+    ("source", "6.1", "builtin"),
+    ("source:6.1", "6.1", "builtin"),
+    ("source:6.1+debug", "6.1", "debug"),
+    ("source+debug", "6.1", "debug"),
+    ("source:6.12", "6.12", "builtin"),
+])
+def test_source_spec_parses(spec: str, series: str, flavour: str) -> None:
+    assert source.is_spec(spec)
+    s = source.parse_spec(spec)
+    assert (s.series, s.flavour, s.package) == (series, flavour, f"linux-source-{series}")
+    assert source.parse_spec(str(s)) == s  # str() is a spelling --kernel accepts
+
+
+@pytest.mark.parametrize("spec", ["source:6", "source:6.1+kasan", "source:6.1+", "source:"])
+def test_source_spec_refuses_typos(spec: str) -> None:
+    with pytest.raises(KernelError, match="--kernel"):
+        source.parse_spec(spec)
+
+
+def test_other_kernel_spellings_are_not_source() -> None:
+    for spec in (None, "", "debian", "debian:linux-image-6.1.0-1-amd64", "~/linux",
+                 "sources/bzImage"):
+        assert not source.is_spec(spec)
+
+
+def test_choose_refuses_modules_with_source() -> None:
+    with pytest.raises(KernelError, match="--modules"):
+        kernel_mod.choose("source:6.1", modules="/tmp")
+
+
+def test_cache_key_follows_version_and_fragment_content(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.config", tmp_path / "b.config"
+    a.write_text("CONFIG_KSM=y\n")
+    b.write_text("CONFIG_DEBUG_VM=y\n")
+    key = source.cache_key("6.1.192-3", [a, b])
+    assert key == source.cache_key("6.1.192-3", [a, b])
+    assert key != source.cache_key("6.1.193-1", [a, b])
+    assert key != source.cache_key("6.1.192-3", [a])
+    assert key != source.cache_key("6.1.192-3", [b, a])
+    b.write_text("CONFIG_DEBUG_VM=y\nCONFIG_DEBUG_LIST=y\n")
+    assert key != source.cache_key("6.1.192-3", [a, b])
+
+
+def test_build_dir_differs_per_flavour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSM_HARNESS_CACHE", str(tmp_path))
+    plain = source.build_dir(source.parse_spec("source:6.1"), "6.1.192-3")
+    debug = source.build_dir(source.parse_spec("source:6.1+debug"), "6.1.192-3")
+    assert plain.parent == debug.parent == tmp_path / "builds"
+    assert plain != debug and "-builtin-" in plain.name and "-debug-" in debug.name
+
+
+def test_flavours_fragments_exist_and_agree() -> None:
+    for flavour in build.FLAVOURS:
+        frags = build.flavour_fragments(flavour)
+        assert all(f.is_file() for f in frags)
+        assert build.FRAGMENT in frags  # what the suite needs is always in
+    with pytest.raises(build.BuildError, match="unknown flavour"):
+        build.flavour_fragments("kasan")
+    base = build.parse_fragment(build.BUILTIN.read_text())
+    suite = build.parse_fragment(build.FRAGMENT.read_text())
+    # the minimal base never switches off what the suite needs
+    assert not {k for k, v in base.items() if v is None} & set(suite)
+    assert base["CONFIG_MODULES"] is None
+    debug = build.parse_fragment(build.DEBUG.read_text())
+    for opt in ("DEBUG_VM", "DEBUG_LIST", "KFENCE", "PAGE_POISONING"):
+        assert debug.get(f"CONFIG_{opt}") == "y", opt
+
+
+def test_merged_fragments_later_wins() -> None:
+    merged = build.merged_fragments(build.FLAVOURS["debug"])
+    assert merged["CONFIG_LOCALVERSION"] == ("-ksm-debug", "kernel-debug.config")
+    assert merged["CONFIG_KSM"] == ("y", "kernel.config")
+    assert build.merged_fragments(build.FLAVOURS["builtin"])["CONFIG_LOCALVERSION"][0] == "-ksm"
+
+
+def _fake_tree(tmp_path: Path, allnoconfig: str) -> Path:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    # O= is honoured like kbuild does: the .config goes to the output directory
+    (tree / "Makefile").write_text(
+        "OUT := $(if $(O),$(O),.)\n"
+        f"allnoconfig:\n\tprintf '{allnoconfig}' > $(OUT)/.config\n"
+        "defconfig:\n\tprintf 'CONFIG_FROM_DEFCONFIG=y\\n' > $(OUT)/.config\n"
+        "olddefconfig:\n")
+    return tree
+
+
+def test_flavour_configure_starts_from_allnoconfig_out_of_tree(tmp_path: Path) -> None:
+    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("no make")
+    tree = _fake_tree(tmp_path, "CONFIG_FROM_ALLNO=y\\n")
+    out = tmp_path / "out"
+    config = build.configure(tree, log=lambda m: None, flavour="debug", out=out)
+    assert config["CONFIG_FROM_ALLNO"] == "y" and "CONFIG_FROM_DEFCONFIG" not in config
+    assert config["CONFIG_DEBUG_VM"] == "y" and config["CONFIG_KSM"] == "y"
+    assert config["CONFIG_LOCALVERSION"] == "-ksm-debug"
+    assert not (tree / ".config").exists()  # the tree stays pristine for other flavours
+
+
+def test_flavour_configure_names_the_fragment_of_a_lost_option(tmp_path: Path) -> None:
+    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("no make")
+    tree = _fake_tree(tmp_path, "")
+    (tree / "Makefile").write_text((tree / "Makefile").read_text().replace(
+        "olddefconfig:\n",
+        "olddefconfig:\n\tgrep -v KFENCE $(OUT)/.config > $(OUT)/.c; mv $(OUT)/.c $(OUT)/.config\n"))
+    with pytest.raises(build.ConfigError, match=r"of kernel-debug.config .*CONFIG_KFENCE=y"):
+        build.configure(tree, log=lambda m: None, flavour="debug", out=tmp_path / "out")
+
+
+def test_progress_lines_carry_elapsed_time_and_the_last_make_line(tmp_path: Path) -> None:
+    import time
+    logfile = tmp_path / "build.log"
+    logfile.write_text("  CC      mm/ksm.o\n")
+    lines: list[str] = []
+    stop = build._progress("build", logfile, lines.append, time.monotonic() - 125, 0.02)
+    time.sleep(0.15)
+    stop()
+    assert lines and lines[0].startswith("ksm-harness: build: 2m0")
+    assert lines[0].endswith("at: CC      mm/ksm.o")
+    n = len(lines)
+    time.sleep(0.05)
+    assert len(lines) == n  # stopped means stopped
