@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from harness import options, paths
+from harness import options, paths, reaper
 from harness import spec as spec_mod
 from harness.access.remote import CommandTimeout
 from harness.errors import HarnessError
-from harness.machine import reaper
 from harness.version import harness_version
 
 EPILOG = """examples:
@@ -209,6 +208,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """A user's tree (--tree), or Debian's linux-source (--source) with a flavour."""
+    from harness.assets import kbuild
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+    if args.tree is None:
+        from harness.assets import source
+        spec = source.parse_spec(f"source:{args.source or source.DEFAULT_SERIES}"
+                                 f"+{args.flavour or 'builtin'}")
+        out = source.build(spec, jobs=args.jobs, log=log)
+        print(f"ksm-harness: {out}; boot it with --kernel {spec}")
+        return 0
+    if args.flavour and (args.defconfig or args.slim):
+        raise HarnessError("--flavour starts from allnoconfig: --defconfig and --slim do not "
+                           "apply")
+    r = kbuild.build(Path(args.tree), args.jobs, log=log, defconfig=args.defconfig,
+                     slim=args.slim, flavour=args.flavour)
+    print(f"ksm-harness: built {r.image} in {r.seconds:.0f}s"
+          f"{' (ccache)' if r.ccache else ''}; boot it with --kernel {r.tree}")
+    return 0
+
+
 def cmd_junit_check(args: argparse.Namespace) -> int:
     from harness.results.junit import validate as validate_junit
     bad = 0
@@ -380,9 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             from harness.runs import cells as cell_runs
             return cell_runs.merge([Path(d) for d in args.dirs], args.baseline, Path(args.out))
         if args.cmd == "build":
-            from harness.runs import build
-            return build.main(args.tree, args.jobs, args.defconfig, args.slim,
-                              args.flavour, args.source)
+            return cmd_build(args)
         if args.cmd in ("bisect-step", "bisect"):
             return cmd_bisect(args)
         if args.cmd == "export":

@@ -26,7 +26,7 @@ def runs_root() -> Path:
 
 def new_run_dir(prefix: str = "run") -> Path:
     """A fresh directory for one harness process; its name carries our PID so a later run
-    can tell whether its owner is still alive (see ``harness.machine.reaper``)."""
+    can tell whether its owner is still alive (see ``harness.reaper``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = runs_root() / f"{prefix}-{stamp}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=False)

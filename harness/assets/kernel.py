@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import deps
+from harness.assets.kconfig import parse_config
 from harness.errors import KernelError
 from harness.paths import cache_dir
 
@@ -187,15 +188,6 @@ def embedded_config(data: bytes) -> str | None:
         return gzip.decompress(data[start + 8:end]).decode("utf-8", "replace")
     except (OSError, EOFError):
         return None
-
-
-def parse_config(text: str) -> dict[str, str]:
-    config: dict[str, str] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
-        if m:
-            config[m.group(1)] = m.group(2).strip('"')
-    return config
 
 
 # --- loading -----------------------------------------------------------------------------

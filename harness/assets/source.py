@@ -1,5 +1,5 @@
 """Debian's ``linux-source-SERIES``, unpacked once into the cache and built with one of our
-flavours (``harness.runs.build.FLAVOURS``): the kernel behind ``--kernel source:6.1`` and
+flavours (``harness.assets.kbuild.FLAVOURS``): the kernel behind ``--kernel source:6.1`` and
 ``--kernel source:6.1+debug``.
 
 Layout under the cache (``KSM_HARNESS_CACHE``)::
@@ -53,7 +53,7 @@ def is_spec(spec: str | None) -> bool:
 
 def parse_spec(spec: str) -> SourceSpec:
     """``source``, ``source:6.1``, ``source:6.1+debug``, ``source+debug``."""
-    from harness.runs.build import FLAVOURS
+    from harness.assets.kbuild import FLAVOURS
     m = _SPEC.match(spec.strip())
     if m is None:
         raise KernelError(f"--kernel {spec}: expected source[:SERIES][+FLAVOUR], e.g. "
@@ -74,7 +74,7 @@ def cache_key(version: str, fragments: tuple[Path, ...] | list[Path]) -> str:
 
 
 def build_dir(spec: SourceSpec, version: str) -> Path:
-    from harness.runs.build import flavour_fragments
+    from harness.assets.kbuild import flavour_fragments
     key = cache_key(version, flavour_fragments(spec.flavour))
     return cache_dir() / "builds" / f"linux-{version}-{spec.flavour}-{key}"
 
@@ -152,7 +152,7 @@ def fetch(spec: SourceSpec, log: Callable[[str], None] = lambda m: print(m, file
 def build(spec: SourceSpec, jobs: int | None = None,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
     """The O= build directory of `spec` (vmlinux, bzImage, .config), built once and cached."""
-    from harness.runs import build as build_mod
+    from harness.assets import kbuild as build_mod
     tree, version = fetch(spec, log)
     out = build_dir(spec, version)
     if (out / ".complete").is_file():

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pexpect
 
+from harness import reaper
 from harness.access.remote import CommandResult
 from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
 from harness.assets import image, initramfs, keys
 from harness.assets.kernel import Kernel
 from harness.console.reader import Console, ConsoleTimeout
 from harness.errors import VMError
-from harness.machine import reaper, snapshot
+from harness.machine import snapshot
 from harness.machine.accel import Accel
 from harness.machine.qemu import QemuConfig
 from harness.machine.qmp import QMP, QMPError

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths
+from harness import paths, reaper
 from harness import spec as spec_mod
 from harness.errors import HarnessError
 from harness.guest import Guest
-from harness.machine import reaper
 from harness.machine.topology import Topology
 from harness.machine.vm import VM, VMSpec
 

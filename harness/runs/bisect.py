@@ -158,7 +158,7 @@ def step(tree: Path, scenario: str, runs: int = 1, bad: Signature | None = None,
          build_fn: Callable[..., object] | None = None,
          run_fn: Callable[[Path, str, Path], list[Result]] = run_scenario,
          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Verdict:
-    from harness.runs import build as build_mod
+    from harness.assets import kbuild as build_mod
     rev = _git(tree, "rev-parse", "HEAD", check=False) or "unknown"
     out = report_dir / "bisect" / rev[:12]
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import reaper
+from harness import reaper
 from tests.helpers import REPO, children_named, harness_cmd, pid_alive, wait_until
 
 QEMU = "qemu-system-x86_64"

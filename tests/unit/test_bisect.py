@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.assets import kbuild as build
 from harness.results.model import Result, load_results
 from harness.runs import bisect as b
-from harness.runs import build
 
 DATA = Path(__file__).parent / "data" / "results"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.assets import kbuild as build
 from harness.assets import kernel as kernel_mod
 from harness.assets import source
 from harness.errors import KernelError
-from harness.runs import build
 
 
 @pytest.mark.parametrize("spec,series,flavour", [

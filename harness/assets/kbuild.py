@@ -25,17 +25,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import deps, paths
-from harness.assets.kernel import parse_config
+from harness import deps, paths, reaper
+from harness.assets.kconfig import parse_config
 from harness.errors import HarnessError
-from harness.machine import reaper
 
 FRAGMENT = paths.REPO / "guest-images" / "kernel.config"
 SLIM = paths.REPO / "guest-images" / "kernel-slim.config"
@@ -261,22 +259,3 @@ def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
     if not image.is_file():
         raise BuildError(f"build finished without {image}")
     return BuildResult(where, image, time.monotonic() - t0, ccache)
-
-
-def main(tree: str | None, jobs: int | None = None, defconfig: bool = False,
-         slim: bool = False, flavour: str | None = None, source: str | None = None) -> int:
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-    if tree is None:
-        from harness.assets import source as source_mod
-        spec = source_mod.parse_spec(f"source:{source or source_mod.DEFAULT_SERIES}"
-                                     f"+{flavour or 'builtin'}")
-        out = source_mod.build(spec, jobs=jobs, log=log)
-        print(f"ksm-harness: {out}; boot it with --kernel {spec}")
-        return 0
-    if flavour and (defconfig or slim):
-        raise BuildError("--flavour starts from allnoconfig: --defconfig and --slim do not apply")
-    r = build(Path(tree), jobs, log=log, defconfig=defconfig, slim=slim, flavour=flavour)
-    print(f"ksm-harness: built {r.image} in {r.seconds:.0f}s"
-          f"{' (ccache)' if r.ccache else ''}; boot it with --kernel {r.tree}")
-    return 0
