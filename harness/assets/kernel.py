@@ -304,8 +304,9 @@ def _apt_target(package: str) -> str:
 
 
 DEBIAN_PACKAGE = re.compile(r"linux-image-[a-z0-9][a-z0-9.+~-]*")
-KERNEL_SYNTAX = ("a bzImage, a vmlinux, a kernel build tree, or debian[:PACKAGE] "
-                 "(e.g. debian:linux-image-6.12-amd64)")
+KERNEL_SYNTAX = ("a bzImage, a vmlinux, a kernel build tree, debian[:PACKAGE] "
+                 "(e.g. debian:linux-image-6.12-amd64) or source[:SERIES][+FLAVOUR] "
+                 "(e.g. source:6.1+debug)")
 
 
 def check_spec(spec: str | None, modules: str | None = None) -> None:
@@ -322,6 +323,10 @@ def check_spec(spec: str | None, modules: str | None = None) -> None:
         if modules:
             raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "
                               "brings its own modules)")
+        return
+    from harness.assets import source
+    if source.is_spec(spec) and not Path(spec).exists():
+        source.parse_spec(spec)  # series and flavour known: the build happens at first use
         return
     path = Path(spec).expanduser()
     if not path.exists():

@@ -143,3 +143,12 @@ def test_verb_errors_name_the_verb() -> None:
     _only_line(r, "ksm-harness: merge: /nonexistent: no such file or directory")
     r = run_harness("plan", "--format", "yaml")
     _only_line(r, "ksm-harness: plan: argument --format: invalid choice: 'yaml'")
+
+
+def test_source_kernels_pass_the_early_check_and_bad_ones_say_why() -> None:
+    from harness.assets.kernel import check_spec
+    from harness.errors import KernelError
+    check_spec("source:6.1")
+    check_spec("source:6.1+debug")
+    with pytest.raises(KernelError, match="unknown flavour 'fast'"):
+        check_spec("source:6.1+fast")
