@@ -71,8 +71,19 @@ def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRec
         summary = record.summary() + (f" (after {i} misses: {'; '.join(misses)})"
                                       if misses else "")
         print(f"race overlap: {summary}")
-        node.user_properties.append(("race_overlap", summary))
+        _record(node, summary)
         return record
     reason = f"race not exercised: {what}: {misses[-1]} ({attempts} attempts)"
-    node.user_properties.append(("race_overlap", reason + "; " + "; ".join(misses[:-1])))
+    _record(node, "; ".join([reason, *misses[:-1]]))
     pytest.skip(reason)
+
+
+def _record(node: pytest.Item, text: str) -> None:
+    """One ``race_overlap`` property per test (the records keep one value per name): a test
+    with several races gets them joined by " | "."""
+    props = node.user_properties
+    for i, (name, value) in enumerate(props):
+        if name == "race_overlap":
+            props[i] = (name, f"{value} | {text}")
+            return
+    props.append(("race_overlap", text))

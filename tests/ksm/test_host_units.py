@@ -173,6 +173,9 @@ def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
     (name, value), = node.user_properties
     assert name == "race_overlap" and "run=2 [+0.000s, +0.500s]" in str(value)
     assert "after 2 misses" in str(value)
+    exercise_race(node, "again", lambda i: record)  # type: ignore[arg-type]
+    (name, value), = node.user_properties  # one property, both races in it
+    assert str(value).count("forks during run=2:") == 2 and " | " in str(value)
 
     def never(i: int) -> RaceRecord:
         raise RaceNotExercised("the KSM page left swapcache before run=2")
