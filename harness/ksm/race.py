@@ -72,6 +72,12 @@ class RaceRecord:
         ib = next(i for i in self.intervals if i.what == b)
         return ia.overlap(ib)
 
+    def exercised(self) -> RaceRecord:
+        """Say (in the test's output) that the precondition held, before any outcome check
+        can fail: a failure's output then shows the overlap it failed under."""
+        print(f"race exercised: {self.summary()}")
+        return self
+
     def summary(self) -> str:
         origin = min((i.t0 for i in self.intervals), default=None)
         parts = [i.describe(origin) for i in self.intervals]

@@ -184,6 +184,7 @@ def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,  # t
         if not rec.facts["oom_kill"] or not inside:
             raise RaceNotExercised(f"no OOM-killed exit completed inside run=2 "
                                    f"({rec.summary()})")
+        rec.exercised()
         # The outcome: the victims are gone (their exits did not hang), nothing merged.
         deadline = time.monotonic() + 60
         while group.procs():

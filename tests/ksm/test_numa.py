@@ -130,7 +130,7 @@ def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep:
         if a.children_pids:
             a.children_exit()
         raise RaceNotExercised(f"{'; '.join(missed)} ({rec.summary()})")
-    return rec, kept_ksm
+    return rec.exercised(), kept_ksm
 
 
 def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # type: ignore[no-untyped-def]

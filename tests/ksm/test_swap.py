@@ -217,6 +217,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
         if after["pagemap"] != PAIRS or after["swapcache"] < 1:
             raise RaceNotExercised(f"the pages left swapcache during run=2: {after} "
                                    f"({rec.summary()})")
+        rec.exercised()
         # The outcome: nothing merged, and A's pages fault back as private copies.
         ksm.assert_counts(ZERO_COUNTS, f"after run=2 passed KSM pages in swapcache "
                                        f"({rec.summary()})")
@@ -260,6 +261,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
                           "overlap s": round(run2.overlap(swapoff), 3)})
         if not run2.t0 < swapoff.t0 < run2.t1:
             raise RaceNotExercised(f"swapoff did not start while run=2 ran ({rec.summary()})")
+        rec.exercised()
         # The outcome: nothing merged, no page of A in swap nor mapping a KSM page.
         ksm.assert_counts(ZERO_COUNTS, f"after run=2 raced swapoff ({rec.summary()})")
         rec.facts.update(guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh),
