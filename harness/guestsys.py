@@ -49,6 +49,12 @@ def vmstat(vm: Runner) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
 
 
+def meminfo_kb(vm: Runner, name: str) -> int:
+    """One /proc/meminfo field in kB (e.g. SwapCached)."""
+    out = sh(vm, f"grep '^{name}:' /proc/meminfo").stdout.split()
+    return int(out[1])
+
+
 def vmstat_delta(before: dict[str, int], after: dict[str, int], *names: str) -> dict[str, int]:
     return {n: after.get(n, 0) - before.get(n, 0) for n in names}
 

@@ -55,11 +55,38 @@
  *           ksm: pages mapping a KSM page, ksmpfns: distinct KSM pages among them, thp: pages
  *           in a transparent huge page, zero: pages mapping the zero page, nopfn: present
  *           pages whose PFN was hidden (no CAP_SYS_ADMIN) or unreadable in kpageflags
+ *   kpf NAME save          remember the PFNs of the region's present pages -> ok saved=N
+ *   kpf NAME               /proc/kpageflags of those PFNs now, mapped or not (e.g. a KSM page
+ *                          swapped out but still in swapcache) -> ok saved=N ksm=K
+ *                          swapcache=S ksm_swapcache=B mapped=M unreadable=U
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
+ *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
+ *        a race with guest-side timestamps (CLOCK_MONOTONIC, microseconds): a helper spawned
+ *        without copying this mm ("ksmwork write PATH VALUE", e.g. KSM's run=2) writes VALUE
+ *        to PATH while this process forks in a loop until the write returns: up to MAXKEPT
+ *        children are kept (like "fork"; with a probe only those forked in state p, else
+ *        the first ones), the others exit at once. delay=MS: wait
+ *        for the write to return first, then fork once (a race forced off, for tests).
+ *        Before each fork the probe reads the first and last page of PAGES pages at ADDR in
+ *        process PID (pagemap + kpageflags): k = both KSM, p = first no longer KSM but last
+ *        still KSM (that mm is being unmerged right now), u = neither, s = other.
+ *        -> ok race rc=R t0=.. t1=.. forks=N kept=K inside=I inside_p=P inside_k=Q
+ *           kept_inside_ksm=C first=.. last=.. probes=kkpu... pids=a,b
+ *           (rc: the write's errno, 0 = done; inside: forks that started after t0 and
+ *           returned before t1; _p/_k: with that probe state; kept_inside_ksm: kept children
+ *           forked inside while the probed pages were still KSM, k or p)
  *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
  *   free NAME | sleep MS | pid | regions | help
  *   exit                   -> ok bye status=S [children: <children exit reply>], then
  *                          exit S (children are told to exit first; EOF: the same, no reply)
+ *
+ * One-shot use (no command loop), each bracketing one syscall with CLOCK_MONOTONIC microseconds:
+ *   ksmwork write PATH VALUE   -> t0=.. t1=.. rc=0|ERRNO (t0, open+write(2), t1)
+ *   ksmwork swapoff DEV        -> t0=.. t1=.. rc=0|ERRNO
+ *   ksmwork waitexit PID       -> "armed" once watching, then t=.. when PID has exited
+ *                                 (pidfd_open + poll), rc=0|ERRNO
+ *   ksmwork now                -> t=..
+ *   exit status 0 when rc=0, else 1.
  *
  * Exit status: 0, or 1 if any verify (own or a child's) found corruption. A fatal SIGSEGV or
  * SIGBUS prints "err crashed signal N (NAME) addr=0x..." before dying of that signal.
@@ -67,6 +94,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -76,6 +105,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/swap.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -99,6 +129,9 @@
 #endif
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 /* <numaif.h> is libnuma's: spell out the mempolicy UAPI instead. */
 #define MPOL_DEFAULT 0
@@ -138,6 +171,7 @@ struct region {
 	uint64_t seed;
 	uint64_t seedkey;
 	uint64_t *override; /* per-page key set by "write", 0 = pattern's */
+	uint64_t *saved_pfns; /* "kpf NAME save": PFNs of the present pages, 0 = none */
 	int used;
 };
 
@@ -264,6 +298,13 @@ static void app_errno_counts(const size_t *counts)
 		else
 			app(" E%d=%zu", e, counts[e]);
 	}
+}
+
+static long long now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }
 
 static long now_ms(void)
@@ -567,6 +608,7 @@ static int cmd_free(int argc, char **argv)
 	if (munmap(r->map, r->maplen) != 0)
 		return err("free: munmap: %s", errstr(errno));
 	free(r->override);
+	free(r->saved_pfns);
 	memset(r, 0, sizeof(*r));
 	return ok("freed %s", argv[1]);
 }
@@ -997,6 +1039,8 @@ static int cmd_smaps(int argc, char **argv)
 #define PM_PFN_MASK ((1ULL << 55) - 1)
 #define PM_SWAP (1ULL << 62)
 #define PM_PRESENT (1ULL << 63)
+#define KPF_MMAP 11
+#define KPF_SWAPCACHE 13
 #define KPF_KSM 21
 #define KPF_THP 22
 #define KPF_ZERO_PAGE 24
@@ -1070,6 +1114,66 @@ static int cmd_pageflags(int argc, char **argv)
 		  swapped, ksm, distinct, thp, zero, nopfn);
 }
 
+/* "kpf NAME save" remembers the PFNs of the region's present pages; "kpf NAME" reads those
+ * PFNs' /proc/kpageflags again, mapped or not: whether the very pages that were mapped are now
+ * KSM pages in swapcache (a page swapped out but not yet freed). */
+static int cmd_kpf(int argc, char **argv)
+{
+	size_t saved = 0, ksm = 0, swapcache = 0, both = 0, mapped = 0, unreadable = 0;
+	if (argc != 2 && !(argc == 3 && strcmp(argv[2], "save") == 0))
+		return err("usage: kpf NAME [save]");
+	struct region *r = need_region("kpf", argv[1]);
+	if (!r)
+		return -1;
+	if (argc == 3) {
+		uint64_t *pm = malloc(r->pages * sizeof(uint64_t));
+		if (!pm)
+			return err("kpf: no memory");
+		int pmfd = open("/proc/self/pagemap", O_RDONLY);
+		off_t off = (off_t)((uintptr_t)r->addr / page_size * sizeof(uint64_t));
+		if (pmfd < 0 || pread(pmfd, pm, r->pages * sizeof(uint64_t), off) !=
+				    (ssize_t)(r->pages * sizeof(uint64_t))) {
+			int e = errno;
+			if (pmfd >= 0)
+				close(pmfd);
+			free(pm);
+			return err("kpf: /proc/self/pagemap: %s", errstr(e));
+		}
+		close(pmfd);
+		for (size_t p = 0; p < r->pages; p++) {
+			pm[p] = (pm[p] & PM_PRESENT) ? pm[p] & PM_PFN_MASK : 0;
+			saved += pm[p] != 0;
+		}
+		free(r->saved_pfns);
+		r->saved_pfns = pm;
+		return ok("saved=%zu", saved);
+	}
+	if (!r->saved_pfns)
+		return err("kpf: nothing saved for '%s' (kpf %s save)", r->name, r->name);
+	int kfd = open("/proc/kpageflags", O_RDONLY);
+	if (kfd < 0)
+		return err("kpf: /proc/kpageflags: %s", errstr(errno));
+	for (size_t p = 0; p < r->pages; p++) {
+		uint64_t pfn = r->saved_pfns[p], flags = 0;
+		if (!pfn)
+			continue;
+		saved++;
+		if (pread(kfd, &flags, sizeof(flags), (off_t)(pfn * sizeof(uint64_t))) !=
+		    sizeof(flags)) {
+			unreadable++;
+			continue;
+		}
+		int k = (flags >> KPF_KSM) & 1, sc = (flags >> KPF_SWAPCACHE) & 1;
+		ksm += k;
+		swapcache += sc;
+		both += k && sc;
+		mapped += (flags >> KPF_MMAP) & 1;
+	}
+	close(kfd);
+	return ok("saved=%zu ksm=%zu swapcache=%zu ksm_swapcache=%zu mapped=%zu unreadable=%zu",
+		  saved, ksm, swapcache, both, mapped, unreadable);
+}
+
 /* ---- children ---- */
 
 static int serve(FILE *in);
@@ -1092,6 +1196,59 @@ static void drop_child(int i)
 	children[i] = children[--nchildren];
 }
 
+/* Forks one child that serves commands on its own pipes (kept in children[]); returns its pid,
+ * or -1 with the reply filled. */
+static pid_t fork_one(pid_t parent)
+{
+	int cmd[2], rep[2];
+	if (pipe(cmd) != 0)
+		return err("fork: pipe: %s", errstr(errno));
+	if (pipe(rep) != 0) {
+		int e = errno;
+		close(cmd[0]), close(cmd[1]);
+		return err("fork: pipe: %s", errstr(e));
+	}
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		int e = errno;
+		close(cmd[0]), close(cmd[1]), close(rep[0]), close(rep[1]);
+		return err("fork: %s", errstr(e));
+	}
+	if (pid == 0) {
+		/* A child must never outlive its parent (nor keep its SSH channel open). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(3);
+		for (int i = 0; i < nchildren; i++) {
+			close(children[i].cmd_fd);
+			fclose(children[i].rep);
+		}
+		nchildren = 0;
+		is_child = 1;
+		close(cmd[1]);
+		close(rep[0]);
+		int devnull = open("/dev/null", O_RDWR);
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+			close(devnull);
+		}
+		out_fd = rep[1];
+		FILE *in = fdopen(cmd[0], "r");
+		_exit(in ? serve(in) : 3);
+	}
+	close(cmd[0]);
+	close(rep[1]);
+	children[nchildren].pid = pid;
+	children[nchildren].cmd_fd = cmd[1];
+	children[nchildren].rep = fdopen(rep[0], "r");
+	if (!children[nchildren].rep)
+		return err("fork: fdopen: %s", errstr(errno));
+	nchildren++;
+	return pid;
+}
+
 static int cmd_fork(int argc, char **argv)
 {
 	uint64_t n;
@@ -1102,56 +1259,205 @@ static int cmd_fork(int argc, char **argv)
 	pid_t parent = getpid();
 	int first = nchildren;
 	for (uint64_t k = 0; k < n; k++) {
-		int cmd[2], rep[2];
-		if (pipe(cmd) != 0)
-			return err("fork: pipe: %s", errstr(errno));
-		if (pipe(rep) != 0) {
-			int e = errno;
-			close(cmd[0]), close(cmd[1]);
-			return err("fork: pipe: %s", errstr(e));
+		if (fork_one(parent) < 0) {
+			app(" (after %d children)", nchildren - first);
+			return -1;
 		}
-		fflush(NULL);
-		pid_t pid = fork();
-		if (pid < 0) {
-			int e = errno;
-			close(cmd[0]), close(cmd[1]), close(rep[0]), close(rep[1]);
-			return err("fork: %s (after %d children)", errstr(e), nchildren - first);
-		}
-		if (pid == 0) {
-			/* A child must never outlive its parent (nor keep its SSH channel open). */
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			if (getppid() != parent)
-				_exit(3);
-			for (int i = 0; i < nchildren; i++) {
-				close(children[i].cmd_fd);
-				fclose(children[i].rep);
-			}
-			nchildren = 0;
-			is_child = 1;
-			close(cmd[1]);
-			close(rep[0]);
-			int devnull = open("/dev/null", O_RDWR);
-			if (devnull >= 0) {
-				dup2(devnull, 0);
-				dup2(devnull, 1);
-				close(devnull);
-			}
-			out_fd = rep[1];
-			FILE *in = fdopen(cmd[0], "r");
-			_exit(in ? serve(in) : 3);
-		}
-		close(cmd[0]);
-		close(rep[1]);
-		children[nchildren].pid = pid;
-		children[nchildren].cmd_fd = cmd[1];
-		children[nchildren].rep = fdopen(rep[0], "r");
-		if (!children[nchildren].rep)
-			return err("fork: fdopen: %s", errstr(errno));
-		nchildren++;
 	}
 	ok("pids=");
 	for (int i = first; i < nchildren; i++)
 		app("%s%d", i == first ? "" : ",", (int)children[i].pid);
+	return 0;
+}
+
+/* ---- races with guest-side timestamps ---- */
+
+/* KSM flag of the page at addr in process pid: 1 KSM, 0 present and not KSM, -1 otherwise. */
+static int page_is_ksm(int pmfd, int kfd, uintptr_t addr)
+{
+	uint64_t pm = 0, flags = 0;
+	if (pread(pmfd, &pm, sizeof(pm), (off_t)(addr / page_size * sizeof(uint64_t))) !=
+	    sizeof(pm) || !(pm & PM_PRESENT) || !(pm & PM_PFN_MASK))
+		return -1;
+	if (pread(kfd, &flags, sizeof(flags), (off_t)((pm & PM_PFN_MASK) * sizeof(uint64_t))) !=
+	    sizeof(flags))
+		return -1;
+	return (flags >> KPF_KSM) & 1;
+}
+
+static char probe_state(int pmfd, int kfd, uintptr_t addr, uint64_t pages)
+{
+	if (pmfd < 0 || kfd < 0)
+		return '-';
+	int first = page_is_ksm(pmfd, kfd, addr);
+	int last = page_is_ksm(pmfd, kfd, addr + (pages - 1) * page_size);
+	if (first == 1 && last == 1)
+		return 'k';
+	if (first == 0 && last == 1)
+		return 'p';
+	if (first == 0 && last == 0)
+		return 'u';
+	return 's';
+}
+
+/* Spawns "ksmwork write PATH VALUE" (vfork-style: this mm is not copied); its stdout -> *out. */
+static pid_t spawn_writer(const char *path, const char *value, int *out)
+{
+	int p[2];
+	pid_t pid;
+	char *args[] = {"ksmwork", "write", (char *)path, (char *)value, NULL};
+	posix_spawn_file_actions_t fa;
+	if (pipe(p) != 0)
+		return -1;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+	posix_spawn_file_actions_addclose(&fa, p[0]);
+	int e = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, args, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[1]);
+	if (e != 0) {
+		close(p[0]);
+		errno = e;
+		return -1;
+	}
+	*out = p[0];
+	return pid;
+}
+
+#define RACE_MAX_FORKS 4096
+
+static int cmd_race(int argc, char **argv)
+{
+	static long long fstart[RACE_MAX_FORKS], fend[RACE_MAX_FORKS];
+	static char probes[RACE_MAX_FORKS + 1], iskept[RACE_MAX_FORKS];
+	uint64_t maxkept = 0, ppid = 0, paddr = 0, ppages = 0, delay = 0;
+	int have_probe = 0;
+	if (is_child)
+		return err("race: not supported in a child");
+	if (argc < 5 || strcmp(argv[3], "fork") != 0 || parse_u64(argv[4], &maxkept) ||
+	    maxkept > (uint64_t)(MAX_CHILDREN - nchildren))
+		return err("usage: race PATH VALUE fork MAXKEPT (<= %d) [probe=PID:ADDR:PAGES] "
+			   "[delay=MS]", MAX_CHILDREN - nchildren);
+	for (int i = 5; i < argc; i++) {
+		if (strncmp(argv[i], "probe=", 6) == 0) {
+			char *a = argv[i] + 6, *b = strchr(a, ':'), *c = b ? strchr(b + 1, ':') : NULL;
+			if (!b || !c)
+				return err("race: bad probe '%s' (want PID:ADDR:PAGES)", argv[i]);
+			*b = *c = 0;
+			if (parse_u64(a, &ppid) || parse_u64(b + 1, &paddr) || parse_u64(c + 1, &ppages) ||
+			    ppages == 0)
+				return err("race: bad probe numbers");
+			have_probe = 1;
+		} else if (strncmp(argv[i], "delay=", 6) == 0) {
+			if (parse_u64(argv[i] + 6, &delay))
+				return err("race: bad delay '%s'", argv[i]);
+		} else {
+			return err("race: unknown option '%s'", argv[i]);
+		}
+	}
+	int pmfd = -1, kfd = -1;
+	if (have_probe) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%llu/pagemap", (unsigned long long)ppid);
+		pmfd = open(path, O_RDONLY);
+		kfd = open("/proc/kpageflags", O_RDONLY);
+		if (pmfd < 0 || kfd < 0) {
+			int e = errno;
+			if (pmfd >= 0)
+				close(pmfd);
+			if (kfd >= 0)
+				close(kfd);
+			return err("race: probe %s: %s", pmfd < 0 ? path : "/proc/kpageflags", errstr(e));
+		}
+	}
+	int outfd = -1, st = 0, first_kept = nchildren, nforks = 0, kept = 0;
+	pid_t parent = getpid();
+	/* Already forking when the write starts: one fork (exiting at once) before the writer. */
+	probes[0] = probe_state(pmfd, kfd, (uintptr_t)paddr, ppages);
+	iskept[0] = 0;
+	fstart[0] = now_us();
+	fflush(NULL);
+	pid_t first = fork();
+	if (first == 0)
+		_exit(0);
+	if (first > 0)
+		waitpid(first, NULL, 0);
+	fend[0] = now_us();
+	nforks = first > 0;
+	pid_t writer = spawn_writer(argv[1], argv[2], &outfd);
+	if (writer < 0) {
+		int e = errno;
+		if (pmfd >= 0)
+			close(pmfd), close(kfd);
+		return err("race: spawning the writer: %s", errstr(e));
+	}
+	int running = 1;
+	if (delay) { /* the race forced off: the write is over before the first fork */
+		waitpid(writer, &st, 0);
+		running = 0;
+		struct timespec ts = {(time_t)(delay / 1000), (long)(delay % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	do {
+		if (running && waitpid(writer, &st, WNOHANG) == writer)
+			running = 0;
+		if (nforks >= RACE_MAX_FORKS)
+			break;
+		probes[nforks] = probe_state(pmfd, kfd, (uintptr_t)paddr, ppages);
+		fstart[nforks] = now_us();
+		/* With a probe, keep the children forked while the probed mm is part-unmerged. */
+		iskept[nforks] = (uint64_t)kept < maxkept && (!have_probe || probes[nforks] == 'p');
+		if (iskept[nforks]) {
+			if (fork_one(parent) < 0)
+				break;
+			kept++;
+		} else {
+			fflush(NULL);
+			pid_t pid = fork();
+			if (pid == 0)
+				_exit(0);
+			if (pid < 0)
+				break;
+			waitpid(pid, NULL, 0);
+		}
+		fend[nforks] = now_us();
+		nforks++;
+	} while (running);
+	if (running)
+		waitpid(writer, &st, 0);
+	probes[nforks] = 0;
+	if (pmfd >= 0)
+		close(pmfd), close(kfd);
+	char wout[256] = "";
+	ssize_t n = read(outfd, wout, sizeof(wout) - 1);
+	close(outfd);
+	wout[n > 0 ? n : 0] = 0;
+	long long t0 = -1, t1 = -1;
+	char rc[32] = "?";
+	const char *p0 = strstr(wout, "t0="), *p1 = strstr(wout, "t1="), *pr = strstr(wout, "rc=");
+	if (p0)
+		t0 = atoll(p0 + 3);
+	if (p1)
+		t1 = atoll(p1 + 3);
+	if (pr)
+		sscanf(pr + 3, "%31s", rc);
+	int inside = 0, inside_p = 0, inside_k = 0, kept_inside_ksm = 0;
+	for (int i = 0; i < nforks; i++) {
+		if (t0 < 0 || fstart[i] < t0 || fend[i] > t1)
+			continue;
+		inside++;
+		inside_p += probes[i] == 'p';
+		inside_k += probes[i] == 'k';
+		kept_inside_ksm += iskept[i] && (probes[i] == 'k' || probes[i] == 'p');
+	}
+	ok("race rc=%s t0=%lld t1=%lld forks=%d kept=%d inside=%d inside_p=%d inside_k=%d "
+	   "kept_inside_ksm=%d first=%lld last=%lld probes=%s pids=", rc, t0, t1, nforks, kept,
+	   inside, inside_p, inside_k, kept_inside_ksm, nforks ? fstart[0] : -1, nforks ? fend[nforks - 1] : -1,
+	   nforks ? probes : "-");
+	for (int i = first_kept; i < nchildren; i++)
+		app("%s%d", i == first_kept ? "" : ",", (int)children[i].pid);
+	if (!WIFEXITED(st))
+		app(" writer_status=0x%x", st);
 	return 0;
 }
 
@@ -1300,7 +1606,7 @@ static int cmd_help(int argc, char **argv)
 	(void)argc, (void)argv;
 	return ok("commands: alloc madvise verify write corrupt touch mlock munlock mlockall "
 		  "munlockall fork children pids move nodes policy migrate smaps free sleep pid "
-		  "regions peek crash churn pageflags help exit");
+		  "regions peek crash churn pageflags race kpf help exit");
 }
 
 static int exit_status(void)
@@ -1335,6 +1641,7 @@ static int dispatch(char *line)
 		{"smaps", cmd_smaps},	    {"sleep", cmd_sleep},	{"pid", cmd_pid},
 		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
 		{"crash", cmd_crash},	    {"churn", cmd_churn},	{"pageflags", cmd_pageflags},
+		{"race", cmd_race},	    {"kpf", cmd_kpf},
 	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;
@@ -1426,8 +1733,76 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 	/* SA_RESETHAND: returning re-executes the access and dies of the default action. */
 }
 
-int main(void)
+static int report_rc(int e)
 {
+	const char *name = errno_name(e);
+	if (!e)
+		printf(" rc=0\n");
+	else if (name)
+		printf(" rc=%s\n", name);
+	else
+		printf(" rc=E%d\n", e);
+	fflush(stdout);
+	return e ? 1 : 0;
+}
+
+/* "ksmwork write|swapoff|waitexit|now ...": one syscall bracketed by timestamps. */
+static int oneshot(int argc, char **argv)
+{
+	if (strcmp(argv[1], "now") == 0 && argc == 2) {
+		printf("t=%lld\n", now_us());
+		return 0;
+	}
+	if (strcmp(argv[1], "write") == 0 && argc == 4) {
+		long long t0 = now_us();
+		int fd = open(argv[2], O_WRONLY);
+		if (fd < 0) {
+			int e = errno;
+			printf("t0=%lld t1=%lld", t0, now_us());
+			return report_rc(e);
+		}
+		size_t len = strlen(argv[3]);
+		ssize_t w = write(fd, argv[3], len);
+		int e = w == (ssize_t)len ? 0 : w < 0 ? errno : EIO;
+		long long t1 = now_us();
+		close(fd);
+		printf("t0=%lld t1=%lld", t0, t1);
+		return report_rc(e);
+	}
+	if (strcmp(argv[1], "swapoff") == 0 && argc == 3) {
+		long long t0 = now_us();
+		int e = swapoff(argv[2]) == 0 ? 0 : errno;
+		long long t1 = now_us();
+		printf("t0=%lld t1=%lld", t0, t1);
+		return report_rc(e);
+	}
+	if (strcmp(argv[1], "waitexit") == 0 && argc == 3) {
+		uint64_t pid;
+		if (parse_u64(argv[2], &pid))
+			return 2;
+		int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+		if (fd < 0) {
+			int e = errno;
+			printf("t=-1");
+			return report_rc(e);
+		}
+		printf("armed\n"); /* the pidfd holds the process: its exit cannot be missed now */
+		fflush(stdout);
+		struct pollfd pfd = {fd, POLLIN, 0};
+		while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
+			;
+		printf("t=%lld", now_us());
+		close(fd);
+		return report_rc(0);
+	}
+	fprintf(stderr, "usage: ksmwork [write PATH VALUE | swapoff DEV | waitexit PID | now]\n");
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		return oneshot(argc, argv);
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = on_fault;

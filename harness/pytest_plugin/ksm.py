@@ -2,7 +2,7 @@
 says what is missing."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -11,6 +11,11 @@ from harness import kernel_bugs
 from harness.guestsys import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
 from harness.ksm.guest import KsmGuest
+from harness.ksm.race import RaceNotExercised, RaceRecord
+
+# A race scenario tries this often to reach its precondition (each try costs a merge and an
+# unmerge under TCG: keep it small, the suite's budget is 10 minutes).
+RACE_ATTEMPTS = 3
 
 
 @contextmanager
@@ -46,3 +51,39 @@ def xfail_mark(bug_id: str, release: str, banner: str = "",
     version = ".".join(map(str, kernel_bugs.kernel_version(release, banner) or ()))
     return pytest.mark.xfail(strict=True, raises=raises,
                              reason=f"{bug.describe()} (this kernel: {release}, {version})")
+
+
+def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRecord],
+                  attempts: int = RACE_ATTEMPTS) -> RaceRecord:
+    """Run ``attempt(i)`` until it returns (the race happened, its precondition asserted, the
+    outcome checked) or ``attempts`` tries all raised RaceNotExercised: then the test is
+    skipped with "race not exercised: WHAT: REASON", never passed. Any other exception (a
+    failed outcome, a kernel report) ends it at once. The measured overlap (or each miss) is
+    printed and kept as the test's ``race_overlap`` property."""
+    misses: list[str] = []
+    for i in range(attempts):
+        try:
+            record = attempt(i)
+        except RaceNotExercised as miss:
+            misses.append(f"attempt {i + 1}: {miss}")
+            print(f"race not exercised ({what}), attempt {i + 1}/{attempts}: {miss}")
+            continue
+        summary = record.summary() + (f" (after {i} misses: {'; '.join(misses)})"
+                                      if misses else "")
+        print(f"race overlap: {summary}")
+        _record(node, summary)
+        return record
+    reason = f"race not exercised: {what}: {misses[-1]} ({attempts} attempts)"
+    _record(node, "; ".join([reason, *misses[:-1]]))
+    pytest.skip(reason)
+
+
+def _record(node: pytest.Item, text: str) -> None:
+    """One ``race_overlap`` property per test (the records keep one value per name): a test
+    with several races gets them joined by " | "."""
+    props = node.user_properties
+    for i, (name, value) in enumerate(props):
+        if name == "race_overlap":
+            props[i] = (name, f"{value} | {text}")
+            return
+    props.append(("race_overlap", text))

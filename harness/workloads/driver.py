@@ -335,6 +335,34 @@ class Workload:
         f = self.command(line, self._timeout(count or self._pages(name))).fields
         return {k: int(v) for k, v in f.items()}
 
+    def kpf_save(self, name: str) -> int:
+        """Remember the PFNs of the region's present pages; returns how many."""
+        return self.command(f"kpf {name} save", self._timeout(self._pages(name))).number("saved")
+
+    def kpf(self, name: str) -> dict[str, int]:
+        """/proc/kpageflags of the PFNs saved by :meth:`kpf_save`, mapped or not: saved, ksm,
+        swapcache, ksm_swapcache (both), mapped, unreadable."""
+        f = self.command(f"kpf {name}", self._timeout(self._pages(name))).fields
+        return {k: int(v) for k, v in f.items()}
+
+    def race_forks(self, path: str, value: int | str, keep: int,
+                   probe: tuple[int, int, int] | None = None, delay_ms: int | None = None,
+                   timeout: float = 300.0) -> dict[str, str]:
+        """Write VALUE to PATH from a helper (this mm not copied) while forking in a loop until
+        the write returns; the first ``keep`` children are kept (see ``children``). probe:
+        (pid, addr, pages) whose first and last page are checked for KSM before each fork.
+        delay_ms: the race forced off (one fork, after the write returned). Returns the
+        reply's fields (rc, t0, t1 in guest microseconds, forks, kept, inside, inside_p,
+        inside_k, probes, pids)."""
+        line = f"race {path} {value} fork {int(keep)}"
+        if probe is not None:
+            line += f" probe={int(probe[0])}:{int(probe[1]):#x}:{int(probe[2])}"
+        if delay_ms is not None:
+            line += f" delay={int(delay_ms)}"
+        fields = self.command(line, timeout).fields
+        self.children_pids += [int(p) for p in fields.get("pids", "").split(",") if p]
+        return fields
+
     def sleep(self, ms: int) -> None:
         self.command(f"sleep {ms}", BASE_TIMEOUT + ms / 1000)
 

@@ -23,6 +23,15 @@ from harness.ksm import (
     Layout,
     write_in_background,
 )
+from harness.ksm.race import (
+    Interval,
+    RaceNotExercised,
+    RaceRecord,
+    TimedCommand,
+    timed_ksm_write,
+    write_interval,
+)
+from harness.pytest_plugin.ksm import exercise_race
 from harness.workloads import WorkloadError
 
 
@@ -123,42 +132,74 @@ def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload) -> None:  # ty
 
 
 @pytest.mark.allow_kernel("OOM")
-def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg) -> None:  # type: ignore[no-untyped-def]
-    group = memcg("oom")
-    group.write("memory.swap.max", 0)
-    victim = workload(name="victim", cgroup=group)
-    victim.alloc("s", 8192, "same:55")  # 32 MiB of one content
-    victim.madvise("s", "merge")
-    ksm.set("run", 1)
-    ksm.wait_counts(Layout().same("x", 8192).expected(), what="victim merged")
-    victim.fork(2)  # more mappings to break: 3 x 32 MiB once unmerged
-    ksm.wait_counts(Layout().same("x", 8192).ksm_fork(8192, 2).expected(),
-                    what="victim's children merged")
-    charged = group.current()
-    group.write("memory.max", "16M")  # fits merged (well under 1 MiB), not unmerged
-    before = group.keyed("memory.events")
-    try:
-        took = write_in_background(ksm.runner, "run", RUN_UNMERGE).wait(timeout=300)
-        outcome = f"run=2 returned in {took:.1f}s"
-    except KsmWriteError as refused:  # unmerge_ksm_pages() can give up with ENOMEM
-        assert refused.errno_name == "ENOMEM", str(refused)
-        outcome = "run=2 gave ENOMEM"
-        ksm.set("run", RUN_UNMERGE, timeout=300)  # the victim is gone: this one completes
-    events = group.keyed("memory.events")
-    assert events["oom_kill"] > before.get("oom_kill", 0), \
-        f"no OOM kill in the group ({outcome}; charged {charged} bytes merged; {events})"
-    # The victim (and its children, who die with it) must be gone: its exit did not hang.
-    deadline = time.monotonic() + 60
-    while group.procs():
-        assert time.monotonic() < deadline, f"OOM victims still there: {group.procs()}"
-        time.sleep(0.1)
-    with pytest.raises(WorkloadError):
-        victim.verify()
-    # As with any exit during run=2, stable nodes of pages the victim still mapped may stay
-    # until the next run=2 (see test_exits_during_scan_and_during_unmerge).
-    ksm.assert_counts(ALL_GONE, f"after the OOM kill ({outcome})")
-    ksm.unmerge_all()
-    ksm.assert_counts(ZERO_COUNTS, "after a second run=2")
+def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,  # type: ignore[no-untyped-def]
+                                      request) -> None:
+    """Seed 002. Precondition, asserted from guest timestamps: an OOM kill in the group, and a
+    killed process's exit completed after run=2's write began and before it returned (while
+    run=2 held ksm_thread_mutex, which the exit path once waited for: the deadlock). run=2
+    may give up with ENOMEM (a break_ksm fault the memory cgroup could not charge), which the
+    record says; it must return, and a second run=2 must leave nothing."""
+    def attempt(i: int) -> RaceRecord:
+        group = memcg(f"oom{i}")
+        group.write("memory.swap.max", 0)
+        victim = workload(name=f"victim{i}", cgroup=group)
+        victim.alloc("s", 8192, "same:55")  # 32 MiB of one content
+        victim.madvise("s", "merge")
+        ksm.set("run", 1)
+        ksm.wait_counts(Layout().same("x", 8192).expected(), what="victim merged")
+        victim.fork(2)  # more mappings to break: 3 x 32 MiB once unmerged
+        ksm.wait_counts(Layout().same("x", 8192).ksm_fork(8192, 2).expected(),
+                        what="victim's children merged")
+        charged = group.current()
+        pids = group.procs()
+        watchers = [TimedCommand(ksm.runner, ksm_guest.binary, f"exit of {pid}", "waitexit",
+                                 str(pid)) for pid in pids]
+        for w in watchers:
+            w.wait_for_line("armed")
+        group.write("memory.max", "16M")  # fits merged (well under 1 MiB), not unmerged
+        before = group.keyed("memory.events")
+        rec = RaceRecord("OOM kill during run=2")
+        write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+        try:
+            rec.add(write_interval(write, "run", RUN_UNMERGE, timeout=300))
+            rec.facts["run=2"] = "returned 0"
+        except KsmWriteError as refused:  # unmerge_ksm_pages() gave up: ENOMEM, nothing else
+            assert refused.errno_name == "ENOMEM", str(refused)
+            _, stamps = write.wait(1)
+            rec.add(Interval("run=2 (ENOMEM)", int(stamps["t0"]), int(stamps["t1"])))
+            rec.facts["run=2"] = "ENOMEM"
+        run2 = rec.intervals[0]
+        events = group.keyed("memory.events")
+        rec.facts.update({"oom_kill": events["oom_kill"] - before.get("oom_kill", 0),
+                          "charged merged": charged})
+        deaths = {}
+        for w in watchers:
+            rc, stamps = w.wait(60)  # the killed and their children: all gone
+            assert rc == "0", f"{w.what}: waitexit failed with {rc}"
+            deaths[w.what] = int(stamps["t"])
+        inside = [what for what, t in deaths.items() if run2.contains(t)]
+        rec.facts.update({k + " at": f"{(t - run2.t0) / 1e6:+.3f}s" for k, t in deaths.items()})
+        if ksm.get("run") != RUN_UNMERGE:  # after ENOMEM run is 0: unmerge what is left
+            ksm.set("run", RUN_UNMERGE, timeout=300)
+        if not rec.facts["oom_kill"] or not inside:
+            raise RaceNotExercised(f"no OOM-killed exit completed inside run=2 "
+                                   f"({rec.summary()})")
+        rec.exercised()
+        # The outcome: the victims are gone (their exits did not hang), nothing merged.
+        deadline = time.monotonic() + 60
+        while group.procs():
+            assert time.monotonic() < deadline, f"OOM victims still there: {group.procs()}"
+            time.sleep(0.1)
+        with pytest.raises(WorkloadError):
+            victim.verify()
+        # As with any exit during run=2, stable nodes of pages the victim still mapped may
+        # stay until the next run=2 (see test_exits_during_scan_and_during_unmerge).
+        ksm.assert_counts(ALL_GONE, f"after the OOM kill ({rec.summary()})")
+        ksm.unmerge_all()
+        ksm.assert_counts(ZERO_COUNTS, "after a second run=2")
+        return rec
+
+    exercise_race(request.node, "OOM kill during run=2", attempt, attempts=2)
 
 
 @pytest.mark.parametrize("when", ["before_merge", "after_merge"])

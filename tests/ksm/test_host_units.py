@@ -144,3 +144,84 @@ def test_background_commands_of_a_workload(binary: Path) -> None:
         assert w.exit() == 0
     finally:
         w.kill()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.user_properties: list[tuple[str, object]] = []
+
+
+def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
+    from harness.ksm.race import Interval, RaceNotExercised, RaceRecord
+    from harness.pytest_plugin.ksm import exercise_race
+
+    tries: list[int] = []
+
+    def twice_missed(i: int) -> RaceRecord:
+        tries.append(i)
+        if i < 2:
+            raise RaceNotExercised(f"no fork inside run=2 (try {i})")
+        rec = RaceRecord("forks during run=2", facts={"inside": 3})
+        rec.add(Interval("run=2", 1_000_000, 1_500_000))
+        rec.add(Interval("forks", 1_200_000, 1_700_000))
+        assert rec.overlap("run=2", "forks") == pytest.approx(0.3)
+        return rec
+
+    node = _Node()
+    record = exercise_race(node, "forks", twice_missed)  # type: ignore[arg-type]
+    assert tries == [0, 1, 2] and record.facts == {"inside": 3}
+    (name, value), = node.user_properties
+    assert name == "race_overlap" and "run=2 [+0.000s, +0.500s]" in str(value)
+    assert "after 2 misses" in str(value)
+    exercise_race(node, "again", lambda i: record)  # type: ignore[arg-type]
+    (name, value), = node.user_properties  # one property, both races in it
+    assert str(value).count("forks during run=2:") == 2 and " | " in str(value)
+
+    def never(i: int) -> RaceRecord:
+        raise RaceNotExercised("the KSM page left swapcache before run=2")
+
+    node = _Node()
+    with pytest.raises(pytest.skip.Exception, match=r"^race not exercised: swapcache: "
+                       r"attempt 3: the KSM page left swapcache before run=2 \(3 attempts\)"):
+        exercise_race(node, "swapcache", never)  # type: ignore[arg-type]
+    assert node.user_properties[0][0] == "race_overlap"
+
+    def broken(i: int) -> RaceRecord:  # a failed outcome is a failure, not a miss
+        raise AssertionError("child still maps KSM pages")
+
+    with pytest.raises(AssertionError):
+        exercise_race(_Node(), "forks", broken)  # type: ignore[arg-type]
+
+
+def test_race_command_and_timed_writes(binary: Path, tmp_path: Path) -> None:
+    from harness.ksm.race import timed_ksm_write, write_interval
+
+    (tmp_path / "run").write_text("0\n")
+    spawner = LocalSpawner()
+    iv = write_interval(timed_ksm_write(spawner, str(binary), "run", 2, str(tmp_path)),
+                        "run", 2, timeout=10)
+    assert iv.t1 >= iv.t0 > 0 and (tmp_path / "run").read_text().startswith("2")
+    with pytest.raises(KsmWriteError) as refused:
+        write_interval(timed_ksm_write(spawner, str(binary), "nosuch", 1, str(tmp_path)),
+                       "nosuch", 1, timeout=10)
+    assert refused.value.errno_name == "ENOENT"
+    w = Workload.start(spawner, str(binary))
+    try:
+        w.alloc("s", 64, "same:1")
+        fifo = tmp_path / "fifo"  # a write that blocks until the test reads it: a long run=2
+        os.mkfifo(fifo)
+        w.begin(f"race {fifo} 2 fork 4")
+        time.sleep(0.5)
+        assert fifo.read_text() == "2"
+        got = w.finish(10).fields
+        assert got["rc"] == "0" and int(got["forks"]) >= 2 and got["kept"] == "4", got
+        assert int(got["inside"]) >= 1 and int(got["t1"]) - int(got["t0"]) >= 400_000, got
+        w.children_pids += [int(p) for p in got["pids"].split(",")]
+        assert w.children_verify() == 64 and w.children_exit() == [0] * 4
+        # The race forced off: the write returns before the only fork.
+        off = w.race_forks(str(tmp_path / "run"), 1, keep=1, delay_ms=20)
+        assert off["inside"] == "0" and off["forks"] == "2", off  # the one before, one after
+        assert int(off["first"]) < int(off["t0"]) and int(off["last"]) > int(off["t1"])
+        assert w.children_exit() == [0]
+    finally:
+        w.kill()

@@ -9,8 +9,11 @@ ksmd paused, and every phase verifies every byte of every process.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from harness.access.background import Background
 from harness.ksm import (
     RUN_UNMERGE,
     ZERO_COUNTS,
@@ -21,6 +24,8 @@ from harness.ksm import (
     Layout,
     selected_value,
 )
+from harness.ksm.race import RaceNotExercised, RaceRecord, ksm_file
+from harness.pytest_plugin.ksm import exercise_race
 from harness.workloads import DataCorruption
 
 # (knob, value the kernel must refuse with EINVAL). Values are what mm/ksm.c's parsers reject:
@@ -259,3 +264,55 @@ def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload) -> None:  # type: i
     after = w.pageflags("s")
     assert after["ksm"] == 0, f"KSM pages still mapped after run=2: {after}"
     w.verify()
+
+
+def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,  # type: ignore[no-untyped-def]
+                                                request) -> None:
+    """run=2 killed with SIGKILL part-way (unmerge_ksm_pages() sees the signal and gives up):
+    precondition, asserted each round, the writer died of the signal with D's pages partly
+    unmerged (pagemap + kpageflags: the counters only move once a whole mm is done); then every KSM knob write returns within a deadline, run reads a sane
+    value, and at the end a full run=2 leaves every counter, chain and dup at 0 (the ksm
+    fixture checks the KSM slabs against their baseline after the test)."""
+    sh = ksm_guest.sh
+    d = workload(name="D")
+    d.alloc("s", 8192, "same:58")  # 32 dups of one content: ~1 s of unmerging under TCG
+    d.madvise("s", "merge")
+    merged = Layout().same("same:58", 8192).expected()
+    rounds = []
+    for r in range(3):
+        def attempt(i: int, r: int = r) -> RaceRecord:
+            ksm.set("run", 1)
+            ksm.wait_counts(merged, what=f"round {r}.{i}: merged")
+            cmd = Background(ksm.runner, f"sh -c 'echo pid=$$; exec {ksm_guest.binary} write "
+                                         f"{ksm_file('run')} {RUN_UNMERGE}'")
+            deadline = time.monotonic() + 30
+            while not any(line.startswith("pid=") for line in cmd.lines):
+                assert not cmd.done() and time.monotonic() < deadline, cmd.output
+            pid = int(next(x for x in cmd.lines if x.startswith("pid="))[4:])
+            time.sleep(0.15 / (i + 1))  # part-way, sooner on each retry
+            sh.run(f"kill -9 {pid}", timeout=30)
+            status, output, _ = cmd.wait(60)
+            snap = ksm.snapshot()
+            # The counters only move once a whole mm is done: D's own pages show the progress.
+            left = d.pageflags("s")["ksm"]
+            rec = RaceRecord(f"round {r}: run=2 killed", facts={
+                "writer status": status, "D pages still KSM": left, "of": 8192,
+                "pages_sharing": snap["pages_sharing"], "run reads": snap.text("run")})
+            if status != 128 + 9 or not 0 < left < 8192:
+                ksm.unmerge_all()
+                raise RaceNotExercised(f"not killed part-way ({rec.summary()}; {output})")
+            rec.exercised()
+            # The outcome: run reads a sane value, every knob write returns in time.
+            assert ksm.get("run") in (0, 1, 2), snap.text("run")
+            for name, value in ksm.knobs().items():
+                if name != "run":
+                    ksm.set(name, selected_value(value), timeout=30)
+            d.verify()
+            return rec
+
+        rounds.append(exercise_race(request.node, f"round {r}: run=2 killed part-way",
+                                    attempt))
+    ksm.unmerge_all()
+    ksm.assert_counts(ZERO_COUNTS, "after a full run=2 following the killed ones")
+    d.verify()
+    assert d.pageflags("s")["ksm"] == 0

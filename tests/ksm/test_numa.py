@@ -3,10 +3,12 @@
 Seed 000 (ksm: remove old stable nodes more thoroughly): switching merge_across_nodes after
 run=2 could oops on stale stable nodes, left by KSM pages lingering in swapcache, by mms forked
 behind the unmerge cursor, or by KSM pages faulted back from swapcache just after the unmerge
-passed them. The cycle test recreates all three: KSM pages pushed to zram swap and partly
-faulted back (swapcache), processes forked while run=2 runs, a process faulting swapped KSM
-pages while run=2 runs; then it checks that no page anywhere still maps a KSM page, switches
-merge_across_nodes (which must not be EBUSY) and merges again to exact counters.
+passed them. The cycle test forces the second with evidence: a process still mapping KSM pages
+forks in a loop for the whole of run=2, and a fork lands while run=2 is part-way through an
+earlier mm (guest timestamps and a probe of that mm's pages; otherwise "race not exercised",
+a skip); KSM pages also go to zram and come back. Then no page anywhere (children included)
+may map a KSM page, merge_across_nodes switches (not EBUSY) and merges again exactly. A KSM
+page in swapcache while run=2 passes (the third cause) needs a swap disk: test_swap.py.
 
 Seed 004 (ksm: make !merge_across_nodes migration safe): a KSM page migrated to the other node
 leaves its stable node in the wrong tree until ksmd moves it; nothing may merge onto such a
@@ -26,10 +28,10 @@ from harness.ksm import (
     Ksm,
     KsmWriteError,
     Layout,
-    write_in_background,
 )
 from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import require_nodes
+from harness.ksm.race import Interval, RaceNotExercised, RaceRecord, ksm_file
+from harness.pytest_plugin.ksm import exercise_race, require_nodes
 from harness.workloads import Workload
 
 
@@ -81,14 +83,71 @@ def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None
     b.verify()
 
 
+def runs(text: str) -> str:
+    """Run-length form of a probe string: "kkkkpppu" -> "k4p3u1"."""
+    return "".join(f"{m.group(1)}{len(m.group(0))}" for m in re.finditer(r"(.)\1*", text))
+
+
+def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep: int,
+                         forced_off: bool = False) -> tuple[RaceRecord, int]:
+    """run=2 while ``a`` forks in a loop for the whole of it (seed 000, cause 2: mms forked
+    behind the unmerge cursor were missed). ``d`` is earlier in KSM's mm list (it madvised
+    first), so run=2 unmerges it before ``a``. Precondition, asserted before any outcome:
+    every page of d/region mapped a KSM page just before run=2; the forks began before run=2
+    and ended after it; a fork landed while run=2 was part-way through d/region (its first
+    page no longer KSM, its last one still KSM: the earlier mm being unmerged while a later
+    one forks); a kept child was forked inside run=2 while d still had KSM pages (so ``a``,
+    later in the list, still mapped KSM pages too). The forking mm cannot be the one being
+    unmerged: fork takes its mmap_lock for writing, run=2 holds it for reading for the whole
+    mm (seen: a probe on the forker itself went from all-KSM to none in one fork).
+    forced_off: fork only after run=2 returned. Returns the record and the kept children
+    forked inside run=2 from KSM pages; RaceNotExercised when missed."""
+    pages = d.regions[region]
+    before = d.pageflags(region)
+    if before["ksm"] != pages or before["present"] != pages:
+        raise RaceNotExercised(f"{d.name}/{region}: {before['ksm']}/{pages} pages mapped a "
+                               f"KSM page before run=2 ({before})")
+    f = a.race_forks(ksm_file("run"), RUN_UNMERGE, keep, probe=(d.pid or 0, addr, pages),
+                     delay_ms=200 if forced_off else None)
+    if f["rc"] != "0":
+        raise KsmWriteError("run", RUN_UNMERGE, f["rc"], f"run=2 racing forks: {f}")
+    rec = RaceRecord("forks during run=2")
+    run2 = rec.add(Interval("run=2", int(f["t0"]), int(f["t1"])))
+    forks = rec.add(Interval("forks", int(f["first"]), int(f["last"])))
+    kept_ksm = int(f["kept_inside_ksm"])
+    rec.facts.update({"forks": int(f["forks"]), "inside run=2": int(f["inside"]),
+                      f"inside while {d.name}/{region} was part-unmerged": int(f["inside_p"]),
+                      "kept children forked inside from KSM pages": kept_ksm,
+                      f"probes of {d.name}/{region}": runs(f["probes"])})
+    missed = []
+    if not (forks.t0 <= run2.t0 and forks.t1 >= run2.t1):
+        missed.append("the forks did not cover the whole of run=2")
+    if int(f["inside_p"]) < 1:
+        missed.append(f"no fork while run=2 was part-way through {d.name}/{region}")
+    if kept_ksm < 1:
+        missed.append("no kept child was forked inside run=2 from KSM pages")
+    if missed:
+        if a.children_pids:
+            a.children_exit()
+        raise RaceNotExercised(f"{'; '.join(missed)} ({rec.summary()})")
+    return rec.exercised(), kept_ksm
+
+
 def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, memcg, zram_swap) -> None:
+        ksm: Ksm, workload, memcg, zram_swap, request) -> None:
+    """Seed 000 on two nodes, three merge_across_nodes cycles. A (outside the memory cgroup,
+    so its KSM pages stay present) forks in a loop for the whole of each run=2 (cause 2; the
+    race's precondition is asserted, see forks_during_unmerge); B's KSM pages are pushed to
+    zram and faulted back during and after it. zram frees a swapped page at once, so no KSM
+    page sits in swapcache here: that precondition (cause 3) is forced with a swap disk in
+    test_swap.py::test_ksm_page_in_swapcache_when_run2_passes."""
     group = memcg("mac")
-    a = workload(name="A", cgroup=group)  # forks during run=2
-    b = workload(name="B", cgroup=group)  # faults swapped KSM pages in during run=2
-    d = workload(name="D")  # outside the group: its KSM pages stay present, so run=2 has
-    d.alloc("big", 3072, "same:22", node=1)  # real work to do while A forks and B faults
+    d = workload(name="D")  # first in KSM's mm list: run=2 is part-way through it while A forks
+    big = 6144
+    addr = d.alloc("big", big, "same:22", node=1)
     d.madvise("big", "merge")
+    a = workload(name="A")  # forks during run=2
+    b = workload(name="B", cgroup=group)  # swapped to zram, faulted in
     n = 400
     for w, useed in ((a, 1), (b, 2)):
         w.alloc("n0", n, "same:21", node=0)
@@ -97,62 +156,70 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
         for region in w.regions:
             w.madvise(region, "merge")
     layout = (Layout().same("same:21", 2 * n, node=0).same("same:21", 2 * n, node=1)
-              .same("same:22", 3072, node=1).unique(128))
-    forked_during_unmerge = []
+              .same("same:22", big, node=1).unique(128))
+    records = []
 
     for cycle, mac in enumerate((1, 0, 1)):
-        ksm.set("merge_across_nodes", mac)  # run=2 came before: it must not be EBUSY
-        ksm.set("run", 1)
-        ksm.wait_counts(layout.expected(merge_across_nodes=bool(mac)),
-                        what=f"cycle {cycle}: merged with merge_across_nodes={mac}")
-        # Push the group's pages to zram, fault part back: KSM pages in swap and in swapcache.
-        group.reclaim()
-        swapped = a.pageflags("n0")["swapped"] + b.pageflags("n1")["swapped"]
-        assert swapped > 0, f"cycle {cycle}: memory.reclaim swapped nothing out"
-        a.verify("n0")
-
-        # run=2 while A forks (children must be unmerged too) and B faults its swapped pages.
-        pending = write_in_background(ksm.runner, "run", RUN_UNMERGE)
-        deadline = time.monotonic() + 60
-        while ksm.get("run") != RUN_UNMERGE and not pending.done():
-            assert time.monotonic() < deadline, "run=2 did not start within 60s"
-        forks = 0
-        while not pending.done() and forks < 6:
-            forked_during_unmerge += a.fork(1)
-            forks += 1
-            b.verify("n0" if forks % 2 else "n1")
-        b.verify()
-        took = pending.wait(timeout=300)
-        print(f"cycle {cycle} mac={mac}: {swapped} pages swapped, run=2 took {took:.2f}s, "
-              f"{forks} forks during it")
-        ksm.assert_counts(ZERO_COUNTS, f"cycle {cycle}: after run=2 ({took:.1f}s, {forks} "
-                                       "forks during it)")
-        # Nothing anywhere still maps a KSM page: parent, children, the faulting process.
-        a.verify()
-        d.verify()
-        dflags = d.pageflags("big")
-        assert dflags["ksm"] == 0, (f"cycle {cycle}: D/big (outside the memory cgroup, not "
-                                    f"swapped) still maps KSM pages after run=2: {dflags} "
-                                    "(unless /proc/kpageflags is wrong: see "
-                                    "test_kpageflags_marks_only_ksm_pages)")
-        for w in (a, b):
-            for region in ("n0", "n1", "u"):
-                flags = w.pageflags(region)
-                assert flags["nopfn"] == 0, flags
-                assert flags["ksm"] == 0, (f"cycle {cycle}: {w.name}/{region} still maps KSM "
-                                           f"pages after run=2: {flags}")
-        if a.children_pids:
-            reply = a.children("pageflags n0").text + " " + a.children("pageflags n1").text
+        def attempt(i: int, cycle: int = cycle, mac: int = mac) -> RaceRecord:
+            ksm.set("merge_across_nodes", mac)  # run=2 came before: it must not be EBUSY
+            ksm.set("run", 1)
+            ksm.wait_counts(layout.expected(merge_across_nodes=bool(mac)),
+                            what=f"cycle {cycle}.{i}: merged with merge_across_nodes={mac}")
+            group.reclaim()  # B's KSM pages to zram; part of them faulted back
+            swapped = b.pageflags("n0")["swapped"] + b.pageflags("n1")["swapped"]
+            assert swapped > 0, f"cycle {cycle}: memory.reclaim swapped nothing out"
+            b.verify("n0")
+            rec, kept_ksm = forks_during_unmerge(a, d, "big", addr, keep=6)
+            rec.scenario = f"cycle {cycle} mac={mac}: " + rec.scenario
+            rec.facts["B swapped"] = swapped
+            # The outcome. Nothing anywhere still maps a KSM page: A, its children (those
+            # forked inside run=2 from KSM pages too), B faulting its swapped pages now.
+            ksm.assert_counts(ZERO_COUNTS, f"cycle {cycle}: after run=2 ({rec.summary()})")
+            b.verify()
+            a.verify()
+            d.verify()
+            for w in (a, b, d):
+                for region in w.regions:
+                    flags = w.pageflags(region)
+                    assert flags["nopfn"] == 0, flags
+                    assert flags["ksm"] == 0, (f"cycle {cycle}: {w.name}/{region} still maps "
+                                               f"KSM pages after run=2: {flags}")
+            reply = " ".join(a.children(f"pageflags {r}").text for r in a.regions)
             assert set(re.findall(r"\bksm=(\d+)", reply)) == {"0"}, \
-                f"cycle {cycle}: a child forked during run=2 still maps KSM pages: {reply}"
+                (f"cycle {cycle}: a child forked during run=2 ({kept_ksm} of them from KSM "
+                 f"pages) still maps KSM pages: {reply}")
             a.children_verify()
-            assert a.children_exit() == [0] * forks
-    assert forked_during_unmerge, "no fork happened while run=2 was running"
+            assert set(a.children_exit()) == {0}
+            return rec
+
+        records.append(exercise_race(request.node, f"cycle {cycle}: forks during run=2",
+                                     attempt))
     ksm.set("merge_across_nodes", 0)
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(merge_across_nodes=False), what="after the last switch")
-    a.verify()
-    b.verify()
+    for w in (a, b, d):
+        w.verify()
+
+
+def test_forks_after_unmerge_are_race_not_exercised(ksm: Ksm, workload,  # type: ignore[no-untyped-def]
+                                                    request) -> None:
+    """The race forced off (A forks only after run=2 returned): the scenario must end as
+    "race not exercised", a skip, never as a pass."""
+    d = workload(name="D")
+    addr = d.alloc("big", 512, "same:23", node=1)
+    d.madvise("big", "merge")
+    a = workload(name="A")
+    a.alloc("s", 64, "same:23", node=1)
+    a.madvise("s", "merge")
+
+    def attempt(i: int) -> RaceRecord:
+        ksm.set("run", 1)
+        ksm.wait_counts(Layout().same("x", 576, node=1).expected(), what=f"merged ({i})")
+        rec, _ = forks_during_unmerge(a, d, "big", addr, keep=1, forced_off=True)
+        return rec  # not reached: the forks all came after run=2
+
+    exercise_race(request.node, "forks during run=2 (forced off)", attempt, attempts=2)
+    raise AssertionError("a race forced off was not reported as 'race not exercised'")
 
 
 def move_all(w: Workload, region: str, node: int, timeout: float = 60.0) -> None:

@@ -5,9 +5,11 @@ Pages reach swap through a memory cgroup's memory.reclaim (memory.max squeezes K
 badly: they are charged once). While they are out, ksmd drops their rmap items; faulted back
 (copied when the KSM page's anon_vma differs: vmstat ksm_swpin_copy) they merge again.
 
-Seeds 000 and 003: a KSM page faulted back from swap just after run=2's unmerge passed it, and
-swapoff's unuse_pte() bringing a KSM page back while run=2 unmerges, must both get a private
-copy: after run=2, no page anywhere may map a KSM page. Seed 001 (non-LRU movable pages, e.g.
+Seeds 000 and 003: a KSM page faulted back from swapcache after run=2's unmerge passed it, and
+swapoff's unuse_pte() bringing a KSM page back from swapcache while run=2 unmerges, must both
+get a private copy: after run=2, no page anywhere may map a KSM page. Both scenarios first put
+KSM pages in swapcache (the disk, MADV_PAGEOUT; checked through pagemap and kpageflags) and
+prove the overlap with guest timestamps, or end as "race not exercised" (a skip). Seed 001 (non-LRU movable pages, e.g.
 zsmalloc's): compaction migrates zram's pages while KSM pages are swapped out, in and merged.
 
 This module's guest has a 512 MiB raw disk with serial "swap" (found in /sys/block/*/serial).
@@ -20,11 +22,18 @@ from collections.abc import Iterator
 import pytest
 
 from harness import guestsys
-from harness.access.background import Background
 from harness.guest import Guest
-from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout, write_in_background
+from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
 from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import skip_unless
+from harness.ksm.race import (
+    RaceNotExercised,
+    RaceRecord,
+    TimedCommand,
+    timed_ksm_write,
+    write_interval,
+)
+from harness.pytest_plugin.ksm import exercise_race, skip_unless
+from harness.workloads import Workload
 
 SWAP_DISK_MB = 512
 # After reclaim only D's 2048 pages (one content, 8 full dups) are still in the trees; the
@@ -138,33 +147,134 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: 
 
 
 
-@pytest.mark.parametrize("cycles", [2])
-def test_swapoff_races_unmerge(ksm: Ksm, workload, memcg, swap_device: str,  # type: ignore[no-untyped-def]
-                               ksm_guest: KsmGuest, cycles: int) -> None:
+# KSM pages mapped once each (MADV_PAGEOUT skips a page mapped more than once), swapped out
+# to the disk: its writeback is asynchronous, so each stays in swapcache, unmapped, still a
+# KSM page (zram completes the write at once and the page is freed: never in swapcache).
+PAIRS = 256
+D_PAGES = 4096  # D: one content, present: run=2 has this much to break while the race runs
+
+
+def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,  # type: ignore[no-untyped-def]
+                           ) -> tuple[Workload, Workload, dict[str, int]]:
+    """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
+    pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
+    before shows KSM + SwapCache). D keeps D_PAGES of one content merged and present.
+    fault_back: A touches its pages again first (the precondition forced off)."""
+    a = workload(name=f"A{attempt}")
+    b = workload(name=f"B{attempt}")
+    d = workload(name=f"D{attempt}")
+    for w in (a, b):
+        w.alloc("k", PAIRS, f"unique:{85 + attempt}")  # A's page i == B's page i
+        w.madvise("k", "merge")
+    d.alloc("s", D_PAGES, "same:86")
+    d.madvise("s", "merge")
+    layout = Layout().same("same:86", D_PAGES)
+    for i in range(PAIRS):
+        layout.same(f"pair{i}", 2)
+    ksm.set("run", 1)
+    ksm.wait_counts(layout.expected(), what="A's and B's pages merged in pairs, D merged")
+    assert a.kpf_save("k") == PAIRS
+    ksm.set("run", 0)
+    b.free("k")  # A's KSM pages are now mapped once each
+    a.madvise("k", "pageout")
+    if fault_back:
+        a.verify("k")
+    return a, d, {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
+
+
+def assert_in_swapcache(where: dict[str, int], when: str) -> None:
+    """The precondition: every page of A/k is a swap entry and at least one of the KSM pages
+    it mapped is still in swapcache."""
+    if where["pagemap"] != PAIRS or where["ksm_swapcache"] < 1:
+        raise RaceNotExercised(f"{when}: A/k has {where['pagemap']}/{PAIRS} swap entries and "
+                               f"{where['ksm_swapcache']} KSM pages in swapcache ({where})")
+
+
+@pytest.mark.parametrize("forced_off", [False, True], ids=["race", "forced_off"])
+def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
+                                                ksm_guest: KsmGuest, request,
+                                                forced_off: bool) -> None:
+    """Seed 000, cause 3: a KSM page in swapcache while run=2 walks past it (run=2 breaks
+    mapped KSM pages only; the stable node of a swapcache page goes at its end), then faulted
+    back: it must come back as a private copy. Precondition, asserted before and after run=2:
+    the KSM pages are unmapped in swapcache throughout. forced_off: A faults them back
+    first, so the scenario must say "race not exercised"."""
     sh = ksm_guest.sh
-    group = memcg("swapoff")
-    (a, b, d), layout = populate(workload, group)
-    for cycle in range(cycles):
-        ksm.set("run", 1)
-        ksm.wait_counts(layout.expected(), what=f"cycle {cycle}: merged")
-        out = push_to_swap(group, 2000, (a, "s"), (b, "s"), (b, "h"))
-        # swapoff (unuse_pte: swapped KSM pages come back) against run=2 (unmerge).
-        swapoff = Background(ksm_guest.vm, f"swapoff {swap_device}")
-        unmerge = write_in_background(ksm.runner, "run", RUN_UNMERGE)
-        took_unmerge = unmerge.wait(timeout=300)
-        status, output, took_swapoff = swapoff.wait(timeout=300)
-        assert status == 0, f"swapoff failed: {output}"
-        print(f"cycle {cycle}: {out} pages swapped; run=2 {took_unmerge:.2f}s, swapoff "
-              f"{took_swapoff:.2f}s")
-        ksm.assert_counts(ZERO_COUNTS, f"cycle {cycle}: after run=2 raced swapoff")
-        for w in (a, b, d):
+
+    def attempt(i: int) -> RaceRecord:
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off)
+        assert_in_swapcache(before, "before run=2")
+        swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
+        vm_before = guestsys.vmstat(sh)
+        run2 = write_interval(timed_ksm_write(ksm.runner, ksm_guest.binary, "run",
+                                              RUN_UNMERGE), "run", RUN_UNMERGE)
+        after = {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
+        rec = RaceRecord("KSM pages in swapcache while run=2 passes")
+        rec.add(run2)
+        rec.facts.update({"KSM pages in swapcache before": before["ksm_swapcache"],
+                          "in swapcache after": after["swapcache"],
+                          "SwapCached kB": swap_cached})
+        if after["pagemap"] != PAIRS or after["swapcache"] < 1:
+            raise RaceNotExercised(f"the pages left swapcache during run=2: {after} "
+                                   f"({rec.summary()})")
+        rec.exercised()
+        # The outcome: nothing merged, and A's pages fault back as private copies.
+        ksm.assert_counts(ZERO_COUNTS, f"after run=2 passed KSM pages in swapcache "
+                                       f"({rec.summary()})")
+        a.verify()
+        flags = a.pageflags("k")
+        copies = guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh), "ksm_swpin_copy")
+        rec.facts.update(copies)
+        assert flags["present"] == PAIRS and flags["ksm"] == 0, \
+            f"A maps KSM pages faulted back from swapcache after run=2: {flags} ({copies})"
+        d.verify()
+        assert d.pageflags("s")["ksm"] == 0
+        return rec
+
+    exercise_race(request.node, "a KSM page in swapcache during run=2", attempt,
+                  attempts=1 if forced_off else 2)
+    assert not forced_off, "the precondition was forced off, yet the race counted as exercised"
+
+
+def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
+                               ksm_guest: KsmGuest, request) -> None:
+    """Seed 003: swapoff's unuse_pte() brings back a KSM page from swapcache while run=2
+    unmerges: it must map a private copy. Precondition, asserted: KSM pages unmapped in
+    swapcache just before; swapoff(2) began after run=2's write began and before it
+    returned (guest timestamps)."""
+    sh = ksm_guest.sh
+
+    def attempt(i: int) -> RaceRecord:
+        if swap_disk not in guestsys.swaps(sh):
+            guestsys.swapon(sh, swap_disk, priority=10)
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
+        assert_in_swapcache(before, "before run=2 and swapoff")
+        vm_before = guestsys.vmstat(sh)
+        unmerge = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+        off = TimedCommand(ksm.runner, ksm_guest.binary, "swapoff", "swapoff", swap_disk)
+        run2 = write_interval(unmerge, "run", RUN_UNMERGE)
+        swapoff = off.interval()
+        rec = RaceRecord("swapoff during run=2")
+        rec.add(run2)
+        rec.add(swapoff)
+        rec.facts.update({"KSM pages in swapcache before": before["ksm_swapcache"],
+                          "overlap s": round(run2.overlap(swapoff), 3)})
+        if not run2.t0 < swapoff.t0 < run2.t1:
+            raise RaceNotExercised(f"swapoff did not start while run=2 ran ({rec.summary()})")
+        rec.exercised()
+        # The outcome: nothing merged, no page of A in swap nor mapping a KSM page.
+        ksm.assert_counts(ZERO_COUNTS, f"after run=2 raced swapoff ({rec.summary()})")
+        rec.facts.update(guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh),
+                                               "ksm_swpin_copy"))
+        for w, region in ((a, "k"), (d, "s")):
             w.verify()
-            for region in w.regions:
-                flags = w.pageflags(region)
-                assert flags["swapped"] == 0, flags
-                assert flags["ksm"] == 0, (f"cycle {cycle}: {w.name}/{region} maps KSM pages "
-                                           f"after run=2 and swapoff: {flags}")
-        guestsys.swapon(sh, swap_device, priority=10)
+            flags = w.pageflags(region)
+            assert flags["swapped"] == 0, flags
+            assert flags["ksm"] == 0, (f"{w.name}/{region} maps KSM pages after run=2 and "
+                                       f"swapoff: {flags} ({rec.summary()})")
+        return rec
+
+    exercise_race(request.node, "swapoff during run=2", attempt)
 
 
 @pytest.mark.parametrize("rounds", [3])

@@ -1,0 +1,146 @@
+"""Races with evidence: guest-side timestamps (CLOCK_MONOTONIC, microseconds) around the
+syscalls that race, the overlap they prove, and :class:`RaceNotExercised` for a scenario
+whose precondition was not reached (the pytest layer turns the last one into a skip that says
+"race not exercised", never a pass).
+
+The timestamps come from the C workload run once per command (``ksmwork write PATH VALUE``,
+``ksmwork swapoff DEV``, ``ksmwork waitexit PID``): each brackets exactly one syscall, so an
+interval is the syscall's own, not an SSH round trip's.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from harness.access.background import Background
+from harness.access.remote import Spawner, quote
+from harness.ksm.sysfs import KSM_DIR, KsmError, KsmWriteError
+
+_STAMP = re.compile(r"\b(t0|t1|t|rc)=(-?\w+)")
+
+
+class RaceNotExercised(Exception):
+    """The race's precondition was not reached (the reason says which, with the figures):
+    the scenario proves nothing this time and may try again."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """[t0, t1] in guest CLOCK_MONOTONIC microseconds."""
+
+    what: str
+    t0: int
+    t1: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.t1 - self.t0) / 1e6
+
+    def overlap(self, other: Interval) -> float:
+        """Seconds both intervals cover (<= 0: they did not overlap)."""
+        return (min(self.t1, other.t1) - max(self.t0, other.t0)) / 1e6
+
+    def contains(self, t: int) -> bool:
+        return self.t0 <= t <= self.t1
+
+    def describe(self, origin: int | None = None) -> str:
+        o = self.t0 if origin is None else origin
+        return f"{self.what} [{(self.t0 - o) / 1e6:+.3f}s, {(self.t1 - o) / 1e6:+.3f}s]"
+
+
+def parse_stamps(text: str) -> dict[str, str]:
+    """``t0=.. t1=.. rc=..`` (or ``t=..``) from a one-shot ksmwork's output."""
+    return {k: v for k, v in _STAMP.findall(text)}
+
+
+@dataclass
+class RaceRecord:
+    """What one attempt at a race measured: the intervals, the facts checked before it (the
+    precondition) and a one-line overlap summary for the test's output and properties."""
+
+    scenario: str
+    intervals: list[Interval] = field(default_factory=list)
+    facts: dict[str, object] = field(default_factory=dict)
+
+    def add(self, interval: Interval) -> Interval:
+        self.intervals.append(interval)
+        return interval
+
+    def overlap(self, a: str, b: str) -> float:
+        ia = next(i for i in self.intervals if i.what == a)
+        ib = next(i for i in self.intervals if i.what == b)
+        return ia.overlap(ib)
+
+    def exercised(self) -> RaceRecord:
+        """Say (in the test's output) that the precondition held, before any outcome check
+        can fail: a failure's output then shows the overlap it failed under."""
+        print(f"race exercised: {self.summary()}")
+        return self
+
+    def summary(self) -> str:
+        origin = min((i.t0 for i in self.intervals), default=None)
+        parts = [i.describe(origin) for i in self.intervals]
+        parts += [f"{k}={v}" for k, v in self.facts.items()]
+        return f"{self.scenario}: " + "; ".join(parts)
+
+
+class TimedCommand:
+    """A one-shot ksmwork (write, swapoff, waitexit) running in the background in the guest;
+    :meth:`wait` gives its timestamps and errno."""
+
+    def __init__(self, spawner: Spawner, binary: str, what: str, *args: str) -> None:
+        self.what = what
+        self.command = Background(spawner, " ".join(quote(a) for a in (binary, *args)))
+
+    def done(self) -> bool:
+        return self.command.done()
+
+    def wait_for_line(self, text: str, timeout: float = 60.0) -> None:
+        """Until the command printed ``text`` (e.g. waitexit's "armed"), or it ended."""
+        deadline = time.monotonic() + timeout
+        while text not in self.command.lines:
+            if self.command.done():
+                return  # wait() reports how it ended
+            if time.monotonic() > deadline:
+                raise KsmError(f"{self.what}: no '{text}' within {timeout:.0f}s")
+
+    def wait(self, timeout: float = 300.0) -> tuple[str, dict[str, str]]:
+        """(errno name or "0", every stamp); CommandTimeout past ``timeout`` (a hang)."""
+        _, output, _ = self.command.wait(timeout)
+        stamps = parse_stamps(output)
+        if "rc" not in stamps:
+            raise KsmError(f"{self.what}: no timestamps in the output of "
+                           f"{self.command.cmd!r}: {output[-300:]}")
+        return stamps["rc"], stamps
+
+    def interval(self, timeout: float = 300.0, check: bool = True) -> Interval:
+        rc, stamps = self.wait(timeout)
+        if check and rc != "0":
+            raise KsmError(f"{self.what} failed with {rc}: {self.command.output[-200:]}")
+        return Interval(self.what, int(stamps["t0"]), int(stamps["t1"]))
+
+
+def timed_ksm_write(spawner: Spawner, binary: str, name: str, value: int | str,
+                    ksm_dir: str = KSM_DIR) -> TimedCommand:
+    """Write VALUE to KSM's NAME in the background with guest timestamps around write(2)."""
+    if not re.fullmatch(r"[a-z_]+", name) or not re.fullmatch(r"[A-Za-z0-9_-]+", str(value)):
+        raise ValueError(f"refusing odd KSM write {name}={value!r}")
+    return TimedCommand(spawner, binary, f"{name}={value}", "write", f"{ksm_dir}/{name}",
+                        str(value))
+
+
+def write_interval(cmd: TimedCommand, name: str, value: int | str,
+                   timeout: float = 300.0) -> Interval:
+    """The write's interval; KsmWriteError (with the errno) when the kernel refused it."""
+    rc, stamps = cmd.wait(timeout)
+    if rc != "0":
+        raise KsmWriteError(name, value, rc, cmd.command.output[-200:])
+    return Interval(cmd.what, int(stamps["t0"]), int(stamps["t1"]))
+
+
+def ksm_file(name: str, ksm_dir: str = KSM_DIR) -> str:
+    """The path of one KSM file (for a workload that writes it itself)."""
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise ValueError(f"odd KSM file name {name!r}")
+    return f"{ksm_dir}/{name}"
