@@ -119,9 +119,46 @@ def check_tree(tree: Path) -> Path:
     return tree
 
 
-def _make_env() -> tuple[list[str], bool]:
-    cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
-    return cc, bool(cc)
+CCACHE_LINKS = Path("/usr/lib/ccache")  # Debian's ccache: gcc, cc, ... that run ccache
+_CMD = re.compile(r"^(?:saved)?cmd_\S+ := (?P<cc>.*?) -Wp,", re.M)
+
+
+def tree_compiler(where: Path) -> str | None:
+    """The compiler command line an existing build of ``where`` used (from the .cmd file
+    Kbuild keeps per object), e.g. "gcc" or "ccache gcc"; None before the first build."""
+    for probe in ("init/.main.o.cmd", "init/.version.o.cmd", "kernel/.fork.o.cmd"):
+        path = where / probe
+        if path.is_file():
+            m = _CMD.search(path.read_text(errors="replace"))
+            if m:
+                return m.group("cc").strip()
+    return None
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    make_args: list[str]       # CC=... when the tree was built with it
+    env: dict[str, str]        # PATH with ccache's compiler links first, when they exist
+    ccache: bool
+    why: str                   # one line for the progress output
+
+
+def toolchain(where: Path, links: Path = CCACHE_LINKS) -> Toolchain:
+    """Use ccache without changing the compiler command line the tree was built with: Kbuild
+    rebuilds every object whose command line changed, so CC="ccache gcc" on a tree built with
+    plain gcc costs a full rebuild. ccache's compiler links on PATH keep "gcc" as it is."""
+    env = dict(os.environ)
+    have = shutil.which("ccache") is not None
+    used = tree_compiler(where)
+    if used is not None and used.split()[0] == "ccache":
+        return Toolchain([f"CC={used}"], env, True,
+                         f"the tree was built with CC=\"{used}\": keeping it")
+    if have and (links / "gcc").exists():
+        env["PATH"] = f"{links}:{env.get('PATH', '')}"
+        what = f"the tree was built with {used!r}" if used else "no build yet"
+        return Toolchain([], env, True, f"{what}: compiler unchanged, ccache through {links} "
+                                        "on PATH (nothing rebuilt for the compiler's sake)")
+    return Toolchain([], env, False, "no ccache: plain make")
 
 
 def _last_line(logfile: Path) -> str:
@@ -153,14 +190,14 @@ def _progress(what: str, logfile: Path, log: Callable[[str], None], t0: float,
 
 
 def _run(cmd: list[str], tree: Path, log: Callable[[str], None], what: str,
-         logfile: Path, progress: float = 0.0) -> None:
+         logfile: Path, progress: float = 0.0, env: dict[str, str] | None = None) -> None:
     log(f"ksm-harness: {what}: {' '.join(cmd)}")
     with logfile.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
         # make in its own process group, killed as a group if we stop: an interrupted
         # build must not leave make's children compiling for half an hour
-        proc = subprocess.Popen(cmd, cwd=tree, stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=tree, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, preexec_fn=reaper.die_with_parent)
 
         def kill_group() -> None:
@@ -216,16 +253,19 @@ def configure(tree: Path, fragment: Path = FRAGMENT, log: Callable[[str], None] 
     where = out or tree
     where.mkdir(parents=True, exist_ok=True)
     logfile = logfile or where / ".ksm-harness-build.log"
-    cc, _ = _make_env()
+    tc = toolchain(where)
+    cc, env = tc.make_args, tc.env
     if flavour:
-        _run(["make", *cc, *_out(out), "allnoconfig"], tree, log, "allnoconfig", logfile)
+        _run(["make", *cc, *_out(out), "allnoconfig"], tree, log, "allnoconfig", logfile,
+             env=env)
     elif defconfig or not (where / ".config").is_file():
-        _run(["make", *cc, *_out(out), "defconfig"], tree, log, "defconfig", logfile)
+        _run(["make", *cc, *_out(out), "defconfig"], tree, log, "defconfig", logfile, env=env)
     else:
         log(f"ksm-harness: keeping {where}/.config as the base (--defconfig replaces it)")
     for frag in fragments:
         _merge(tree, frag, log, logfile, out)
-    _run(["make", *cc, *_out(out), "olddefconfig"], tree, log, "olddefconfig", logfile)
+    _run(["make", *cc, *_out(out), "olddefconfig"], tree, log, "olddefconfig", logfile,
+         env=env)
     config = parse_config((where / ".config").read_text(errors="replace"))
     merged = merged_fragments(fragments)
     missing = missing_options({k: v for k, (v, _) in merged.items()}, config)
@@ -250,12 +290,13 @@ def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
     logfile = where / ".ksm-harness-build.log"
     logfile.write_text("")
     config = configure(tree, fragment, log, logfile, defconfig, slim, flavour, out)
-    cc, ccache = _make_env()
+    tc = toolchain(where)
+    log(f"ksm-harness: build: {tc.why}")
     jobs = jobs or os.cpu_count() or 1
     targets = ["bzImage"] + (["modules"] if config.get("CONFIG_MODULES") == "y" else [])
-    _run(["make", *cc, *_out(out), f"-j{jobs}", *targets], tree, log, "build", logfile,
-         progress=PROGRESS_EVERY)
+    _run(["make", *tc.make_args, *_out(out), f"-j{jobs}", *targets], tree, log, "build",
+         logfile, progress=PROGRESS_EVERY, env=tc.env)
     image = where / "arch" / "x86" / "boot" / "bzImage"
     if not image.is_file():
         raise BuildError(f"build finished without {image}")
-    return BuildResult(where, image, time.monotonic() - t0, ccache)
+    return BuildResult(where, image, time.monotonic() - t0, tc.ccache)

@@ -138,3 +138,28 @@ def test_progress_lines_carry_elapsed_time_and_the_last_make_line(tmp_path: Path
     n = len(lines)
     time.sleep(0.05)
     assert len(lines) == n  # stopped means stopped
+
+
+def test_a_tree_built_with_plain_gcc_keeps_its_command_line(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # CC="ccache gcc" on a tree built with gcc would change every object's command line and
+    # rebuild everything; ccache's compiler links on PATH keep "gcc" as it is.
+    links = tmp_path / "ccache-links"
+    links.mkdir()
+    (links / "gcc").symlink_to("/usr/bin/ccache")
+    monkeypatch.setattr(build.shutil, "which", lambda name: f"/usr/bin/{name}")
+    tree = tmp_path / "tree"
+    (tree / "init").mkdir(parents=True)
+    (tree / "init" / ".main.o.cmd").write_text(
+        "cmd_init/main.o := gcc -Wp,-MMD,init/.main.o.d -nostdinc -c -o init/main.o init/main.c\n")
+    tc = build.toolchain(tree, links)
+    assert tc.make_args == [] and tc.env["PATH"].startswith(f"{links}:") and tc.ccache
+    assert "compiler unchanged" in tc.why
+    (tree / "init" / ".main.o.cmd").write_text(
+        "savedcmd_init/main.o := ccache gcc -Wp,-MMD,init/.main.o.d -c -o init/main.o x.c\n")
+    tc = build.toolchain(tree, links)
+    assert tc.make_args == ["CC=ccache gcc"]  # built with it: keep it
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert build.tree_compiler(fresh) is None
+    assert build.toolchain(fresh, links).make_args == []
