@@ -130,9 +130,41 @@ def elf_release(data: bytes) -> str | None:
     return m.group(1).decode() if m else None
 
 
+def incomplete(data: bytes, size: int | None = None) -> str | None:
+    """Why a bzImage or 64-bit ELF is cut short, or None (``size``: the file's, if longer)."""
+    size = len(data) if size is None else size
+    try:
+        if len(data) >= 0x260 and data[0x202:0x206] == b"HdrS":
+            # setup sectors (0 means 4), the boot sector, then syssize paragraphs
+            want = ((data[0x1F1] or 4) + 1) * 512 + struct.unpack_from("<I", data, 0x1F4)[0] * 16
+        elif data[:4] == ELF_MAGIC and len(data) > 4 and data[4] == 2:
+            phoff, = struct.unpack_from("<Q", data, 0x20)
+            shoff, = struct.unpack_from("<Q", data, 0x28)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
+            want = max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+            for i in range(phnum):
+                _t, _f, p_offset, _va, _pa, p_filesz = struct.unpack_from(
+                    "<IIQQQQ", data, phoff + i * phentsize)
+                want = max(want, p_offset + p_filesz)
+        else:
+            return None
+    except (struct.error, IndexError):
+        return f"{size} bytes, its header is cut short"
+    if size < want:
+        return f"{size} bytes where its header promises {want}"
+    return None
+
+
 def elf_has_pvh_note(data: bytes) -> bool:
     if data[:4] != ELF_MAGIC or data[4] != 2:  # 64-bit ELF only
         return False
+    try:
+        return _pvh_note(data)
+    except struct.error:
+        raise KernelError("not a complete kernel image: its ELF notes are cut short") from None
+
+
+def _pvh_note(data: bytes) -> bool:
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     for i in range(phnum):
@@ -206,6 +238,9 @@ def load(path: Path | str, modules: Path | str | None = None) -> Kernel:
         else:
             raise KernelError(f"{tree} holds no vmlinux or arch/x86/boot/bzImage: build it first")
     data = path.read_bytes()
+    why = incomplete(data)
+    if why:
+        raise KernelError(f"{path}: not a complete kernel image ({why}); copy or fetch it again")
     release = bzimage_release(data)
     if release is not None:
         boot = _cached_vmlinux(path, data)
@@ -346,6 +381,10 @@ def check_spec(spec: str | None, modules: str | None = None) -> None:
         if bzimage_release(head) is None and not (is_elf and elf_release(data)):
             raise KernelError(f"--kernel {spec}: not a Linux kernel (no bzImage header, not "
                               f"an ELF vmlinux); use {KERNEL_SYNTAX}")
+        why = incomplete(data, path.stat().st_size)
+        if why:
+            raise KernelError(f"--kernel {spec}: not a complete kernel image ({why}); copy or "
+                              "fetch it again")
     if modules is not None and not Path(modules).expanduser().is_dir():
         raise KernelError(f"--modules {modules}: no such directory")
 

@@ -43,3 +43,51 @@ def test_runs_directory_that_cannot_be_made(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     _one_line(err, "ksm-harness: not a directory writing ")
     assert str(blocker / "runs") in err
+
+
+def _fake_bzimage(size_promised: int) -> bytes:
+    """A bzImage boot header (setup sectors, 'HdrS', a version string) promising
+    ``size_promised`` bytes of protected-mode kernel after 4 setup sectors."""
+    data = bytearray(0x1000)
+    data[0x1F1] = 4
+    data[0x1F4:0x1F8] = (size_promised // 16).to_bytes(4, "little")
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = (0x400 - 0x200).to_bytes(2, "little")
+    version = b"6.1.0-fake (x@y) #1 SMP\0"
+    data[0x400:0x400 + len(version)] = version
+    return bytes(data)
+
+
+def _fake_vmlinux() -> bytes:
+    """A 64-bit ELF header whose one program header promises a PT_NOTE past the end."""
+    import struct
+    hdr = bytearray(0x200)
+    hdr[:5] = b"\x7fELF\x02"
+    struct.pack_into("<QQ", hdr, 0x20, 0x40, 0)             # e_phoff, e_shoff
+    struct.pack_into("<HHHH", hdr, 0x36, 56, 1, 64, 0)      # phentsize, phnum, shentsize, shnum
+    struct.pack_into("<IIQQQQ", hdr, 0x40, 4, 0, 0x1000, 0, 0, 0x10000)
+    return bytes(hdr) + b"Linux version 6.1.0-fake (x@y) (gcc) #1\0"
+
+
+def test_truncated_bzimage_is_one_line(tmp_path: Path) -> None:
+    from tests.helpers import run_harness
+    fake = tmp_path / "bzImage"
+    fake.write_bytes(_fake_bzimage(1 << 20))
+    r = run_harness("boot", "--kernel", str(fake), "--", "true")
+    assert r.returncode == 2
+    _one_line(r.stderr, f"ksm-harness: --kernel {fake}: not a complete kernel image (4096 bytes "
+                        f"where its header promises {5 * 512 + (1 << 20)})")
+
+
+def test_truncated_vmlinux_is_one_line(tmp_path: Path) -> None:
+    from harness.assets import kernel
+    from harness.errors import KernelError
+    fake = tmp_path / "vmlinux"
+    fake.write_bytes(_fake_vmlinux())
+    with pytest.raises(KernelError, match="not a complete kernel image"):
+        kernel.check_spec(str(fake))
+    with pytest.raises(KernelError, match="not a complete kernel image"):
+        kernel.load(fake)
+    # the note reader itself no longer lets struct.error escape
+    with pytest.raises(KernelError, match="not a complete kernel image"):
+        kernel.elf_has_pvh_note(_fake_vmlinux()[:0x60])
