@@ -91,3 +91,24 @@ def test_truncated_vmlinux_is_one_line(tmp_path: Path) -> None:
     # the note reader itself no longer lets struct.error escape
     with pytest.raises(KernelError, match="not a complete kernel image"):
         kernel.elf_has_pvh_note(_fake_vmlinux()[:0x60])
+
+
+def test_topology_larger_than_the_host(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.machine import topology
+    monkeypatch.setattr(topology, "host_mem_available_mb", lambda: 24 * 1024)
+    assert cli.main(["boot", "--numa", "20G:1,20G:1", "--", "true"]) == 2
+    _one_line(capsys.readouterr().err,
+              "ksm-harness: --numa 20G:1,20G:1: the guest needs 40960 MiB but the host has "
+              "only 24576 MiB available")
+
+
+def test_host_meminfo_reader(tmp_path: Path) -> None:
+    from harness.machine.topology import host_mem_available_mb
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       25165824 kB\nMemFree:  1000 kB\n"
+                    "MemAvailable:   20971520 kB\n")
+    assert host_mem_available_mb(str(info)) == 20480
+    info.write_text("MemTotal:       25165824 kB\n")  # before MemAvailable existed
+    assert host_mem_available_mb(str(info)) == 24576 - 512
+    assert host_mem_available_mb(str(tmp_path / "none")) is None
