@@ -112,3 +112,31 @@ def test_host_meminfo_reader(tmp_path: Path) -> None:
     info.write_text("MemTotal:       25165824 kB\n")  # before MemAvailable existed
     assert host_mem_available_mb(str(info)) == 24576 - 512
     assert host_mem_available_mb(str(tmp_path / "none")) is None
+
+
+def test_forced_kvm_on_a_host_where_the_probe_failed(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from harness.errors import HarnessError
+    from harness.machine import accel
+    monkeypatch.setenv("KSM_HARNESS_CACHE", str(tmp_path))
+    monkeypatch.setattr(accel, "_boot_id", lambda: "boot-1")
+    monkeypatch.setattr(accel, "probe_kvm", lambda: pytest.fail("--accel kvm must not probe"))
+    cache = tmp_path / "kvm-probe.json"
+    # never probed, or probed fine: obeyed
+    assert accel.choose("kvm").name == "kvm"
+    cache.write_text(json.dumps({"boot_id": "boot-1", "failure": None}))
+    assert accel.choose("kvm").name == "kvm"
+    # probed in an earlier host boot: that verdict no longer holds
+    cache.write_text(json.dumps({"boot_id": "boot-0", "failure": "no /dev/kvm"}))
+    assert accel.choose("kvm").name == "kvm"
+    # probed broken this host boot: refused in one line naming the reason
+    why = "a KVM guest printed nothing within 4s (host KVM module: kvm_pvm)"
+    cache.write_text(json.dumps({"boot_id": "boot-1", "failure": why}))
+    with pytest.raises(HarnessError) as exc:
+        accel.choose("kvm")
+    assert str(exc.value).startswith(f"--accel kvm: KVM does not work on this host ({why};")
+    assert "\n" not in str(exc.value)
+    assert accel.choose("tcg").name == "tcg"
+    assert accel.choose("auto").name == "tcg"
