@@ -140,3 +140,28 @@ def test_forced_kvm_on_a_host_where_the_probe_failed(tmp_path: Path,
     assert "\n" not in str(exc.value)
     assert accel.choose("tcg").name == "tcg"
     assert accel.choose("auto").name == "tcg"
+
+
+def test_failed_kernel_download_leaves_no_partial_deb(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.assets import kernel
+    from harness.errors import KernelError
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "apt-get"
+    fake.write_text("#!/bin/sh\nhead -c 4096 /dev/zero > \"$2\"_1_amd64.deb\n"
+                    "echo 'E: connection reset' >&2\nexit 100\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("KSM_HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernel, "_apt_target", lambda package: "linux-image-fake")
+    with pytest.raises(KernelError, match="apt-get download linux-image-fake failed: "
+                                          "E: connection reset"):
+        kernel.default(log=lambda msg: None)
+    assert not list((tmp_path / "cache").rglob("*.deb"))
+    assert not (tmp_path / "cache" / "kernels" / "linux-image-fake").exists()
+    # a download that arrives but does not unpack: one line, nothing left either
+    fake.write_text("#!/bin/sh\nhead -c 4096 /dev/zero > \"$2\"_1_amd64.deb\n")
+    with pytest.raises(KernelError, match="dpkg-deb -x .* failed"):
+        kernel.default(log=lambda msg: None)
+    assert not (tmp_path / "cache" / "kernels" / "linux-image-fake").exists()
