@@ -16,7 +16,7 @@ from pathlib import Path
 from harness import deps
 from harness.assets.cpio import Archive
 from harness.assets.kernel import Kernel
-from harness.paths import REPO, cache_dir
+from harness.paths import REPO, cache_dir, open_private
 
 INIT_DIR = REPO / "guest-images" / "init"
 BUSYBOX = Path("/bin/busybox")
@@ -129,7 +129,8 @@ def run_part(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 
 def compose(kernel: Kernel, files: dict[str, tuple[bytes, int]], out: Path) -> Path:
-    with out.open("wb") as fh:
+    """The kernel's part and this run's files in one initrd, mode 0600: it holds keys."""
+    with open_private(out) as fh:
         with kernel_part(kernel).open("rb") as src:
             shutil.copyfileobj(src, fh)
         # the kernel only finds an uncompressed archive that starts 4-byte aligned

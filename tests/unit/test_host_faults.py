@@ -165,3 +165,42 @@ def test_failed_kernel_download_leaves_no_partial_deb(tmp_path: Path,
     with pytest.raises(KernelError, match="dpkg-deb -x .* failed"):
         kernel.default(log=lambda msg: None)
     assert not (tmp_path / "cache" / "kernels" / "linux-image-fake").exists()
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_run_directories_are_0700_and_secret_files_0600(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pexpect
+
+    from harness.assets import initramfs
+    from harness.console.reader import Console
+    old = os.umask(0o022)
+    try:
+        monkeypatch.setenv("KSM_HARNESS_RUNS", str(tmp_path / "runs"))
+        run = paths.new_run_dir("boot")
+        assert _mode(run) == 0o700
+        loose = tmp_path / "dry-run"
+        loose.mkdir(mode=0o755)
+        assert _mode(paths.private_dir(loose)) == 0o700
+        # the initrd holds the guest's private host key
+        part = tmp_path / "kernel-part.cpio"
+        part.write_bytes(b"\0" * 512)
+        monkeypatch.setattr(initramfs, "kernel_part", lambda kernel: part)
+        initrd = initramfs.compose(None, {"ssh_host_ed25519_key": (b"secret", 0o600)},  # type: ignore[arg-type]
+                                   run / "initrd.img")
+        assert _mode(initrd) == 0o600 and b"secret" in initrd.read_bytes()
+        # the console log, also when a restored snapshot wrote it first
+        log = run / "console.log"
+        log.write_bytes(b"restored\n")
+        log.chmod(0o644)
+        child = pexpect.spawn("echo", ["hello"])
+        console = Console(child, log)
+        assert console.wait_for_line("hello", timeout=10) is not None
+        console.close()
+        assert _mode(log) == 0o600
+        assert log.read_bytes().startswith(b"restored\n") and b"hello" in log.read_bytes()
+    finally:
+        os.umask(old)
