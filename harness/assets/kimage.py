@@ -6,11 +6,11 @@ from __future__ import annotations
 import gzip
 import lzma
 import re
-import shutil
 import struct
 import subprocess
 import zlib
 
+from harness import deps
 from harness.errors import KernelError
 
 ELF_MAGIC = b"\x7fELF"
@@ -118,7 +118,8 @@ def _inflate(blob: bytes, kind: str) -> bytes | None:
             return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
         if kind == "gzip":
             return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(blob)
-        if kind == "zstd" and shutil.which("zstd"):
+        if kind == "zstd":  # no Python zstd before 3.14: the tool, installed when missing
+            deps.ensure(["zstd"])
             r = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True)
             return r.stdout or None
     except (lzma.LZMAError, zlib.error):

@@ -204,3 +204,48 @@ def test_run_directories_are_0700_and_secret_files_0600(tmp_path: Path,
         assert log.read_bytes().startswith(b"restored\n") and b"hello" in log.read_bytes()
     finally:
         os.umask(old)
+
+
+def test_module_decompression_by_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+    import lzma
+    import shutil
+    import subprocess
+
+    from harness import deps
+    from harness.assets.initramfs import decompress_module
+    from harness.errors import KernelError, MissingPackageError
+    plain = b"\x7fELF" + bytes(range(256)) * 8
+    assert decompress_module("a.ko", plain) == plain
+    assert decompress_module("a.ko.xz", lzma.compress(plain)) == plain
+    assert decompress_module("a.ko.gz", gzip.compress(plain)) == plain
+    with pytest.raises(KernelError, match=r"^module a.ko.xz: cannot decompress"):
+        decompress_module("a.ko.xz", b"not xz")
+    if shutil.which("zstd"):
+        zst = subprocess.run(["zstd", "-c"], input=plain, capture_output=True, check=True).stdout
+        assert decompress_module("a.ko.zst", zst) == plain
+        with pytest.raises(KernelError, match=r"^module a.ko.zst: cannot decompress: zstd"):
+            decompress_module("a.ko.zst", b"not zstd")
+    # without the tool: the apt line, not a FileNotFoundError
+    monkeypatch.setenv("KSM_HARNESS_NO_INSTALL", "1")
+    monkeypatch.setattr(deps, "_present", lambda tool: tool != "zstd")
+    with pytest.raises(MissingPackageError, match="zstd"):
+        decompress_module("a.ko.zst", b"")
+
+
+def test_zstd_kernel_payload_needs_the_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import deps
+    from harness.assets import kimage
+    from harness.errors import MissingPackageError
+    monkeypatch.setenv("KSM_HARNESS_NO_INSTALL", "1")
+    monkeypatch.setattr(deps, "_present", lambda tool: tool != "zstd")
+    # silently booting the slow bzImage path is what this replaces
+    with pytest.raises(MissingPackageError, match="zstd"):
+        kimage.extract_vmlinux(b"\0" * 64 + b"\x28\xb5\x2f\xfd" + b"\0" * 64)
+
+
+def test_bootstrap_installs_zstd() -> None:
+    from harness.paths import REPO
+    text = (REPO / "ksm-harness").read_text()
+    packages = text.split("packages=(", 1)[1].split(")", 1)[0].split()
+    assert "zstd" in packages
