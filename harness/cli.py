@@ -14,7 +14,7 @@ from typing import NoReturn
 from harness import options, paths, reaper
 from harness import spec as spec_mod
 from harness.access.remote import CommandTimeout
-from harness.errors import HarnessError
+from harness.errors import HarnessError, host_file_line
 from harness.version import harness_version
 
 EPILOG = """examples:
@@ -420,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ksm-harness: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # the host's file system failed us (full, read-only, no permission): name the file
+        line = host_file_line(exc)
+        if line is None:
+            raise
+        print(f"ksm-harness: {line}", file=sys.stderr)
+        return 2
     return 2
 
 

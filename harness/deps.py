@@ -20,6 +20,7 @@ TOOLS: dict[str, str] = {
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
     "gcc": "gcc",
+    "zstd": "zstd",  # zstd-compressed kernels (the PVH fast boot) and modules (.ko.zst)
     "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
     # building a kernel tree (`ksm-harness build`)
     "make": "make",

@@ -24,3 +24,21 @@ class ImageError(HarnessError):
 
 class VMError(HarnessError):
     """QEMU could not start, or the guest never became reachable."""
+
+
+_WRITE_ERRNOS = {"ENOSPC", "EACCES", "EROFS", "EDQUOT", "EPERM", "EFBIG", "ENOTDIR", "EEXIST"}
+
+
+def host_file_line(exc: OSError) -> str | None:
+    """The one line for a host file-system failure (full disk, read-only, no permission) that
+    names the file; None when the error names no file (not a file-system fault of ours)."""
+    import errno
+    import os
+
+    if exc.filename is None or exc.errno is None:
+        return None
+    path = os.fsdecode(exc.filename)
+    reason = (exc.strerror or os.strerror(exc.errno)).lower()
+    if errno.errorcode.get(exc.errno) in _WRITE_ERRNOS:
+        return f"{reason} writing {path}"
+    return f"{path}: {reason}"

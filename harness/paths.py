@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,5 +30,22 @@ def new_run_dir(prefix: str = "run") -> Path:
     can tell whether its owner is still alive (see ``harness.reaper``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = runs_root() / f"{prefix}-{stamp}-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=False)
+    path.mkdir(parents=True, exist_ok=False, mode=0o700)
+    path.chmod(0o700)  # the umask may have taken more; never less than ours alone
     return path
+
+
+def private_dir(path: Path) -> Path:
+    """Make (or tighten) a directory only we can enter: a run's initrd holds the guest's
+    private host key and its console log what the guest printed."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def open_private(path: Path, append: bool = False) -> BinaryIO:
+    """Open ``path`` for writing as mode 0600 (tightened if it already existed)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab" if append else "wb", buffering=0 if append else -1)

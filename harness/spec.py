@@ -12,7 +12,7 @@ from harness import deps, options
 from harness.assets import image
 from harness.assets import kernel as kernel_mod
 from harness.errors import HarnessError
-from harness.machine import accel
+from harness.machine import accel, topology
 from harness.machine.topology import Topology, parse_numa, parse_size_mb
 from harness.machine.vm import VMSpec
 
@@ -48,6 +48,7 @@ def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
         raise HarnessError(f"--accel {opts.accel}: choose auto, kvm or tcg")
     # cheap checks first: a typo must not wait for a kernel download or an image build
     topo = Topology(nodes=parse_numa(opts.numa))
+    topology.check_fits_host(opts.numa, topo.nodes, topology.host_mem_available_mb())
     if opts.swap_disk:
         topo = topo.with_disk("swap", parse_size_mb(opts.swap_disk))
     kernel_mod.check_spec(opts.kernel, opts.modules)  # names --kernel, before any download

@@ -16,7 +16,8 @@ from pathlib import Path
 from harness import deps
 from harness.assets.cpio import Archive
 from harness.assets.kernel import Kernel
-from harness.paths import REPO, cache_dir
+from harness.errors import KernelError
+from harness.paths import REPO, cache_dir, open_private
 
 INIT_DIR = REPO / "guest-images" / "init"
 BUSYBOX = Path("/bin/busybox")
@@ -67,14 +68,27 @@ def boot_module_paths(kernel: Kernel) -> list[str]:
 
 def _read_module(path: Path) -> bytes:
     """busybox insmod wants plain .ko files."""
-    data = path.read_bytes()
-    if path.name.endswith(".ko.xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".ko.gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".ko.zst"):
-        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True,
-                              check=True).stdout
+    return decompress_module(path.name, path.read_bytes())
+
+
+def decompress_module(name: str, data: bytes) -> bytes:
+    """A module's plain ELF from ``name``'s suffix (.ko, .ko.xz, .ko.gz, .ko.zst); a broken
+    file is one line naming it."""
+    try:
+        if name.endswith(".ko.xz"):
+            return lzma.decompress(data)
+        if name.endswith(".ko.gz"):
+            return gzip.decompress(data)
+    except (lzma.LZMAError, OSError, EOFError) as exc:
+        raise KernelError(f"module {name}: cannot decompress: {exc}") from None
+    if name.endswith(".ko.zst"):
+        deps.ensure(["zstd"])
+        r = subprocess.run(["zstd", "-dc"], input=data, capture_output=True)
+        if r.returncode:
+            err = r.stderr.decode(errors="replace").strip().splitlines()
+            raise KernelError(f"module {name}: cannot decompress: zstd: "
+                              f"{err[-1] if err else r.returncode}")
+        return r.stdout
     return data
 
 
@@ -129,7 +143,8 @@ def run_part(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 
 def compose(kernel: Kernel, files: dict[str, tuple[bytes, int]], out: Path) -> Path:
-    with out.open("wb") as fh:
+    """The kernel's part and this run's files in one initrd, mode 0600: it holds keys."""
+    with open_private(out) as fh:
         with kernel_part(kernel).open("rb") as src:
             shutil.copyfileobj(src, fh)
         # the kernel only finds an uncompressed archive that starts 4-byte aligned

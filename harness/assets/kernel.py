@@ -6,29 +6,34 @@ cached.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import lzma
 import os
 import re
+import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import deps
 from harness.assets.kconfig import parse_config
+from harness.assets.kimage import (
+    ELF_MAGIC,
+    banner_compiler,
+    bzimage_release,
+    elf_has_pvh_note,
+    elf_release,
+    embedded_config,
+    extract_vmlinux,
+    incomplete,
+)
 from harness.errors import KernelError
 from harness.paths import cache_dir
 
 DEFAULT_PACKAGE = "linux-image-amd64"
-ELF_MAGIC = b"\x7fELF"
 BANNER = re.compile(rb"Linux version \S+ \([^\n\0]{0,400}")
-XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry point note
 
 
 @dataclass
@@ -49,14 +54,10 @@ class Kernel:
 
     def has(self, option: str) -> bool | None:
         """True/False when the config is known, None when it is not."""
-        if not self.config:
-            return None
-        return self.config.get(option) in ("y", "m")
+        return self.config.get(option) in ("y", "m") if self.config else None
 
     def builtin(self, option: str) -> bool | None:
-        if not self.config:
-            return None
-        return self.config.get(option) == "y"
+        return self.config.get(option) == "y" if self.config else None
 
     @property
     def config_hash(self) -> str:
@@ -98,98 +99,6 @@ class Kernel:
         return f"{self.release} [{self.origin}, {kind}]"
 
 
-# --- image formats -----------------------------------------------------------------------
-
-def bzimage_release(data: bytes) -> str | None:
-    """The release string from an x86 boot header, or None when this is not a bzImage."""
-    if len(data) < 0x260 or data[0x202:0x206] != b"HdrS":
-        return None
-    ptr = struct.unpack_from("<H", data, 0x20E)[0]
-    if not ptr:
-        return None
-    start = ptr + 0x200
-    text = data[start:start + 256].split(b"\0", 1)[0].decode("ascii", "replace")
-    return text.split()[0] if text else None
-
-
-def banner_compiler(banner: str) -> str:
-    """``gcc-12 (Debian 12.2.0-14) 12.2.0`` from ``Linux version R (who@where) (gcc-12
-    (Debian 12.2.0-14) 12.2.0, GNU ld ...) #1 ...``; '' when the banner has none."""
-    m = re.match(r"Linux version \S+ \([^()]*\) \(", banner)
-    if not m:
-        return ""
-    depth, i = 1, m.end()
-    while i < len(banner) and depth:
-        depth += {"(": 1, ")": -1}.get(banner[i], 0)
-        i += 1
-    return re.split(r", (?:GNU ld|LLD|ld)\b", banner[m.end():i - 1])[0].strip()
-
-
-def elf_release(data: bytes) -> str | None:
-    m = re.search(rb"Linux version (\S+) \(", data)
-    return m.group(1).decode() if m else None
-
-
-def elf_has_pvh_note(data: bytes) -> bool:
-    if data[:4] != ELF_MAGIC or data[4] != 2:  # 64-bit ELF only
-        return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    for i in range(phnum):
-        p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
-            "<IIQQQQ", data, phoff + i * phentsize)
-        if p_type != 4:  # PT_NOTE
-            continue
-        pos, end = p_offset, p_offset + p_filesz
-        while pos + 12 <= end:
-            namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
-            name = data[pos + 12:pos + 12 + namesz].rstrip(b"\0")
-            if name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
-                return True
-            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
-    return False
-
-
-def extract_vmlinux(data: bytes) -> bytes | None:
-    """What scripts/extract-vmlinux does: find the compressed payload, inflate to ELF."""
-    candidates: list[tuple[bytes, str]] = [
-        (b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")]
-    for magic, kind in candidates:
-        pos = data.find(magic)
-        while pos != -1:
-            out = _inflate(data[pos:], kind)
-            if out and out[:4] == ELF_MAGIC:
-                return out
-            pos = data.find(magic, pos + 1)
-    return None
-
-
-def _inflate(blob: bytes, kind: str) -> bytes | None:
-    try:
-        if kind == "xz":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
-        if kind == "gzip":
-            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(blob)
-        if kind == "zstd" and shutil.which("zstd"):
-            r = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True)
-            return r.stdout or None
-    except (lzma.LZMAError, zlib.error):
-        return None
-    return None
-
-
-def embedded_config(data: bytes) -> str | None:
-    """CONFIG_IKCONFIG stores the config gzipped between IKCFG_ST and IKCFG_ED."""
-    start = data.find(b"IKCFG_ST")
-    end = data.find(b"IKCFG_ED", start)
-    if start == -1 or end == -1:
-        return None
-    try:
-        return gzip.decompress(data[start + 8:end]).decode("utf-8", "replace")
-    except (OSError, EOFError):
-        return None
-
-
 # --- loading -----------------------------------------------------------------------------
 
 def load(path: Path | str, modules: Path | str | None = None) -> Kernel:
@@ -206,6 +115,9 @@ def load(path: Path | str, modules: Path | str | None = None) -> Kernel:
         else:
             raise KernelError(f"{tree} holds no vmlinux or arch/x86/boot/bzImage: build it first")
     data = path.read_bytes()
+    why = incomplete(data)
+    if why:
+        raise KernelError(f"{path}: not a complete kernel image ({why}); copy or fetch it again")
     release = bzimage_release(data)
     if release is not None:
         boot = _cached_vmlinux(path, data)
@@ -346,6 +258,10 @@ def check_spec(spec: str | None, modules: str | None = None) -> None:
         if bzimage_release(head) is None and not (is_elf and elf_release(data)):
             raise KernelError(f"--kernel {spec}: not a Linux kernel (no bzImage header, not "
                               f"an ELF vmlinux); use {KERNEL_SYNTAX}")
+        why = incomplete(data, path.stat().st_size)
+        if why:
+            raise KernelError(f"--kernel {spec}: not a complete kernel image ({why}); copy or "
+                              "fetch it again")
     if modules is not None and not Path(modules).expanduser().is_dir():
         raise KernelError(f"--modules {modules}: no such directory")
 
@@ -374,6 +290,11 @@ def choose(spec: str | None, modules: str | None = None,
     return load(spec, modules) if spec else default(log=log)
 
 
+def _run_or_fail(cmd: list[str]) -> None:
+    if (r := subprocess.run(cmd, capture_output=True, text=True)).returncode:
+        raise KernelError(f"{shlex.join(cmd)} failed: {r.stderr.strip()[-300:]}")
+
+
 def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """Debian's kernel, fetched with `apt-get download` (no host install) and cached."""
     deps.ensure(["apt-get", "dpkg-deb", "depmod"])
@@ -386,16 +307,20 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
-        r = subprocess.run(["apt-get", "download", target], cwd=root, capture_output=True,
-                           text=True)
-        debs = list(root.glob("*.deb"))
-        if r.returncode != 0 or not debs:
-            raise KernelError(f"apt-get download {target} failed: {r.stderr.strip()[-300:]}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True)
-        debs[0].unlink()
-        for mods in (root / "lib/modules").iterdir():
-            subprocess.run(["depmod", "-b", str(root), mods.name], check=True)
-        (root / ".complete").write_text(target + "\n")
+        try:  # a failure leaves nothing behind: no partial .deb, no half-unpacked tree
+            r = subprocess.run(["apt-get", "download", target], cwd=root, capture_output=True,
+                               text=True)
+            debs = list(root.glob("*.deb"))
+            if r.returncode != 0 or not debs:
+                raise KernelError(f"apt-get download {target} failed: {r.stderr.strip()[-300:]}")
+            _run_or_fail(["dpkg-deb", "-x", str(debs[0]), str(root)])
+            debs[0].unlink()
+            for mods in (root / "lib/modules").iterdir():
+                _run_or_fail(["depmod", "-b", str(root), mods.name])
+            (root / ".complete").write_text(target + "\n")
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         log(f"ksm-harness: kernel package {target} fetched and unpacked in "
             f"{time.monotonic() - t0:.0f}s")
     images = sorted(boot.glob("vmlinuz-*"))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pexpect
 
 from harness.access.remote import CommandResult, CommandTimeout
+from harness.paths import open_private
 
 Listener = Callable[[str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -32,7 +33,7 @@ class Console:
     def __init__(self, child: pexpect.spawn, log_path: Path) -> None:
         self.child = child
         self.log_path = log_path
-        self._log = log_path.open("ab", buffering=0)
+        self._log = open_private(log_path, append=True)  # 0600: whatever the guest printed
         self.lines: list[str] = []
         self.times: list[float] = []  # host monotonic time each line completed
         self._partial = ""

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.paths import cache_dir
 
 PROBE_DEADLINE = 4.0
@@ -80,22 +81,41 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def _cached_verdict(cache: Path, boot_id: str) -> tuple[str | None] | None:
+    """(the probe's failure or None,) as cached for this host boot; None when not probed."""
+    try:
+        saved = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("boot_id") != boot_id:
+        return None
+    why = saved.get("failure")
+    return (None if why is None else str(why),)
+
+
+def forced_kvm(cached: tuple[str | None] | None, cache: Path) -> Accel:
+    """``--accel kvm``: obeyed, unless this host boot's probe already saw KVM fail; then the
+    guest would crash or hang on every boot and retry, so refuse in one line."""
+    if cached is not None and cached[0] is not None:
+        raise HarnessError(f"--accel kvm: KVM does not work on this host ({cached[0]}; probed "
+                           f"this host boot, cached in {cache}); use --accel tcg or auto, or "
+                           "remove that file once KVM is fixed")
+    return Accel("kvm", "requested with --accel kvm")
+
+
 def choose(requested: str = "auto") -> Accel:
     """``kvm``/``tcg`` are obeyed; ``auto`` probes KVM (result cached per host boot)."""
     if requested == "tcg":
         return Accel("tcg", "requested with --accel tcg")
-    if requested == "kvm":
-        return Accel("kvm", "requested with --accel kvm")
     cache = cache_dir() / "kvm-probe.json"
     boot_id = _boot_id()
-    try:
-        saved = json.loads(cache.read_text())
-        if saved.get("boot_id") == boot_id:
-            why = saved.get("failure")
-            return (Accel("kvm", "KVM probe passed (cached for this host boot)") if why is None
-                    else Accel("tcg", f"KVM unusable: {why}; cached for this host boot"))
-    except (OSError, ValueError):
-        pass
+    cached = _cached_verdict(cache, boot_id)
+    if requested == "kvm":
+        return forced_kvm(cached, cache)
+    if cached is not None:
+        why = cached[0]
+        return (Accel("kvm", "KVM probe passed (cached for this host boot)") if why is None
+                else Accel("tcg", f"KVM unusable: {why}; cached for this host boot"))
     why = probe_kvm()
     try:
         cache.write_text(json.dumps({"boot_id": boot_id, "failure": why}))

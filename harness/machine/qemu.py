@@ -7,6 +7,10 @@ from pathlib import Path
 from harness.machine.topology import MODULES_SERIAL, ROOT_SERIAL, Topology
 
 QEMU = "qemu-system-x86_64"
+# A host write or read error (the run directory's disk full) goes to the guest as EIO/ENOSPC.
+# QEMU's default (werror=enospc) pauses the VM instead, and the user sees only a command
+# that never ends.
+DISK_ERRORS = "werror=report,rerror=report"
 
 # Boot parameters, each chosen on purpose:
 BASE_CMDLINE: tuple[str, ...] = (
@@ -84,17 +88,19 @@ class QemuConfig:
         # vdb, ...) follows PCI slot order and so depends on which disks are attached.
         slot = 4
         args += ["-drive", f"if=none,id=root,file={self.root_disk},format=qcow2,cache=unsafe,"
-                           "discard=unmap",
+                           f"discard=unmap,{DISK_ERRORS}",
                  "-device", f"virtio-blk-pci,drive=root,serial={ROOT_SERIAL},addr={slot:#x}"]
         if self.module_disk is not None:
             slot += 1
-            args += ["-drive", f"if=none,id=mods,file={self.module_disk},format=raw,readonly=on",
+            args += ["-drive", f"if=none,id=mods,file={self.module_disk},format=raw,readonly=on,"
+                             f"{DISK_ERRORS}",
                      "-device", f"virtio-blk-pci,drive=mods,serial={MODULES_SERIAL},"
                                 f"addr={slot:#x}"]
         for disk in topo.disks:
             slot += 1
             path = self.run_dir / f"disk-{disk.serial}.raw"
-            args += ["-drive", f"if=none,id=d-{disk.serial},file={path},format=raw,cache=unsafe",
+            args += ["-drive", f"if=none,id=d-{disk.serial},file={path},format=raw,cache=unsafe,"
+                             f"{DISK_ERRORS}",
                      "-device", f"virtio-blk-pci,drive=d-{disk.serial},serial={disk.serial},"
                                 f"addr={slot:#x}"]
         # user networking, isolated (restrict=on): only the SSH port forward reaches the guest

@@ -101,3 +101,29 @@ def parse_numa(spec: str) -> tuple[Node, ...]:
 def canonical_numa(spec: str) -> str:
     """The topology in one spelling (``2`` and ``1G,1G`` are the same machine)."""
     return ",".join(f"{n.mem_mb}M:{n.cpus}" for n in parse_numa(spec))
+
+
+def host_mem_available_mb(meminfo: str = "/proc/meminfo") -> int | None:
+    """The host's MemAvailable (or MemTotal less 512 MiB on old kernels) in MiB; None when
+    /proc/meminfo cannot be read."""
+    fields: dict[str, int] = {}
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                name, _, rest = line.partition(":")
+                if rest.split() and rest.split()[0].isdigit():
+                    fields[name] = int(rest.split()[0]) // 1024
+    except OSError:
+        return None
+    if "MemAvailable" in fields:
+        return fields["MemAvailable"]
+    return max(fields["MemTotal"] - 512, 0) if "MemTotal" in fields else None
+
+
+def check_fits_host(spec: str, nodes: tuple[Node, ...], available_mb: int | None) -> None:
+    """Refuse a guest larger than the host's available memory: QEMU would start it and the
+    host would swap or the OOM killer end it, without a word from us."""
+    want = sum(n.mem_mb for n in nodes)
+    if available_mb is not None and want > available_mb:
+        raise HarnessError(f"--numa {spec}: the guest needs {want} MiB but the host has only "
+                           f"{available_mb} MiB available (MemAvailable); use smaller nodes")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pexpect
 
-from harness import reaper
+from harness import paths, reaper
 from harness.access.remote import CommandResult
 from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
 from harness.assets import image, initramfs, keys
@@ -71,8 +71,7 @@ class VM:
 
     def __init__(self, spec: VMSpec, run_dir: Path, log: Callable[[str], None] = _log) -> None:
         self.spec = spec
-        self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = paths.private_dir(run_dir)  # 0700: the initrd holds a private key
         self.log = log
         self.console_log = self.dir / "console.log"
         self.child: pexpect.spawn | None = None

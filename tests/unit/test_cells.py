@@ -20,6 +20,7 @@ TESTS = [f"tests/ksm/test_{m}.py::test_{t}" for m in ("merge", "numa") for t in 
 
 def fake_bzimage(path: Path, release: str) -> Path:
     data = bytearray(0x400)
+    data[0x1F1] = 1  # one setup sector, no payload: the header's size matches the file
     data[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", data, 0x20E, 0x100)
     text = f"{release} (ci@host) #1 SMP\0".encode()

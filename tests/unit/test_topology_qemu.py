@@ -78,3 +78,15 @@ def test_extra_disk_serials_are_checked() -> None:
             Disk(bad, 64)
     with pytest.raises(HarnessError):
         Topology().with_disk("swap", 64).with_disk("swap", 32)
+
+
+def test_every_disk_reports_host_io_errors_to_the_guest() -> None:
+    # QEMU's default (werror=enospc) pauses the VM on a full host disk: the guest must get
+    # EIO/ENOSPC instead, on the root overlay, the module disk and every extra disk
+    topo = Topology(nodes=parse_numa("1")).with_disk("swap", 64).with_disk("data", 64)
+    argv = _argv(topo)
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert len(drives) == 4
+    for drive in drives:
+        opts = drive.split(",")
+        assert "werror=report" in opts and "rerror=report" in opts, drive
