@@ -154,3 +154,16 @@ def test_source_kernels_pass_the_early_check_and_bad_ones_say_why() -> None:
     check_spec("source:6.1+debug")
     with pytest.raises(KernelError, match="unknown flavour 'fast'"):
         check_spec("source:6.1+fast")
+
+
+def test_version() -> None:
+    r = run_harness("--version")
+    assert r.returncode == 0 and r.stdout.startswith("ksm-harness "), r.stdout + r.stderr
+
+
+def test_run_prints_no_assert_rewrite_warning() -> None:
+    # the plugin used to be imported before pytest registered it (a warning on every run)
+    r = run_harness("run", "--co", "-q", "-p", "no:cacheprovider",
+                    str(Path(__file__).with_name("test_timeline.py")))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "PytestAssertRewriteWarning" not in r.stdout + r.stderr

@@ -206,3 +206,13 @@ def test_ktap_timeout_and_error_directives() -> None:
     assert "not ok 2 t.py::boot # ERROR guest failed to boot: no marker  within 180s" in lines
     assert "not ok 3 t.py::warn" in lines  # the kernel's failure: no directive
     assert "not ok 4 t.py::hang_after_bug" in lines  # the cause (the BUG) ranks first
+
+
+def test_ktap_marks_an_expected_failure_xfail_not_skip() -> None:
+    from harness.results import ktap
+    from harness.results.model import Outcome, Result
+    lines = ktap.render([Result("t.py::known", Outcome.XFAILED, reason="known kernel bug x"),
+                         Result("t.py::skipped", Outcome.SKIPPED, reason="no zram")]
+                        ).splitlines()
+    assert "ok 1 t.py::known # XFAIL known kernel bug x" in lines
+    assert "ok 2 t.py::skipped # SKIP no zram" in lines
