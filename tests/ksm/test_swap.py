@@ -155,14 +155,23 @@ D_PAGES = 4096  # D: one content, present: run=2 has this much to break while th
 
 
 def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,  # type: ignore[no-untyped-def]
+                           previous: list[Workload] | None = None,
                            ) -> tuple[Workload, Workload, dict[str, int]]:
     """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
     pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
     before shows KSM + SwapCache). D keeps D_PAGES of one content merged and present.
-    fault_back: A touches its pages again first (the precondition forced off)."""
+    fault_back: A touches its pages again first (the precondition forced off).
+    previous: the workloads of an earlier attempt, which exit first (a retried attempt
+    starts from nothing: their merged pages would otherwise count in this one's layout)."""
+    if previous:
+        while previous:
+            previous.pop().exit(timeout=120, check=False)
+        ksm.unmerge_all()
     a = workload(name=f"A{attempt}")
     b = workload(name=f"B{attempt}")
     d = workload(name=f"D{attempt}")
+    if previous is not None:
+        previous.extend((a, b, d))
     for w in (a, b):
         w.alloc("k", PAIRS, f"unique:{85 + attempt}")  # A's page i == B's page i
         w.madvise("k", "merge")
@@ -201,8 +210,11 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
     first, so the scenario must say "race not exercised"."""
     sh = ksm_guest.sh
 
+    started: list[Workload] = []  # the last attempt's workloads (see ksm_pages_in_swapcache)
+
     def attempt(i: int) -> RaceRecord:
-        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off)
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off,
+                                              previous=started)
         assert_in_swapcache(before, "before run=2")
         swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
         vm_before = guestsys.vmstat(sh)
@@ -244,10 +256,12 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
     returned (guest timestamps)."""
     sh = ksm_guest.sh
 
+    started: list[Workload] = []  # the last attempt's workloads (see ksm_pages_in_swapcache)
+
     def attempt(i: int) -> RaceRecord:
         if swap_disk not in guestsys.swaps(sh):
             guestsys.swapon(sh, swap_disk, priority=10)
-        a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, previous=started)
         assert_in_swapcache(before, "before run=2 and swapoff")
         vm_before = guestsys.vmstat(sh)
         unmerge = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
