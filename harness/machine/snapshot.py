@@ -24,11 +24,12 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from harness import paths
 from harness.assets import initramfs
@@ -122,13 +123,13 @@ def locked(k: str) -> Iterator[Snapshot | None]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def wait_migration(qmp_command: object, timeout: float) -> str:
-    """Poll query-migrate until it completed or failed; the final status."""
-    command = qmp_command  # a QMP.command bound method
+def wait_migration(command: Callable[..., Any], timeout: float) -> str:
+    """Poll query-migrate (``command`` is QMP.command) until it completed or failed; the
+    final status."""
     end = time.monotonic() + timeout
     status = "unknown"
     while time.monotonic() < end:
-        status = str(command("query-migrate").get("status"))  # type: ignore[operator]
+        status = str(command("query-migrate").get("status"))
         if status in ("completed", "failed", "cancelled"):
             return status
         time.sleep(0.05)
