@@ -2,6 +2,8 @@
 the counter, the expected and the actual value; ``check_*`` raise LeakError with them."""
 from __future__ import annotations
 
+import time
+
 from harness.access.remote import Runner
 from harness.ksm.control import Ksm
 from harness.ksm.model import EXACT_COUNTERS
@@ -35,26 +37,45 @@ def check_ksm_idle(runner: Runner, unmerge_timeout: float = 300.0) -> dict[str, 
     return counters
 
 
-def slab_objects(runner: Runner) -> dict[str, int]:
-    """Active objects of the KSM caches (visible because we boot with slab_nomerge), after
-    a SLUB shrink: objects freed onto per-cpu slabs otherwise still count as active."""
-    shrink = " ".join(f"/sys/kernel/slab/{c}/shrink" for c in KSM_SLABS)
+def slab_objects(runner: Runner, caches: tuple[str, ...] = KSM_SLABS) -> dict[str, int]:
+    """Active objects of the KSM caches (visible because we boot with slab_nomerge), or of
+    ``caches`` (e.g. ``mm_struct``), after a SLUB shrink: objects freed onto per-cpu slabs
+    otherwise still count as active."""
+    shrink = " ".join(f"/sys/kernel/slab/{c}/shrink" for c in caches)
     r = runner.run(f"for f in {shrink}; do [ -w $f ] && echo 1 > $f; done; cat /proc/slabinfo",
                    timeout=30)
     counts: dict[str, int] = {}
     for line in r.stdout.splitlines():
         fields = line.split()
-        if fields and fields[0] in KSM_SLABS:
+        if fields and fields[0] in caches:
             counts[fields[0]] = int(fields[1])
     return counts
 
 
 def slab_problems(baseline: dict[str, int], now: dict[str, int], slack: int = 256) -> list[str]:
     """Per-cpu slabs keep a residue of objects after everything is freed, so compare with
-    the baseline plus ``slack``, not with 0 (a leaked workload leaves thousands)."""
+    the baseline plus ``slack``, not with 0 (a leaked workload leaves thousands). Every
+    cache of the baseline is compared."""
     problems = []
-    for name in KSM_SLABS:
+    for name in baseline:
         if name in baseline and now.get(name, 0) > baseline[name] + slack:
             problems.append(f"slab {name} {now[name]} objects > baseline "
                             f"{baseline[name]} + {slack}")
     return problems
+
+
+def wait_slabs_back(runner: Runner, baseline: dict[str, int], slack: dict[str, int],
+                    timeout: float = 20.0) -> dict[str, int]:
+    """Poll until every cache of ``baseline`` is at most its baseline plus its ``slack``
+    (an exited mm_struct can stay a few milliseconds as a CPU's lazy TLB mm, until that CPU
+    runs another task); LeakError naming each cache still above it at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = slab_objects(runner, tuple(baseline))
+        problems = [p for name in baseline
+                    for p in slab_problems({name: baseline[name]}, now, slack.get(name, 0))]
+        if not problems:
+            return now
+        if time.monotonic() > deadline:
+            raise LeakError(f"after {timeout:.0f}s: " + "; ".join(problems))
+        time.sleep(0.2)

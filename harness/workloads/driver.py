@@ -77,6 +77,15 @@ class Workload:
         """Ask the workload (and its children) to exit; return its status (1 = it detected
         corruption at some point). With ``check``, a non-zero status raises."""
         reply = self.command("exit", timeout)
+        status = self._reap("exit", reply.text, timeout)
+        if check and status != 0:
+            why = " (data corruption detected earlier)" if status == 1 else ""
+            raise WorkloadError(f"workload '{self.name}' exited with status {status}{why}",
+                                self.name, "exit", reply.text)
+        return status
+
+    def _reap(self, line: str, reply: object, timeout: float) -> int:
+        """The exit status of a workload that answered ``line`` and is exiting."""
         try:
             status = self.proc.wait(timeout)
         except GuestBroken:
@@ -84,15 +93,11 @@ class Workload:
             raise
         except CommandTimeout:
             self.kill()
-            raise WorkloadTimeout(f"workload '{self.name}' answered exit ({reply.text}) but "
-                                  f"still runs after {timeout:.0f}s", self.name, "exit",
-                                  reply.text) from None
+            raise WorkloadTimeout(f"workload '{self.name}' answered {line} ({reply}) but "
+                                  f"still runs after {timeout:.0f}s", self.name, line,
+                                  str(reply)) from None
         self.exit_status = status
         self._unusable = f"it exited with status {status}"
-        if check and status != 0:
-            why = " (data corruption detected earlier)" if status == 1 else ""
-            raise WorkloadError(f"workload '{self.name}' exited with status {status}{why}",
-                                self.name, "exit", reply.text)
         return status
 
     def kill(self) -> None:
@@ -362,6 +367,46 @@ class Workload:
         fields = self.command(line, timeout).fields
         self.children_pids += [int(p) for p in fields.get("pids", "").split(",") if p]
         return fields
+
+    def reserve(self, name: str, pages: int, prot: str, merge: bool = False,
+                lock: str = "") -> dict[str, str]:
+        """An mmap never touched (prot "none" or "rw"), not a region (verify skips it);
+        lock: "lock" (mlock) or "lockonfault". The reply says locked=1 when VM_LOCKED."""
+        line = f"reserve {name} {pages} {prot}" + (" merge" if merge else "")
+        return self.command(line + (f" {lock}" if lock else "")).fields
+
+    def vmop(self, name: str, op: str, first: int | None = None, count: int | None = None,
+             pages: int | None = None) -> dict[str, str]:
+        """munmap|dontneed|unmergeable|protro|protnone|protrw FIRST COUNT, move, shrink PAGES:
+        one syscall with guest timestamps (t0, t1). munmap and dontneed split the region (the
+        reply's tail= and zeroed= name the new pieces); region sizes follow."""
+        line = f"vmop {name} {op}" + _range(first, count) + (f" {pages}" if pages else "")
+        f = self.command(line, self._timeout(self._pages(name))).fields
+        self.regions[name] = int(f["pages"])
+        self.regions.update({f[k]: 0 for k in ("tail", "zeroed") if k in f})
+        return f
+
+    def exit_when(self, path: str, value: int | None = None, ms: int = 20000) -> None:
+        """Send ``exitwhen`` (no wait): poll PATH until it reads ``value`` (None: until it
+        moves), then exit at once, hit or not (children die with it); :meth:`exited`."""
+        cond = "moved" if value is None else f"eq {int(value)}"
+        self.begin(f"exitwhen {quote(path)} {cond} {int(ms)}")
+
+    def exited(self, timeout: float = 80.0) -> tuple[dict[str, str], int]:
+        """The reply to :meth:`exit_when` (hit, v0, v, t) and the exit status."""
+        fields = self.finish(timeout).fields
+        self.children_pids = []
+        return fields, self._reap("exitwhen", fields, timeout)
+
+    def children_exit_when(self, path: str, value: int | None = None,
+                           ms: int = 20000) -> dict[str, list[int]]:
+        """``kidsexitwhen``: every child runs exit_when; they are reaped. Per child: status,
+        t (hit or give-up), reaped (guest microseconds), v0, v; plus hits=[H]."""
+        cond = "moved" if value is None else f"eq {int(value)}"
+        reply = self.command(f"kidsexitwhen {quote(path)} {cond} {int(ms)}",
+                             BASE_TIMEOUT + ms / 1000)
+        self.children_pids = []
+        return {k: [int(x) for x in v.split(",") if x] for k, v in reply.fields.items()}
 
     def sleep(self, ms: int) -> None:
         self.command(f"sleep {ms}", BASE_TIMEOUT + ms / 1000)

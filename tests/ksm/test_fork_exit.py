@@ -21,13 +21,13 @@ from harness.ksm import (
     Ksm,
     KsmWriteError,
     Layout,
-    write_in_background,
 )
 from harness.ksm.race import (
     Interval,
     RaceNotExercised,
     RaceRecord,
     TimedCommand,
+    ksm_file,
     timed_ksm_write,
     write_interval,
 )
@@ -85,50 +85,89 @@ def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> Non
     assert got == (256, 256), f"child {kid}: {child} (the parent's: {parent})"
 
 
-def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
-    p = workload(name="P")
+def merged_parent(ksm: Ksm, workload, name: str):  # type: ignore[no-untyped-def]
+    p = workload(name=name)
     p.alloc("s", 2048, "same:54")
     p.alloc("u", 128, "unique:54")
     p.madvise("s", "merge")
     p.madvise("u", "merge")
     ksm.set("run", 1)
-    parent_only = Layout().same("x", 2048).unique(128).expected()
-    ksm.wait_counts(parent_only, what="parent merged")
+    ksm.wait_counts(PARENT_ONLY, what=f"{name} merged")
+    return p
 
-    # Children exit while ksmd is in the middle of scanning them.
-    base = ksm.snapshot()
-    p.fork(8)
-    deadline = time.monotonic() + 60
-    while ksm.snapshot()["pages_sharing"] <= base["pages_sharing"]:
-        assert time.monotonic() < deadline, "ksmd never reached the children"
-    mid = ksm.snapshot()
-    assert p.children_exit() == [0] * 8
-    print(f"children exited at pages_sharing={mid['pages_sharing']} "
-          f"(parent alone: {base['pages_sharing']}, all: {base['pages_sharing'] + 8 * 2048})")
-    ksm.wait_counts(parent_only, what="after children exited during a scan")
-    p.verify()
 
-    # Children, then the parent, exit while run=2 unmerges them.
-    p.fork(8)
-    ksm.wait_counts(Layout().same("x", 2048).ksm_fork(2048, 8).unique(128)
-                    .forked_unmerged(128, 8).expected(), what="8 children merged")
-    pending = write_in_background(ksm.runner, "run", RUN_UNMERGE)
-    deadline = time.monotonic() + 60
-    while ksm.get("run") != RUN_UNMERGE and not pending.done():
-        assert time.monotonic() < deadline, "run=2 did not start"
-    during = not pending.done()
-    p.children_exit()
-    p.exit()
-    took = pending.wait(timeout=300)
-    print(f"run=2 took {took:.2f}s; exits started while it ran: {during}")
-    # Nothing merged is left. Stable nodes may be: remove_all_stable_nodes() at the end of
-    # run=2 refuses to drop a node whose page an exiting mm still maps (between ksm_exit()
-    # and exit_mmap()); the next run=2, with the exits done, must remove every one of them.
-    snap = ksm.assert_counts(ALL_GONE, "after exits during run=2")
-    print(f"stable nodes left by run=2 racing the exits: chains="
-          f"{snap['stable_node_chains']} dups={snap['stable_node_dups']}")
-    ksm.unmerge_all()
-    ksm.assert_counts(ZERO_COUNTS, "after a second run=2, the exits done")
+PARENT_ONLY = Layout().same("x", 2048).unique(128).expected()
+MERGING = "/proc/self/ksm_merging_pages"
+
+
+def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,  # type: ignore[no-untyped-def]
+                                              request) -> None:
+    """Children exit while ksmd scans them, then while run=2 unmerges them. Preconditions,
+    from guest timestamps: during the scan, a child exited the moment its own
+    ksm_merging_pages moved (ksmd inside its mm: __ksm_exit's slow path, the slot at the
+    cursor); during unmerge, a child saw run read 2 and was reaped before run=2's write
+    returned. Otherwise "race not exercised" after RACE_ATTEMPTS tries."""
+    p = merged_parent(ksm, workload, "P")
+    if "ksm_merging_pages" not in ksm.process_stat(p.pid or 0):
+        pytest.skip("needs /proc/PID/ksm_merging_pages (5.19+) to see ksmd in a child's mm")
+
+    def scan(i: int) -> RaceRecord:
+        p.fork(8)
+        got = p.children_exit_when(MERGING, ms=5000)
+        rec = RaceRecord("children exit while ksmd scans them")
+        rec.add(Interval("children's exits (first hit .. last reaped)", min(got["t"]),
+                         max(got["reaped"])))
+        rec.facts.update({"exited inside their own scan": f"{got['hits'][0]}/8",
+                          "merged at exit": [v - v0 for v, v0 in zip(got["v"], got["v0"])]})
+        assert got["status"] == [0] * 8, f"children's exit statuses: {got}"
+        if not got["hits"][0]:
+            ksm.wait_counts(PARENT_ONLY, what="after the children exited (a miss)")
+            raise RaceNotExercised(f"no child saw ksmd in its mm before 5 s ({rec.summary()})")
+        rec.exercised()
+        ksm.wait_counts(PARENT_ONLY, what=f"after children exited during a scan "
+                                          f"({rec.summary()})")
+        p.verify()
+        return rec
+
+    exercise_race(request.node, "exits during a scan of their mm", scan)
+
+    def unmerge(i: int) -> RaceRecord:
+        q = p if i == 0 else merged_parent(ksm, workload, f"P{i}")
+        q.fork(8)
+        ksm.wait_counts(Layout().same("x", 2048).ksm_fork(2048, 8).unique(128)
+                        .forked_unmerged(128, 8).expected(), what="8 children merged")
+        parent = TimedCommand(ksm.runner, ksm_guest.binary, "exit of the parent", "waitexit",
+                              str(q.pid))
+        parent.wait_for_line("armed")
+        q.begin(f"kidsexitwhen {ksm_file('run')} eq {RUN_UNMERGE} 20000")
+        write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+        got = q.finish(80).fields
+        q.children_pids = []
+        q.exit()  # the parent, right after its children
+        rec = RaceRecord("children and parent exit during run=2")
+        run2 = rec.add(write_interval(write, "run", RUN_UNMERGE, timeout=300))
+        ts, reaped = ([int(x) for x in got[k].split(",")] for k in ("t", "reaped"))
+        rec.add(Interval("children's exits (saw run=2 .. last reaped)", min(ts), max(reaped)))
+        _, stamps = parent.wait(60)
+        inside = sum(run2.t0 <= t and r <= run2.t1 for t, r in zip(ts, reaped))
+        rec.facts.update({"children exited inside run=2": f"{inside}/8",
+                          "parent's exit inside": run2.contains(int(stamps["t"]))})
+        assert got["status"] == ",".join(["0"] * 8), f"children's exit statuses: {got}"
+        if not inside:
+            raise RaceNotExercised(f"no child's exit lay inside run=2 ({rec.summary()})")
+        rec.exercised()
+        # Nothing merged is left. Stable nodes may be: remove_all_stable_nodes() at the end
+        # of run=2 refuses to drop a node whose page an exiting mm still maps (between
+        # ksm_exit() and exit_mmap()); the next run=2, with the exits done, must remove every
+        # one of them.
+        snap = ksm.assert_counts(ALL_GONE, f"after exits during run=2 ({rec.summary()})")
+        print(f"stable nodes left by run=2 racing the exits: chains="
+              f"{snap['stable_node_chains']} dups={snap['stable_node_dups']}")
+        ksm.unmerge_all()
+        ksm.assert_counts(ZERO_COUNTS, "after a second run=2, the exits done")
+        return rec
+
+    exercise_race(request.node, "exits during run=2", unmerge)
 
 
 @pytest.mark.allow_kernel("OOM")
