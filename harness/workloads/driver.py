@@ -398,16 +398,6 @@ class Workload:
         self.children_pids = []
         return fields, self._reap("exitwhen", fields, timeout)
 
-    def children_exit_when(self, path: str, value: int | None = None,
-                           ms: int = 20000) -> dict[str, list[int]]:
-        """``kidsexitwhen``: every child runs exit_when; they are reaped. Per child: status,
-        t (hit or give-up), reaped (guest microseconds), v0, v; plus hits=[H]."""
-        cond = "moved" if value is None else f"eq {int(value)}"
-        reply = self.command(f"kidsexitwhen {quote(path)} {cond} {int(ms)}",
-                             BASE_TIMEOUT + ms / 1000)
-        self.children_pids = []
-        return {k: [int(x) for x in v.split(",") if x] for k, v in reply.fields.items()}
-
     def sleep(self, ms: int) -> None:
         self.command(f"sleep {ms}", BASE_TIMEOUT + ms / 1000)
 
