@@ -1582,9 +1582,10 @@ static int cmd_pids(int argc, char **argv)
  *        /proc/self/ksm_merging_pages moving: ksmd inside this mm) for at most MS ms, then
  *        exits at once, hit or not, without telling the children (they die of PDEATHSIG)
  *        -> ok exitwhen hit=0|1 v0=.. v=.. t=.. polls=N   (t: when the condition held)
- *   kidsexitwhen FILE eq VALUE MS | kidsexitwhen FILE moved MS
- *        every child runs "exitwhen" (FILE /proc/self/... is each child's own), then is reaped
- *        -> ok kids=N hits=H status=s,s t=t,t reaped=r,r v0=a,a v=b,b
+ *   kidsexitwhen FILE eq VALUE MS | kidsexitwhen FILE moved MS   [then PATH VALUE]
+ *        every child runs "exitwhen" (FILE /proc/self/... is each child's own), then is reaped;
+ *        with "then", VALUE is written to PATH once every child has read its first value
+ *        -> ok kids=N hits=H then=T status=s,s t=t,t reaped=r,r v0=a,a v=b,b
  *           (t: each child's hit or give-up time, reaped: when waitpid returned in the parent)
  */
 #ifndef SYS_mlock2
@@ -1839,13 +1840,15 @@ static int parse_when(const char *cmd, int argc, char **argv, int *moved, long l
 
 static int cmd_exitwhen(int argc, char **argv)
 {
-	int moved = 0, hit = 0;
+	int moved = 0, hit = 0, armed = argc > 1 && strcmp(argv[argc - 1], "armed") == 0;
 	long long value = 0, v0 = -1, v = -1, t;
 	uint64_t ms, polls = 0;
-	if (parse_when("exitwhen", argc, argv, &moved, &value, &ms))
+	if (parse_when("exitwhen", argc - armed, argv, &moved, &value, &ms))
 		return -1;
 	if (read_number(argv[1], &v0) != 0)
 		return err("exitwhen: cannot read a number from %s: %s", argv[1], errstr(errno));
+	if (armed && dprintf(out_fd, "armed v0=%lld\n", v0) < 0) /* kidsexitwhen waits for it */
+		_exit(exit_status());
 	long long end = now_us() + (long long)ms * 1000;
 	struct timespec pause = {0, 1000000L};
 	for (;;) {
@@ -1871,19 +1874,44 @@ static int cmd_kidsexitwhen(int argc, char **argv)
 	static char text[MAX_CHILDREN][256];
 	static long long reaped_at[MAX_CHILDREN];
 	int moved = 0, n = nchildren, hits = 0, st[MAX_CHILDREN], reaped[MAX_CHILDREN];
-	long long value = 0;
+	long long value = 0, t_then = -1;
 	uint64_t ms;
-	char line[512];
+	char line[512], *then_path = NULL, *then_value = NULL;
 	if (is_child || n == 0)
 		return err("kidsexitwhen: in the parent, with children (fork N)");
+	if (argc > 3 && strcmp(argv[argc - 3], "then") == 0) {
+		then_path = argv[argc - 2];
+		then_value = argv[argc - 1];
+		argc -= 3;
+	}
 	if (parse_when("kidsexitwhen", argc, argv, &moved, &value, &ms))
 		return -1;
-	snprintf(line, sizeof(line), "exitwhen %s %s %s%s%s\n", argv[1], argv[2], argv[3],
+	snprintf(line, sizeof(line), "exitwhen %s %s %s%s%s armed\n", argv[1], argv[2], argv[3],
 		 argc == 5 ? " " : "", argc == 5 ? argv[4] : "");
 	size_t len = strlen(line);
 	for (int i = 0; i < n; i++)
 		if (write(children[i].cmd_fd, line, len) != (ssize_t)len)
 			text[i][0] = 0;
+	char failed[256] = "";
+	for (int i = 0; i < n; i++) { /* every child has read its first value */
+		char *got = NULL;
+		size_t cap = 0;
+		if ((getline(&got, &cap, children[i].rep) <= 0 || strncmp(got, "armed", 5) != 0) &&
+		    !failed[0])
+			snprintf(failed, sizeof(failed), "child %d did not arm", (int)children[i].pid);
+		free(got);
+	}
+	if (then_path && !failed[0]) { /* e.g. start ksmd only now */
+		int fd = open(then_path, O_WRONLY);
+		ssize_t w = fd < 0 ? -1 : write(fd, then_value, strlen(then_value));
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		if (w != (ssize_t)strlen(then_value))
+			snprintf(failed, sizeof(failed), "then %s %s: %s", then_path, then_value,
+				 errstr(e));
+		t_then = now_us();
+	}
 	for (int i = 0; i < n; i++) {
 		reaped[i] = 0;
 		st[i] = 0;
@@ -1895,7 +1923,7 @@ static int cmd_kidsexitwhen(int argc, char **argv)
 			corruption_seen = 1;
 		hits += strstr(text[i], "hit=1") != NULL;
 	}
-	ok("kids=%d hits=%d", n, hits);
+	ok("kids=%d hits=%d then=%lld", n, hits, t_then);
 	const char *keys[] = {"status", "t", "reaped", "v0", "v"};
 	for (int k = 0; k < 5; k++) {
 		app(" %s=", keys[k]);
@@ -1916,7 +1944,7 @@ static int cmd_kidsexitwhen(int argc, char **argv)
 	}
 	for (int i = n - 1; i >= 0; i--)
 		drop_child(i);
-	return 0;
+	return failed[0] ? err("kidsexitwhen: %s (the children exited)", failed) : 0;
 }
 
 /* ---- misc ---- */
