@@ -1776,6 +1776,49 @@ static int oneshot(int argc, char **argv)
 		printf("t0=%lld t1=%lld", t0, t1);
 		return report_rc(e);
 	}
+	if (strcmp(argv[1], "swapoff-during") == 0 && argc == 5) {
+		/* swapoff DEV begins just after a child began writing VALUE to PATH (run=2): the
+		 * child signals through a pipe after taking its t0, so swapoff's t0 is later, and
+		 * the write is still running unless it is shorter than a wake-up. The write's
+		 * stamps are wt0/wt1/wrc, swapoff's t0/t1/rc. */
+		int p[2];
+		if (pipe(p) < 0)
+			return report_rc(errno);
+		fflush(stdout);
+		pid_t child = fork();
+		if (child < 0)
+			return report_rc(errno);
+		if (child == 0) {
+			close(p[0]);
+			int fd = open(argv[2], O_WRONLY);
+			size_t len = strlen(argv[3]);
+			long long t0 = now_us();
+			if (write(p[1], "w", 1) != 1)
+				_exit(3);
+			ssize_t w = fd < 0 ? -1 : write(fd, argv[3], len);
+			int e = w == (ssize_t)len ? 0 : w < 0 ? errno : EIO;
+			long long t1 = now_us();
+			const char *name = errno_name(e);
+			if (!e || name)
+				printf("wt0=%lld wt1=%lld wrc=%s\n", t0, t1, e ? name : "0");
+			else
+				printf("wt0=%lld wt1=%lld wrc=E%d\n", t0, t1, e);
+			fflush(stdout);
+			_exit(0);
+		}
+		close(p[1]);
+		char c;
+		ssize_t r;
+		while ((r = read(p[0], &c, 1)) < 0 && errno == EINTR)
+			;
+		long long t0 = now_us();
+		int e = r == 1 && swapoff(argv[4]) == 0 ? 0 : r == 1 ? errno : ECHILD;
+		long long t1 = now_us();
+		while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+			;
+		printf("t0=%lld t1=%lld", t0, t1);
+		return report_rc(e);
+	}
 	if (strcmp(argv[1], "waitexit") == 0 && argc == 3) {
 		uint64_t pid;
 		if (parse_u64(argv[2], &pid))
@@ -1795,7 +1838,8 @@ static int oneshot(int argc, char **argv)
 		close(fd);
 		return report_rc(0);
 	}
-	fprintf(stderr, "usage: ksmwork [write PATH VALUE | swapoff DEV | waitexit PID | now]\n");
+	fprintf(stderr, "usage: ksmwork [write PATH VALUE | swapoff DEV | "
+			"swapoff-during PATH VALUE DEV | waitexit PID | now]\n");
 	return 2;
 }
 
