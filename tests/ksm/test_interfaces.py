@@ -164,7 +164,8 @@ def test_prctl_memory_merge_across_fork_and_exec(  # type: ignore[no-untyped-def
     ksm.set("use_zero_pages", 1)
     assert w.command("prctl set").fields["merge"] == "1"
     w.alloc("s", 128, "same:122", thp=False)
-    assert w.smaps("s")["mergeable"] >= 1, w.smaps("s")
+    assert w.smaps("s")["mergeable"] >= 1, \
+        f"PR_SET_MEMORY_MERGE did not make a new anonymous VMA mergeable: {w.smaps('s')}"
     w.fork(1)
     assert w.children("prctl get").fields["merge"] == "1", "the fork lost PR_SET_MEMORY_MERGE"
     assert w.children_exit() == [0]
