@@ -76,6 +76,9 @@
  *           returned before t1; _p/_k: with that probe state; kept_inside_ksm: kept children
  *           forked inside while the probed pages were still KSM, k or p)
  *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
+ *   poke hole hugetlb uffd collapse kpcg prctl: one-byte edits, holes, hugetlb regions,
+ *                          userfaultfd, MADV_COLLAPSE, /proc/kpagecgroup, PR_SET_MEMORY_MERGE;
+ *                          documented in their block ("comparator edges, madvise ABI, ...")
  *   free NAME | sleep MS | pid | regions | help
  *   exit                   -> ok bye status=S [children: <children exit reply>], then
  *                          exit S (children are told to exit first; EOF: the same, no reply)
