@@ -30,6 +30,11 @@ from harness import spec as spec_mod  # noqa: E402
 from harness.assets import image  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
 
+# vm.timings of a restore, in order, and what ends at each
+RESTORE_STEPS = {"console_ready": "QEMU start + state load", "keys_ready": "new keys, clock, "
+                 "sshd restart (console)", "ssh_connected": "SSH login",
+                 "ssh_ready": "first command"}
+
 
 def stats(values: list[float]) -> str:
     return (f"min {min(values):.2f}s  median {statistics.median(values):.2f}s  "
@@ -70,6 +75,7 @@ def main() -> int:
     cold_spec = dataclasses.replace(spec, snapshots=False)
     warm_spec = dataclasses.replace(spec, snapshots=True)
     cold, warm, console = [], [], []
+    steps: dict[str, list[float]] = {}  # a restore's steps, cumulative from QEMU start
     run_dir = paths.new_run_dir("bench")
     try:
         VM(warm_spec, run_dir / "save").start().stop()  # makes the snapshot if missing
@@ -82,6 +88,9 @@ def main() -> int:
                     into.append(vm.timings["ssh_ready"])
                     if which == "cold":
                         console.append(vm.timings["console_ready"])
+                    else:
+                        for step in RESTORE_STEPS:
+                            steps.setdefault(step, []).append(vm.timings.get(step, 0.0))
                 finally:
                     vm.stop()
     finally:
@@ -100,6 +109,10 @@ def main() -> int:
     print(f"QEMU start -> first SSH command, restored:  {stats(warm)}")
     print(f"restored / cold (medians): {statistics.median(warm) / statistics.median(cold):.2f}")
     print(f"QEMU start -> guest ready marker, cold:     {stats(console)}")
+    medians = [statistics.median(steps[s]) for s in RESTORE_STEPS]
+    print("restored, where it goes (medians): " + ", ".join(
+        f"{RESTORE_STEPS[s]} {m - (medians[i - 1] if i else 0.0):.2f}s"
+        for i, (s, m) in enumerate(zip(RESTORE_STEPS, medians))))
     print(f"`ksm-harness boot -- true`, end to end:     {stats(ours)}")
     if vng:
         print(f"`vng --disable-kvm --run VMLINUX --exec true`: {stats(vng)}; ours / vng "

@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from harness.pytest_plugin import session  # noqa: E402
-from harness.results.model import load_results  # noqa: E402
+from harness.results.model import Result, load_results  # noqa: E402
 
 GOALS = (180.0, 600.0)
 
@@ -33,16 +33,21 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main(argv: list[str]) -> int:
+def run_suite(argv: list[str]) -> tuple[float, int, list[Result]]:
+    """Run tests/ksm with ``argv`` in a child pytest: (wall seconds, exit status, results)."""
     with tempfile.TemporaryDirectory(prefix="ksm-suite-") as tmp:
         out = Path(tmp) / "results.json"
-        print(f"suite: host load average at start: {load()}", flush=True)
         t0 = time.monotonic()
         status = session.run_child([*argv, "-q", "-p", "no:cacheprovider", "--results-json",
                                     str(out), "--report-dir", str(Path(tmp) / "report")],
                                    ["tests/ksm"], cwd=REPO)
         wall = time.monotonic() - t0
-        results = load_results(out)[1] if out.is_file() else []
+        return wall, status, load_results(out)[1] if out.is_file() else []
+
+
+def main(argv: list[str]) -> int:
+    print(f"suite: host load average at start: {load()}", flush=True)
+    wall, status, results = run_suite(argv)
 
     split: dict[str, float] = defaultdict(float)
     per_module: dict[str, float] = defaultdict(float)

@@ -58,9 +58,10 @@ class TestWindow:
     answered: bool = False  # the guest ran the END marker command: it is alive and usable
 
 
-def report_finding(r: Report, phase: str = "") -> Finding:
+def report_finding(r: Report, phase: str = "", arrived: float | None = None) -> Finding:
+    """``arrived``: when the report's first line reached the host (else: now)."""
     return Finding(Category.of(r.category), r.title, r.text, r.frame,
-                   (r.start_line, r.end_line), time.time(), phase)
+                   (r.start_line, r.end_line), arrived or time.time(), phase)
 
 
 class Monitor:
@@ -126,7 +127,9 @@ class Monitor:
                     break
                 self._claimed += 1
                 if r.category not in allow:
-                    out.append(report_finding(r, phase))
+                    console = self.vm.console
+                    arrived = console.arrived(r.start_line) if console else None
+                    out.append(report_finding(r, phase, arrived))
         return out
 
     # --- per-test windows -----------------------------------------------------------------

@@ -76,6 +76,9 @@
  *           returned before t1; _p/_k: with that probe state; kept_inside_ksm: kept children
  *           forked inside while the probed pages were still KSM, k or p)
  *   crash                  die of SIGSEGV on purpose (tests a harness's crash handling)
+ *   poke hole hugetlb uffd collapse kpcg prctl: one-byte edits, holes, hugetlb regions,
+ *                          userfaultfd, MADV_COLLAPSE, /proc/kpagecgroup, PR_SET_MEMORY_MERGE;
+ *                          documented in their block ("comparator edges, madvise ABI, ...")
  *   free NAME | sleep MS | pid | regions | help
  *   exit                   -> ok bye status=S [children: <children exit reply>], then
  *                          exit S (children are told to exit first; EOF: the same, no reply)
@@ -104,6 +107,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/swap.h>
 #include <sys/syscall.h>
@@ -157,6 +161,7 @@
 #define REPLY_MAX 65536
 #define MAX_ERRNO 256
 #define HUGE_ALIGN (2UL << 20)
+#define POKE_HOLE 0xffffffffU
 
 enum kind { PAT_SAME, PAT_UNIQUE, PAT_ZERO, PAT_LASTBYTE, PAT_HALF };
 static const char *const kind_names[] = {"same", "unique", "zero", "lastbyte", "half"};
@@ -172,6 +177,7 @@ struct region {
 	uint64_t seedkey;
 	uint64_t *override; /* per-page key set by "write", 0 = pattern's */
 	uint64_t *saved_pfns; /* "kpf NAME save": PFNs of the present pages, 0 = none */
+	uint32_t *poke; /* "poke"/"hole": per page 0, POKE_HOLE or (OFFSET << 8 | XOR) */
 	int used;
 };
 
@@ -187,6 +193,8 @@ struct pexp {
 	uint64_t key;
 	int has_tail;
 	uint64_t tail;
+	int hole;          /* unmapped by "hole": never read or written */
+	uint32_t poke;     /* (OFFSET << 8 | XOR): one byte differs from the key's page */
 };
 
 static struct region regions[MAX_REGIONS];
@@ -335,7 +343,11 @@ static uint64_t seedkey(uint64_t seed)
 
 static struct pexp page_expect(const struct region *r, size_t p)
 {
-	struct pexp e = {0, 0, 0, 0};
+	struct pexp e = {0, 0, 0, 0, 0, 0};
+	if (r->poke && r->poke[p] == POKE_HOLE)
+		e.hole = 1;
+	else if (r->poke && !r->override[p])
+		e.poke = r->poke[p];
 	if (r->override[p]) {
 		e.key = r->override[p];
 		return e;
@@ -379,6 +391,8 @@ static const uint64_t *key_page(uint64_t key)
 
 static void fill_page(unsigned char *dst, struct pexp e)
 {
+	if (e.hole)
+		return;
 	if (e.zero) {
 		memset(dst, 0, page_size);
 		return;
@@ -386,6 +400,8 @@ static void fill_page(unsigned char *dst, struct pexp e)
 	memcpy(dst, key_page(e.key), page_size);
 	if (e.has_tail)
 		memcpy(dst + page_size - 8, &e.tail, 8);
+	if (e.poke)
+		dst[e.poke >> 8] ^= (unsigned char)e.poke;
 }
 
 /* Returns -1 when the page is intact, else the first bad offset (and the expected byte). */
@@ -393,11 +409,15 @@ static long check_page(const unsigned char *pg, struct pexp e, unsigned char *ex
 {
 	const unsigned char *want = e.zero ? zero_page : (const unsigned char *)key_page(e.key);
 	size_t body = e.has_tail ? page_size - 8 : page_size;
-	if (memcmp(pg, want, body) == 0 &&
+	if (e.hole)
+		return -1;
+	if (!e.poke && memcmp(pg, want, body) == 0 &&
 	    (!e.has_tail || memcmp(pg + body, &e.tail, 8) == 0))
 		return -1;
 	for (size_t o = 0; o < page_size; o++) {
 		unsigned char w = o < body ? want[o] : ((const unsigned char *)&e.tail)[o - body];
+		if (e.poke && o == (e.poke >> 8))
+			w ^= (unsigned char)e.poke;
 		if (pg[o] != w) {
 			*expected = w;
 			return (long)o;
@@ -609,6 +629,7 @@ static int cmd_free(int argc, char **argv)
 		return err("free: munmap: %s", errstr(errno));
 	free(r->override);
 	free(r->saved_pfns);
+	free(r->poke);
 	memset(r, 0, sizeof(*r));
 	return ok("freed %s", argv[1]);
 }
@@ -713,6 +734,8 @@ static int cmd_write(int argc, char **argv)
 		key = nonzero(mix64((r->seedkey ^ WRITEC) + GOLDEN * ++write_counter));
 	}
 	r->override[p] = key;
+	if (r->poke && r->poke[p] != POKE_HOLE)
+		r->poke[p] = 0;
 	fill_page(r->addr + p * page_size, page_expect(r, p));
 	return ok("wrote %s page %zu", r->name, p);
 }
@@ -1172,6 +1195,240 @@ static int cmd_kpf(int argc, char **argv)
 	close(kfd);
 	return ok("saved=%zu ksm=%zu swapcache=%zu ksm_swapcache=%zu mapped=%zu unreadable=%zu",
 		  saved, ksm, swapcache, both, mapped, unreadable);
+}
+
+/* ---- comparator edges, madvise ABI, THP collapse, userfaultfd, memcg, prctl ---- */
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MAP_HUGETLB
+#define MAP_HUGETLB 0x40000
+#endif
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+#ifndef SYS_userfaultfd
+#define SYS_userfaultfd 323
+#endif
+/* <linux/userfaultfd.h>'s UAPI, spelled out (no kernel headers in the build). */
+#define UFFD_API_ 0xAAULL
+#define UFFDIO_API_ 0xc018aa3fUL
+#define UFFDIO_REGISTER_ 0xc020aa00UL
+#define UFFDIO_REGISTER_MODE_MISSING_ 1ULL
+struct uffdio_api_ { uint64_t api, features, ioctls; };
+struct uffdio_register_ { uint64_t start, len, mode, ioctls; };
+
+static int need_pokes(struct region *r)
+{
+	if (!r->poke)
+		r->poke = calloc(r->pages, sizeof(uint32_t));
+	return r->poke ? 0 : err("no memory for %zu page pokes", r->pages);
+}
+
+/* poke NAME PAGE OFFSET XOR: XOR one byte of the page, expectation updated (the page then
+ * differs from its pattern's page in exactly that byte; the same poke again restores it). */
+static int cmd_poke(int argc, char **argv)
+{
+	size_t p = 0;
+	uint64_t off, x;
+	if (argc != 5)
+		return err("usage: poke NAME PAGE OFFSET XOR (XOR 1..255)");
+	struct region *r = need_region("poke", argv[1]);
+	if (!r || parse_page("poke", r, argv[2], &p))
+		return -1;
+	if (parse_u64(argv[3], &off) || off >= page_size || parse_u64(argv[4], &x) || !x || x > 255)
+		return err("poke: bad OFFSET/XOR '%s %s'", argv[3], argv[4]);
+	if (need_pokes(r))
+		return -1;
+	uint32_t was = r->poke[p];
+	if (was == POKE_HOLE || r->override[p] || r->kind == PAT_ZERO)
+		return err("poke: page %zu of '%s' is a hole, rewritten or zero", p, r->name);
+	if (was && (was >> 8) != off)
+		return err("poke: page %zu of '%s' is poked at %u already", p, r->name, was >> 8);
+	uint32_t now = (uint32_t)(off << 8) | ((was ^ (uint32_t)x) & 255);
+	r->poke[p] = (now & 255) ? now : 0;
+	r->addr[p * page_size + off] ^= (unsigned char)x;
+	return ok("poked %s page %zu offset %llu xor 0x%02llx", r->name, p,
+		  (unsigned long long)off, (unsigned long long)x);
+}
+
+/* hole NAME PAGE: munmap one page of the region (verify, touch and churn skip it). */
+static int cmd_hole(int argc, char **argv)
+{
+	size_t p = 0;
+	if (argc != 3)
+		return err("usage: hole NAME PAGE");
+	struct region *r = need_region("hole", argv[1]);
+	if (!r || parse_page("hole", r, argv[2], &p) || need_pokes(r))
+		return -1;
+	if (munmap(r->addr + p * page_size, page_size) != 0)
+		return err("hole: munmap: %s", errstr(errno));
+	r->poke[p] = POKE_HOLE;
+	return ok("holed %s page %zu", r->name, p);
+}
+
+/* hugetlb NAME PAGES same:SEED: a MAP_HUGETLB region (PAGES a multiple of 2 MiB). */
+static int cmd_hugetlb(int argc, char **argv)
+{
+	uint64_t pages, seed;
+	if (argc != 4 || parse_u64(argv[2], &pages) || !pages || (pages * page_size) % HUGE_ALIGN ||
+	    strncmp(argv[3], "same:", 5) || parse_u64(argv[3] + 5, &seed))
+		return err("usage: hugetlb NAME PAGES same:SEED (PAGES * 4 KiB a multiple of 2 MiB)");
+	if (strlen(argv[1]) >= sizeof(regions[0].name) || find_region(argv[1]))
+		return err("hugetlb: bad or existing name '%s'", argv[1]);
+	struct region *r = NULL;
+	for (int i = 0; i < MAX_REGIONS && !r; i++)
+		if (!regions[i].used)
+			r = &regions[i];
+	if (!r)
+		return err("hugetlb: too many regions (max %d)", MAX_REGIONS);
+	size_t len = pages * page_size;
+	void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB,
+			 -1, 0);
+	if (map == MAP_FAILED)
+		return err("hugetlb: mmap %zu bytes: %s", len, errstr(errno));
+	uint64_t *override = calloc(pages, sizeof(uint64_t));
+	if (!override) {
+		munmap(map, len);
+		return err("hugetlb: no memory");
+	}
+	snprintf(r->name, sizeof(r->name), "%s", argv[1]);
+	r->addr = map;
+	r->map = map;
+	r->pages = pages;
+	r->maplen = len;
+	r->kind = PAT_SAME;
+	r->seed = seed;
+	r->seedkey = seedkey(seed);
+	r->override = override;
+	r->used = 1;
+	for (size_t p = 0; p < pages; p++)
+		fill_page(r->addr + p * page_size, page_expect(r, p));
+	return ok("%s addr=%p pages=%zu hugetlb", r->name, map, (size_t)pages);
+}
+
+/* uffd NAME: register the region with a new userfaultfd in MISSING mode (kept open). */
+static int cmd_uffd(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: uffd NAME");
+	struct region *r = need_region("uffd", argv[1]);
+	if (!r)
+		return -1;
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return err("uffd: userfaultfd: %s", errstr(errno));
+	struct uffdio_api_ api = {UFFD_API_, 0, 0};
+	struct uffdio_register_ reg = {(uintptr_t)r->addr, r->pages * page_size,
+				       UFFDIO_REGISTER_MODE_MISSING_, 0};
+	if (ioctl(fd, UFFDIO_API_, &api) != 0 || ioctl(fd, UFFDIO_REGISTER_, &reg) != 0) {
+		int e = errno;
+		close(fd);
+		return err("uffd: register %s: %s", r->name, errstr(e));
+	}
+	return ok("registered %s fd=%d", r->name, fd);
+}
+
+/* collapse NAME: madvise(MADV_COLLAPSE) -> ok | err ... (ERRNO) */
+static int cmd_collapse(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: collapse NAME");
+	struct region *r = need_region("collapse", argv[1]);
+	if (!r)
+		return -1;
+	long t0 = now_ms();
+	if (madvise(r->addr, r->pages * page_size, MADV_COLLAPSE) != 0)
+		return err("collapse %s: %s", r->name, errstr(errno));
+	return ok("collapsed %s ms=%ld", r->name, now_ms() - t0);
+}
+
+/* kpcg NAME: the memory cgroups (inode numbers, /proc/kpagecgroup) charged for the region's
+ * present pages -> ok present=N cgroups=INO:PAGES,INO:PAGES (at most 8 distinct) */
+static int cmd_kpcg(int argc, char **argv)
+{
+	uint64_t ino[8], cnt[8];
+	int n = 0;
+	size_t present = 0;
+	if (argc != 2)
+		return err("usage: kpcg NAME");
+	struct region *r = need_region("kpcg", argv[1]);
+	if (!r)
+		return -1;
+	int pmfd = open("/proc/self/pagemap", O_RDONLY), cfd = open("/proc/kpagecgroup", O_RDONLY);
+	if (pmfd < 0 || cfd < 0) {
+		int e = errno;
+		if (pmfd >= 0)
+			close(pmfd);
+		if (cfd >= 0)
+			close(cfd);
+		return err("kpcg: /proc/self/pagemap or /proc/kpagecgroup: %s", errstr(e));
+	}
+	for (size_t p = 0; p < r->pages; p++) {
+		uint64_t pm = 0, cg = 0;
+		off_t off = (off_t)(((uintptr_t)r->addr / page_size + p) * sizeof(uint64_t));
+		if (pread(pmfd, &pm, sizeof(pm), off) != sizeof(pm) || !(pm & PM_PRESENT))
+			continue;
+		present++;
+		if (pread(cfd, &cg, sizeof(cg), (off_t)((pm & PM_PFN_MASK) * sizeof(cg))) != sizeof(cg))
+			cg = ~0ULL;
+		int i = 0;
+		while (i < n && ino[i] != cg)
+			i++;
+		if (i == n && n < 8)
+			ino[n] = cg, cnt[n++] = 0;
+		if (i < n)
+			cnt[i]++;
+	}
+	close(pmfd);
+	close(cfd);
+	ok("present=%zu cgroups=", present);
+	for (int i = 0; i < n; i++)
+		app("%s%llu:%llu", i ? "," : "", (unsigned long long)ino[i],
+		    (unsigned long long)cnt[i]);
+	return 0;
+}
+
+/* prctl get|set|clear: PR_GET/SET_MEMORY_MERGE (6.4+) -> ok merge=0|1 | err ... (EINVAL)
+ * prctl spawn: fork + exec /bin/cat reading a pipe only this process holds (it ends when this
+ * process exits); the harness reads its /proc/PID files -> ok pid=P */
+static int cmd_prctl(int argc, char **argv)
+{
+	if (argc != 2)
+		return err("usage: prctl get|set|clear|spawn");
+	if (strcmp(argv[1], "spawn") == 0) {
+		int fds[2];
+		if (pipe2(fds, O_CLOEXEC) != 0)
+			return err("prctl spawn: pipe: %s", errstr(errno));
+		pid_t pid = fork();
+		if (pid < 0) {
+			int e = errno;
+			close(fds[0]), close(fds[1]);
+			return err("prctl spawn: fork: %s", errstr(e));
+		}
+		if (pid == 0) {
+			int null = open("/dev/null", O_WRONLY);
+			dup2(fds[0], 0);
+			if (null >= 0)
+				dup2(null, 1);
+			execl("/bin/cat", "cat", (char *)NULL);
+			_exit(127);
+		}
+		close(fds[0]); /* fds[1] stays open (never written) until this process exits */
+		return ok("pid=%d", (int)pid);
+	}
+	if (strcmp(argv[1], "set") == 0 || strcmp(argv[1], "clear") == 0) {
+		if (prctl(PR_SET_MEMORY_MERGE, strcmp(argv[1], "set") == 0, 0, 0, 0) != 0)
+			return err("prctl %s: %s", argv[1], errstr(errno));
+	} else if (strcmp(argv[1], "get") != 0) {
+		return err("usage: prctl get|set|clear|spawn");
+	}
+	int v = prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0);
+	if (v < 0)
+		return err("prctl get: %s", errstr(errno));
+	return ok("merge=%d", v);
 }
 
 /* ---- children ---- */
@@ -2024,6 +2281,7 @@ static int dispatch(char *line)
 		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
 		{"crash", cmd_crash},	    {"churn", cmd_churn},	{"pageflags", cmd_pageflags},
 		{"race", cmd_race},	    {"kpf", cmd_kpf},
+		{"poke", cmd_poke}, {"hole", cmd_hole}, {"hugetlb", cmd_hugetlb}, {"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"kpcg", cmd_kpcg}, {"prctl", cmd_prctl},
 		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
 	};
 	char *argv[MAX_ARGS + 1];
@@ -2159,6 +2417,49 @@ static int oneshot(int argc, char **argv)
 		printf("t0=%lld t1=%lld", t0, t1);
 		return report_rc(e);
 	}
+	if (strcmp(argv[1], "swapoff-during") == 0 && argc == 5) {
+		/* swapoff DEV begins just after a child began writing VALUE to PATH (run=2): the
+		 * child signals through a pipe after taking its t0, so swapoff's t0 is later, and
+		 * the write is still running unless it is shorter than a wake-up. The write's
+		 * stamps are wt0/wt1/wrc, swapoff's t0/t1/rc. */
+		int p[2];
+		if (pipe(p) < 0)
+			return report_rc(errno);
+		fflush(stdout);
+		pid_t child = fork();
+		if (child < 0)
+			return report_rc(errno);
+		if (child == 0) {
+			close(p[0]);
+			int fd = open(argv[2], O_WRONLY);
+			size_t len = strlen(argv[3]);
+			long long t0 = now_us();
+			if (write(p[1], "w", 1) != 1)
+				_exit(3);
+			ssize_t w = fd < 0 ? -1 : write(fd, argv[3], len);
+			int e = w == (ssize_t)len ? 0 : w < 0 ? errno : EIO;
+			long long t1 = now_us();
+			const char *name = errno_name(e);
+			if (!e || name)
+				printf("wt0=%lld wt1=%lld wrc=%s\n", t0, t1, e ? name : "0");
+			else
+				printf("wt0=%lld wt1=%lld wrc=E%d\n", t0, t1, e);
+			fflush(stdout);
+			_exit(0);
+		}
+		close(p[1]);
+		char c;
+		ssize_t r;
+		while ((r = read(p[0], &c, 1)) < 0 && errno == EINTR)
+			;
+		long long t0 = now_us();
+		int e = r == 1 && swapoff(argv[4]) == 0 ? 0 : r == 1 ? errno : ECHILD;
+		long long t1 = now_us();
+		while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+			;
+		printf("t0=%lld t1=%lld", t0, t1);
+		return report_rc(e);
+	}
 	if (strcmp(argv[1], "waitexit") == 0 && argc == 3) {
 		uint64_t pid;
 		if (parse_u64(argv[2], &pid))
@@ -2178,7 +2479,8 @@ static int oneshot(int argc, char **argv)
 		close(fd);
 		return report_rc(0);
 	}
-	fprintf(stderr, "usage: ksmwork [write PATH VALUE | swapoff DEV | waitexit PID | now]\n");
+	fprintf(stderr, "usage: ksmwork [write PATH VALUE | swapoff DEV | "
+			"swapoff-during PATH VALUE DEV | waitexit PID | now]\n");
 	return 2;
 }
 

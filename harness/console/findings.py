@@ -106,7 +106,7 @@ class Finding:
     text: str = ""              # the report, the evidence, the traceback
     frame: str | None = None    # culprit function, when known
     console: tuple[int, int] | None = None  # console lines [start, end] of a kernel report
-    time: float | None = None   # host time it was found (time.time())
+    time: float | None = None   # host time.time(): a report's first line arrived, else found
     phase: str = ""             # setup, call, teardown, or "before the test" / "at boot"
 
     @property

@@ -141,6 +141,13 @@ class Console:
                     return None
                 self._cond.wait(min(left, 0.25))
 
+    def arrived(self, index: int) -> float | None:
+        """Host wall time (time.time()) at which line ``index`` reached us, if it has."""
+        with self._cond:
+            if not 0 <= index < len(self.times):
+                return None
+            return time.time() - (time.monotonic() - self.times[index])
+
     def tail(self, n: int = 40) -> str:
         with self._cond:
             lines = self.lines[-n:] + ([self._partial] if self._partial else [])

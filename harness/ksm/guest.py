@@ -25,6 +25,9 @@ class KsmGuest:
         self.ensure()
 
     def ensure(self) -> None:
+        running = getattr(self.vm, "ensure_running", None)
+        if running is not None:
+            running()  # a VM retired after the last test's verdict: boot its successor
         generation = getattr(self.vm, "generation", 0)
         if generation == self.generation:
             return
@@ -40,6 +43,17 @@ class KsmGuest:
         # there, and harness.kernel_bugs gates expected failures on that version
         self.banner = self.sh.run("cat /proc/version", check=True).stdout.strip()
         self.generation = generation
+
+    @property
+    def current(self) -> int:
+        """The generation of the VM now under this guest (fixtures note it at set-up)."""
+        return int(getattr(self.vm, "generation", 0))
+
+    def gone_since(self, generation: int) -> bool:
+        """The VM a fixture set up on was retired after a fatal report or a hang: its
+        teardown has nothing to undo (the next test gets a fresh VM)."""
+        gone = getattr(self.vm, "gone_since", None)
+        return bool(gone is not None and gone(generation))
 
     def close(self) -> None:
         self.sh.close()

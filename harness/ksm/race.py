@@ -17,7 +17,7 @@ from harness.access.background import Background
 from harness.access.remote import Spawner, quote
 from harness.ksm.sysfs import KSM_DIR, KsmError, KsmWriteError
 
-_STAMP = re.compile(r"\b(t0|t1|t|rc)=(-?\w+)")
+_STAMP = re.compile(r"\b(t0|t1|t|rc|wt0|wt1|wrc)=(-?\w+)")
 
 
 class RaceNotExercised(Exception):
@@ -137,6 +137,29 @@ def write_interval(cmd: TimedCommand, name: str, value: int | str,
     if rc != "0":
         raise KsmWriteError(name, value, rc, cmd.command.output[-200:])
     return Interval(cmd.what, int(stamps["t0"]), int(stamps["t1"]))
+
+
+def swapoff_during_write(spawner: Spawner, binary: str, name: str, value: int | str,
+                         device: str, ksm_dir: str = KSM_DIR) -> TimedCommand:
+    """swapoff(DEVICE) begun in the guest just after a write of VALUE to KSM's NAME began
+    (one guest program: the host's latency cannot reorder them); see
+    :func:`swapoff_write_intervals`."""
+    return TimedCommand(spawner, binary, "swapoff", "swapoff-during", ksm_file(name, ksm_dir),
+                        str(value), device)
+
+
+def swapoff_write_intervals(cmd: TimedCommand, name: str, value: int | str,
+                            timeout: float = 300.0) -> tuple[Interval, Interval]:
+    """(the write's interval, swapoff's); KsmWriteError when the kernel refused the write,
+    KsmError when swapoff failed."""
+    rc, stamps = cmd.wait(timeout)
+    if stamps.get("wrc", "?") != "0":
+        raise KsmWriteError(name, value, stamps.get("wrc", "no result"),
+                            cmd.command.output[-200:])
+    if rc != "0":
+        raise KsmError(f"swapoff failed with {rc}: {cmd.command.output[-200:]}")
+    return (Interval(f"{name}={value}", int(stamps["wt0"]), int(stamps["wt1"])),
+            Interval("swapoff", int(stamps["t0"]), int(stamps["t1"])))
 
 
 def ksm_file(name: str, ksm_dir: str = KSM_DIR) -> str:

@@ -294,9 +294,11 @@ class VM:
                                                      time.time()), timeout=30)
         if not r.ok:
             raise VMError(f"the restored guest refused its new keys: {r.stdout[-300:]}")
+        self.timings["keys_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
         try:
             self.ssh.connect(max(5.0, deadline - time.monotonic()), alive=self.alive)
+            self.timings["ssh_connected"] = time.monotonic() - self.t_spawn
             self.ssh.run("true", timeout=30, check=True)
         except (SSHUnavailable, Exception) as exc:
             raise VMError(f"restored guest, but SSH failed: {exc}") from None

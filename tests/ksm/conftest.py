@@ -93,7 +93,10 @@ def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
         k.set("smart_scan", 0)
     k.set("run", 0)
     slabs = leaks.slab_objects(ksm_guest.sh)
+    generation = ksm_guest.current
     yield k
+    if ksm_guest.gone_since(generation):
+        return  # the VM died with a kernel report or hang: that is the verdict
     k.restore(boot)
     left = k.exact_counters()
     rest = count_mismatches(left, ZERO_COUNTS)
@@ -131,7 +134,10 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
             cgroup.add(w.pid)
         return w
 
+    generation = ksm_guest.current
     yield start
+    if ksm_guest.gone_since(generation):
+        return  # the workloads went with their VM
     corrupt = []
     hung: WorkloadTimeout | None = None
     for w in reversed(started):
@@ -169,7 +175,10 @@ def memcg(ksm_guest: KsmGuest) -> Iterator[Callable[[str], MemCgroup]]:
         made.append(group)
         return group
 
+    generation = ksm_guest.current
     yield make
+    if ksm_guest.gone_since(generation):
+        return
     for group in made:
         group.remove()
 
@@ -181,8 +190,10 @@ def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
     with skip_unless():
         dev = guestsys.zram_create(vm, 256)
     guestsys.swapon(vm, dev, priority=20)
+    generation = ksm_guest.current
     yield dev
-    guestsys.zram_remove(vm, dev)
+    if not ksm_guest.gone_since(generation):
+        guestsys.zram_remove(vm, dev)
 
 
 @pytest.fixture
@@ -196,8 +207,10 @@ def thp_mode(ksm_guest: KsmGuest) -> Iterator[Callable[[str], None]]:
     def set_mode(mode: str) -> None:
         guestsys.write_file(vm, guestsys.THP_ENABLED, mode)
 
+    generation = ksm_guest.current
     yield set_mode
-    guestsys.write_file(vm, guestsys.THP_ENABLED, saved)
+    if not ksm_guest.gone_since(generation):
+        guestsys.write_file(vm, guestsys.THP_ENABLED, saved)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from harness.ksm import (
     ALL_GONE,
     EXACT_COUNTERS,
     KsmCountMismatch,
+    KsmError,
     KsmSnapshot,
     KsmTimeout,
     KsmWriteError,
@@ -225,3 +226,18 @@ def test_race_command_and_timed_writes(binary: Path, tmp_path: Path) -> None:
         assert w.children_exit() == [0]
     finally:
         w.kill()
+
+
+def test_swapoff_begins_inside_the_write(binary: Path, tmp_path: Path) -> None:
+    """swapoff-during: the write's child signals after its t0, so swapoff's t0 is later."""
+    from harness.ksm.race import swapoff_during_write, swapoff_write_intervals
+
+    fifo = tmp_path / "run"
+    os.mkfifo(fifo)
+    cmd = swapoff_during_write(LocalSpawner(), str(binary), "run", 2, "/dev/ksm-no-such-swap",
+                               str(tmp_path))
+    assert fifo.read_text() == "2"  # the writer's open blocks until this reader comes
+    with pytest.raises(KsmError, match="swapoff failed with ENOENT"):
+        swapoff_write_intervals(cmd, "run", 2, timeout=10)
+    _, stamps = cmd.wait(1)
+    assert int(stamps["wt0"]) < int(stamps["t0"]), stamps

@@ -28,7 +28,8 @@ from harness.ksm.guest import KsmGuest
 from harness.ksm.race import (
     RaceNotExercised,
     RaceRecord,
-    TimedCommand,
+    swapoff_during_write,
+    swapoff_write_intervals,
     timed_ksm_write,
     write_interval,
 )
@@ -57,8 +58,10 @@ def swap_disk(ksm_guest: KsmGuest) -> Iterator[str]:
     with skip_unless():
         dev = guestsys.disk_by_serial(sh, "swap")
     guestsys.swapon(sh, dev, priority=10)
+    generation = ksm_guest.current
     yield dev
-    guestsys.swapoff(sh, dev)
+    if not ksm_guest.gone_since(generation):  # else the swap went with its VM
+        guestsys.swapoff(sh, dev)
 
 
 @pytest.fixture(params=["disk", "zram"])
@@ -253,7 +256,8 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
     """Seed 003: swapoff's unuse_pte() brings back a KSM page from swapcache while run=2
     unmerges: it must map a private copy. Precondition, asserted: KSM pages unmapped in
     swapcache just before; swapoff(2) began after run=2's write began and before it
-    returned (guest timestamps)."""
+    returned (guest timestamps). One guest program starts both (swapoff just after the
+    write's child took its t0), so the host's latency cannot let swapoff finish first."""
     sh = ksm_guest.sh
 
     started: list[Workload] = []  # the last attempt's workloads (see ksm_pages_in_swapcache)
@@ -264,10 +268,9 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i, previous=started)
         assert_in_swapcache(before, "before run=2 and swapoff")
         vm_before = guestsys.vmstat(sh)
-        unmerge = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
-        off = TimedCommand(ksm.runner, ksm_guest.binary, "swapoff", "swapoff", swap_disk)
-        run2 = write_interval(unmerge, "run", RUN_UNMERGE)
-        swapoff = off.interval()
+        both = swapoff_during_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE,
+                                    swap_disk)
+        run2, swapoff = swapoff_write_intervals(both, "run", RUN_UNMERGE)
         rec = RaceRecord("swapoff during run=2")
         rec.add(run2)
         rec.add(swapoff)

@@ -178,7 +178,8 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
     kernel = SimpleNamespace(path=Path("/k/vmlinux"), release="6.1.0-9", config_hash="c0ffee")
     spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
-    guest.vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    guest._vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    guest.retired = False
     guest.boot_seconds = 4.25  # booted for this test: reported once
     item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
     props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]

@@ -336,3 +336,27 @@ def test_python_and_c_pages_are_identical(work: Workload, pywork: Workload) -> N
             assert work.peek(name, page, offset, 64) == pywork.peek(name, page, offset, 64)
     expected = ksm_py_worker.key_page(ksm_py_worker.seedkey(11))
     assert work.peek("s", 0, 0, 64) == expected[:64]
+
+
+def test_poke_and_hole_keep_verify_exact(work: Workload) -> None:
+    """poke changes one byte with the expectation (the same poke again restores the page);
+    hole unmaps one page that verify, touch and churn skip; a corrupted poked byte is still
+    found."""
+    work.alloc("p", 8, "same:9")
+    before = work.peek("p", 1, 4088, 8)
+    work.command("poke p 1 4095 128")
+    work.command("poke p 2 0 1")
+    assert work.peek("p", 1, 4088, 8) == before[:7] + bytes([before[7] ^ 0x80])
+    work.command("hole p 5")
+    work.touch("p")
+    assert work.verify("p") == 8
+    work.command("poke p 1 4095 128")
+    assert work.peek("p", 1, 4088, 8) == before
+    with pytest.raises(WorkloadError):
+        work.command("poke p 2 7 1")  # a second offset on a poked page is refused
+    with pytest.raises(WorkloadError):
+        work.command("poke p 5 0 1")  # a hole
+    work.corrupt("p", 2, 0)
+    with pytest.raises(DataCorruption) as bad:
+        work.verify("p")
+    assert (bad.value.page, bad.value.offset) == (2, 0)

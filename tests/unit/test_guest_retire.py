@@ -1,0 +1,52 @@
+"""harness.guest.Guest: a broken VM is stopped with the verdict and its successor booted only
+on the guest's next use; fixtures can tell that their VM is gone without booting one."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from harness.guest import Guest
+
+
+class FakeConsole:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add_listener(self, fn: Any) -> None:
+        pass
+
+    def arrived(self, index: int) -> float | None:
+        return None
+
+
+def make_guest() -> tuple[Guest, list[str]]:
+    events: list[str] = []
+
+    def boot() -> Any:
+        events.append("boot")
+        return SimpleNamespace(console=FakeConsole(), ssh=None, timings={},
+                               name=events.count("boot"))
+
+    def stop(vm: Any) -> None:
+        events.append(f"stop {vm.name}")
+
+    return Guest(boot, stop), events
+
+
+def test_retire_stops_now_and_the_next_use_boots() -> None:
+    guest, events = make_guest()
+    first = guest.generation
+    guest.retire()
+    assert events == ["boot", "stop 1"] and guest.retired
+    assert guest.gone_since(first)  # asking does not boot
+    assert events == ["boot", "stop 1"]
+    assert guest.name == 2  # any use of the guest boots its successor
+    assert events == ["boot", "stop 1", "boot"] and not guest.retired
+    assert guest.gone_since(first) and not guest.gone_since(guest.generation)
+
+
+def test_close_of_a_retired_guest_boots_nothing() -> None:
+    guest, events = make_guest()
+    guest.retire()
+    guest.close()
+    assert events == ["boot", "stop 1", "stop 1"]
