@@ -42,6 +42,26 @@ def online_nodes(vm: Runner) -> list[int]:
     return nodes
 
 
+def node_cpus(vm: Runner, node: int) -> list[int]:
+    """The CPUs of a NUMA node (empty for a memory-only node)."""
+    r = vm.run(f"cat /sys/devices/system/node/node{int(node)}/cpulist", timeout=30)
+    cpus: list[int] = []
+    for part in filter(None, r.stdout.strip().split(",")):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return cpus
+
+
+def pin(vm: Runner, pid: int, node: int) -> int:
+    """Pin a process to the first CPU of ``node`` (its allocations then prefer that node);
+    returns the CPU. Unavailable when the node has no CPU."""
+    cpus = node_cpus(vm, node)
+    if not cpus:
+        raise Unavailable(f"NUMA node {node} has no CPU to pin a process to")
+    sh(vm, f"taskset -pc {cpus[0]} {int(pid)}")
+    return cpus[0]
+
+
 # ---- /proc/vmstat ----
 
 def vmstat(vm: Runner) -> dict[str, int]:
@@ -196,3 +216,29 @@ def compact(vm: Runner, timeout: float = 120.0) -> float:
         raise Unavailable("the guest kernel has no /proc/sys/vm/compact_memory "
                           "(CONFIG_COMPACTION=n)")
     return time.monotonic() - t0
+
+
+def compact_node(vm: Runner, node: int, timeout: float = 120.0) -> float:
+    """Compact one NUMA node's zones (/sys/devices/system/node/nodeN/compact, the kernel's
+    compact_node(): sync, whole zone, skip hints ignored); returns how long it took."""
+    path = f"/sys/devices/system/node/node{int(node)}/compact"
+    t0 = time.monotonic()
+    r = vm.run(f"test -w {path} && echo 1 > {path}", timeout=timeout)
+    if not r.ok:
+        raise Unavailable(f"the guest kernel has no {path} (CONFIG_COMPACTION=n or no NUMA)")
+    return time.monotonic() - t0
+
+
+# Each CPU keeps freed pages on its own list, up to the zone's low watermark by default (10833
+# pages a CPU for a 1 GiB node): pages there are not in the buddy allocator, so compaction's
+# free scanner cannot migrate into them. A huge fraction makes that limit 4 batches (~252).
+PCP_HIGH_FRACTION = "/proc/sys/vm/percpu_pagelist_high_fraction"
+PCP_HIGH_FRACTION_SMALL = 1 << 20
+
+
+def pcp_high_fraction(vm: Runner) -> str:
+    """vm.percpu_pagelist_high_fraction (5.14+; Unavailable before)."""
+    r = vm.run(f"cat {PCP_HIGH_FRACTION}", timeout=30)
+    if not r.ok:
+        raise Unavailable(f"the guest kernel has no {PCP_HIGH_FRACTION} (5.14+)")
+    return r.stdout.strip()

@@ -78,6 +78,22 @@ KNOWN_BUGS: dict[str, KernelBug] = {bug.id: bug for bug in (
         fixed_in=("6.6.113", "6.12.54", "6.17.4", "6.18"),
         evidence="seen on Debian 6.1.0-x (upstream 6.1.192); passes on Debian 6.12.117",
     ),
+    KernelBug(
+        id="mbind-ksm-page-node",
+        summary="mbind(MPOL_MF_MOVE_ALL) migrates a KSM page to the calling task's node, not "
+                "to the new policy's: mbind's new_page() looks for the page's address in each "
+                "VMA with page_address_in_vma(), which fails for a KSM page (it has no "
+                "anon_vma), and then allocates by the task's policy (later releases before "
+                "the fix give up on the page instead)",
+        introduced="3.9",  # KSM pages became migratable: "ksm: enable KSM page migration"
+        fix='72e315f7a750 ("mempolicy: mmap_lock is not needed while migrating folios"; '
+            'mbind allocates by the new policy, alloc_migration_target_by_mpol())',
+        # mainline 6.7-rc1 (Hugh Dickins' mempolicy series), not sent to stable
+        fixed_in=("6.7",),
+        evidence="seen on Debian 6.1.0-57 (upstream 6.1.192) and source:6.1 with the caller "
+                 "pinned to node 0: the KSM page moved (new PFN) and stayed on node 0; "
+                 "passes on Debian 6.12.117",
+    ),
 )}
 
 

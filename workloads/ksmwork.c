@@ -47,6 +47,11 @@
  *   nodes NAME [FIRST COUNT]  -> ok node0=N node1=M other=K [ENOENT=n ...]
  *   policy NAME            get_mempolicy of the first page -> ok mode=bind nodes=0,1
  *   migrate FROM TO        migrate_pages(2) of this process -> ok notmoved=N
+ *   mbind NAME NODE [all]  mbind(2) MPOL_BIND to NODE, MPOL_MF_MOVE (and MPOL_MF_MOVE_ALL
+ *                          with "all": KSM pages move only then) -> ok mbind NAME node=N
+ *   moved NAME             the region's PFNs now against "kpf NAME save"'s (root)
+ *                          -> ok same=S changed=C gone=G ksm=K changed_ksm=B unreadable=U
+ *   punch NAME STRIDE      MADV_DONTNEED all but every STRIDE-th page of a zero region
  *   smaps NAME             -> ok vmas=V rss_kb=.. anon_kb=.. anonhuge_kb=.. swap_kb=..
  *                             locked_kb=.. mergeable=M (VMAs with the "mg" flag)
  *   pageflags NAME [FIRST COUNT]
@@ -1431,6 +1436,115 @@ static int cmd_prctl(int argc, char **argv)
 	return ok("merge=%d", v);
 }
 
+/* ---- migration: mbind's route, and where a region's pages went ---- */
+
+/* mbind(2) MPOL_BIND to NODE over the region with MPOL_MF_MOVE, and MPOL_MF_MOVE_ALL with
+ * "all" (without it a page mapped more than once, as a KSM page is, stays where it is). No
+ * MPOL_MF_STRICT: it fails with EIO whenever one page is mapped at several addresses of the
+ * range (the second one cannot be isolated again), even when the page moved: "nodes" says
+ * where the pages went. */
+static int cmd_mbind(int argc, char **argv)
+{
+	unsigned long mask[NODEMASK_LONGS];
+	int node = 0, all = argc == 4 && strcmp(argv[3], "all") == 0;
+	if (argc != 3 && !all)
+		return err("usage: mbind NAME NODE [all]");
+	struct region *r = need_region("mbind", argv[1]);
+	if (!r || parse_node("mbind", argv[2], &node))
+		return -1;
+	nodemask_set(mask, node);
+	long t0 = now_ms();
+	unsigned flags = MPOL_MF_MOVE | (all ? MPOL_MF_MOVE_ALL : 0);
+	if (syscall(SYS_mbind, r->addr, r->pages * page_size, MPOL_BIND, mask, NODEMASK_BITS + 1,
+		    flags) != 0)
+		return err("mbind %s node %d: %s", r->name, node, errstr(errno));
+	return ok("mbind %s node=%d ms=%ld", r->name, node, now_ms() - t0);
+}
+
+/* "punch NAME STRIDE": MADV_DONTNEED every page but each STRIDE-th of a zero-filled region
+ * (it still reads zeros, so verify holds): holes in the pageblocks the region used, free pages
+ * that compaction's free scanner can migrate into. */
+static int cmd_punch(int argc, char **argv)
+{
+	uint64_t stride;
+	size_t punched = 0;
+	if (argc != 3)
+		return err("usage: punch NAME STRIDE");
+	struct region *r = need_region("punch", argv[1]);
+	if (!r)
+		return -1;
+	if (parse_u64(argv[2], &stride) || stride < 2)
+		return err("punch: bad stride '%s' (2 or more)", argv[2]);
+	for (size_t p = 0; p < r->pages; p++)
+		if (!page_expect(r, p).zero)
+			return err("punch: '%s' page %zu is not zero-filled", r->name, p);
+	for (size_t p = 1; p < r->pages; p += stride) { /* pages p .. p+stride-2: one call */
+		size_t n = r->pages - p < stride - 1 ? r->pages - p : stride - 1;
+		if (madvise(r->addr + p * page_size, n * page_size, MADV_DONTNEED) != 0)
+			return err("punch %s pages %zu+%zu: madvise: %s", r->name, p, n, errstr(errno));
+		punched += n;
+	}
+	return ok("punched %s pages=%zu", r->name, punched);
+}
+
+/* "moved NAME": the region's PFNs now against those "kpf NAME save" remembered (root). Of the
+ * pages present then: same (same PFN), changed (present at another PFN: migrated), gone (not
+ * present now); ksm: changed or same pages whose PFN now is a KSM page; changed_ksm: both. */
+static int cmd_moved(int argc, char **argv)
+{
+	size_t same = 0, changed = 0, gone = 0, ksm = 0, changed_ksm = 0, unreadable = 0;
+	if (argc != 2)
+		return err("usage: moved NAME");
+	struct region *r = need_region("moved", argv[1]);
+	if (!r)
+		return -1;
+	if (!r->saved_pfns)
+		return err("moved: nothing saved for '%s' (kpf %s save)", r->name, r->name);
+	uint64_t *pm = malloc(r->pages * sizeof(uint64_t));
+	if (!pm)
+		return err("moved: no memory");
+	int pmfd = open("/proc/self/pagemap", O_RDONLY);
+	off_t off = (off_t)((uintptr_t)r->addr / page_size * sizeof(uint64_t));
+	if (pmfd < 0 || pread(pmfd, pm, r->pages * sizeof(uint64_t), off) !=
+			    (ssize_t)(r->pages * sizeof(uint64_t))) {
+		int e = errno;
+		if (pmfd >= 0)
+			close(pmfd);
+		free(pm);
+		return err("moved: /proc/self/pagemap: %s", errstr(e));
+	}
+	close(pmfd);
+	int kfd = open("/proc/kpageflags", O_RDONLY);
+	if (kfd < 0) {
+		int e = errno;
+		free(pm);
+		return err("moved: /proc/kpageflags: %s", errstr(e));
+	}
+	for (size_t p = 0; p < r->pages; p++) {
+		uint64_t was = r->saved_pfns[p], pfn = pm[p] & PM_PFN_MASK, flags = 0;
+		if (!was)
+			continue;
+		if (!(pm[p] & PM_PRESENT)) {
+			gone++;
+			continue;
+		}
+		if (!pfn || pread(kfd, &flags, sizeof(flags), (off_t)(pfn * sizeof(uint64_t))) !=
+				    sizeof(flags)) {
+			unreadable++;
+			continue;
+		}
+		int k = (flags >> KPF_KSM) & 1;
+		same += pfn == was;
+		changed += pfn != was;
+		ksm += k;
+		changed_ksm += k && pfn != was;
+	}
+	close(kfd);
+	free(pm);
+	return ok("same=%zu changed=%zu gone=%zu ksm=%zu changed_ksm=%zu unreadable=%zu", same,
+		  changed, gone, ksm, changed_ksm, unreadable);
+}
+
 /* ---- children ---- */
 
 static int serve(FILE *in);
@@ -2283,6 +2397,7 @@ static int dispatch(char *line)
 		{"race", cmd_race},	    {"kpf", cmd_kpf},
 		{"poke", cmd_poke}, {"hole", cmd_hole}, {"hugetlb", cmd_hugetlb}, {"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"kpcg", cmd_kpcg}, {"prctl", cmd_prctl},
 		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
+		{"mbind", cmd_mbind},	    {"moved", cmd_moved},	{"punch", cmd_punch},
 	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;

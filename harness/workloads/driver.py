@@ -317,6 +317,25 @@ class Workload:
         f = self.command(line, self._timeout(count or self._pages(name))).fields
         return NodeCounts(int(f["node0"]), int(f["node1"]), int(f["other"]), _errno_fields(f))
 
+    def mbind(self, name: str, node: int, move_all: bool = False,
+              timeout: float | None = None) -> None:
+        """mbind(2) the region to ``node`` (MPOL_BIND) with MPOL_MF_MOVE (|MOVE_ALL); where
+        the pages went is for :meth:`nodes` to say."""
+        self.command(f"mbind {name} {node}" + (" all" if move_all else ""),
+                     timeout or self._timeout(self._pages(name), 4))
+
+    def moved(self, name: str) -> dict[str, int]:
+        """The region's PFNs against :meth:`kpf_save`'s: same, changed, gone, ksm (now a KSM
+        page), changed_ksm, unreadable."""
+        f = self.command(f"moved {name}", self._timeout(self._pages(name))).fields
+        return {k: int(v) for k, v in f.items()}
+
+    def punch(self, name: str, stride: int = 2) -> int:
+        """MADV_DONTNEED all but every ``stride``-th page of a zero-filled region (holes that
+        compaction can migrate into); returns the pages freed."""
+        reply = self.command(f"punch {name} {int(stride)}", self._timeout(self._pages(name)))
+        return reply.number("pages")
+
     def policy(self, name: str) -> tuple[str, list[int]]:
         f = self.command(f"policy {name}").fields
         return f["mode"], [int(n) for n in f.get("nodes", "").split(",") if n]

@@ -246,6 +246,23 @@ def test_numa_queries_on_a_one_node_host(work: Workload) -> None:
     assert work.verify() == 44
 
 
+def test_mbind_punch_and_moved_on_a_one_node_host(work: Workload) -> None:
+    work.alloc("z", 20, "zero", thp=False)
+    assert work.punch("z", 7) == 17  # all but pages 0, 7 and 14
+    assert work.verify("z") == 20  # the punched pages read zeros again
+    work.alloc("u", 4, "unique:3")
+    # not zero-filled, a stride below 2, nothing saved yet, no node 1 here
+    for line in ("punch u 3", "punch z 1", "moved u", "mbind u 1"):
+        with pytest.raises(WorkloadError):
+            work.command(line)
+    work.mbind("u", 0)
+    assert work.policy("u") == ("bind", [0])
+    work.kpf_save("u")
+    moved = work.moved("u")  # all zeros without the privilege to read PFNs
+    assert (moved["changed"], moved["gone"], moved["changed_ksm"]) == (0, 0, 0), moved
+    assert work.verify() == 24
+
+
 def test_bad_commands_are_errors(work: Workload) -> None:
     for line in ("bogus", "alloc a 0 same:1", "alloc a 4 nope:1", "alloc a 4 zero:1",
                  "alloc a 4 same:x", "verify nothere", "write nothere 1", "fork 0",
