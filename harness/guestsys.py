@@ -242,3 +242,37 @@ def pcp_high_fraction(vm: Runner) -> str:
     if not r.ok:
         raise Unavailable(f"the guest kernel has no {PCP_HIGH_FRACTION} (5.14+)")
     return r.stdout.strip()
+
+
+# /proc/PID/stat fields after "(comm)": state is the 1st, minflt the 8th, majflt the 10th,
+# utime and stime the 12th and 13th (proc(5) numbers them 3, 10, 12, 14, 15)
+_STAT_FIELDS = {"state": 0, "minflt": 7, "majflt": 9, "utime": 11, "stime": 12}
+
+
+def _stat(line: str) -> dict[str, str]:
+    rest = line.rsplit(")", 1)[-1].split()
+    return {k: rest[i] for k, i in _STAT_FIELDS.items() if i < len(rest)}
+
+
+def process_progress(vm: Runner, pid: int, interval: float = 1.0, timeout: float = 8.0) -> str:
+    """Is a process that stopped answering stuck or only slow? Its state, fault and CPU-time
+    counters over ``interval`` seconds, its wchan and kernel stack: one line of evidence for
+    a hang verdict ("" when the guest does not answer within ``timeout``)."""
+    p = f"/proc/{int(pid)}"
+    r = vm.run(f"cat {p}/stat; sleep {interval}; cat {p}/stat; echo; cat {p}/wchan; echo; "
+               f"cat {p}/stack", timeout=timeout)
+    lines = r.stdout.splitlines()
+    if len(lines) < 2 or ")" not in lines[0] or ")" not in lines[1]:
+        return f"pid {pid}: no /proc entry ({(r.stderr or r.stdout).strip()[-120:]})"
+    a, b = _stat(lines[0]), _stat(lines[1])
+    try:
+        delta = {k: int(b[k]) - int(a[k]) for k in ("minflt", "majflt", "utime", "stime")}
+    except (KeyError, ValueError):
+        return f"pid {pid}: unreadable stat: {lines[:2]}"
+    moving = any(delta.values())
+    wchan = lines[2].strip() if len(lines) > 2 else "?"
+    stack = " <- ".join(x.split("]", 1)[-1].strip() for x in lines[3:] if x.strip())[:600]
+    return (f"pid {pid} over {interval:g}s after the deadline: state {b.get('state', '?')}, "
+            f"minor faults +{delta['minflt']}, major faults +{delta['majflt']}, CPU ticks "
+            f"+{delta['utime'] + delta['stime']} ({'still running: slow, not stuck' if moving else 'no progress'}); "
+            f"wchan {wchan or '0'}; kernel stack: {stack or '(empty: in user space or running)'}")

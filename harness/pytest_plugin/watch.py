@@ -17,6 +17,7 @@ from pathlib import Path
 import pluggy
 import pytest
 
+from harness import guestsys
 from harness.access.remote import CommandTimeout, GuestBroken
 from harness.console.findings import Category, Finding, describe, rank
 from harness.guest import Guest
@@ -109,6 +110,19 @@ def _open_windows(item: pytest.Item, phase: str) -> None:
     item.stash[WINDOWS] = windows
 
 
+def _stuck_process(guest: Guest, excinfo: BaseException | None) -> str:
+    """For a workload that did not answer: whether it was stuck or only slow (its counters
+    over a second, its kernel stack), asked while the guest may still answer."""
+    found = re.search(r"\(pid (\d+)\)", str(excinfo)) if isinstance(excinfo, WorkloadTimeout) \
+        else None
+    if found is None:
+        return ""
+    try:
+        return guestsys.process_progress(guest.vm, int(found.group(1))) + "\n"
+    except Exception as exc:  # evidence is best effort: the hang verdict stands without it
+        return f"pid {found.group(1)}: no answer from the guest ({type(exc).__name__})\n"
+
+
 def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None) -> None:
     findings: list[Finding] = []
     allowed = _allowed(item)
@@ -122,7 +136,7 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
         # after a fatal report the report is the evidence, and the guest is not asked again
         fatal = guest.monitor.broken
         hung = isinstance(excinfo, HANG_ERRORS) and dead is None and not fatal
-        evidence = guest.monitor.hang_evidence() if hung else ""
+        evidence = _stuck_process(guest, excinfo) + guest.monitor.hang_evidence() if hung else ""
         found = guest.monitor.end(window, allow=allowed, responsive=not (hung or fatal))
         if fatal and dead is None:
             guest.broken = "fatal kernel report"
