@@ -259,8 +259,8 @@ def process_progress(vm: Runner, pid: int, interval: float = 1.0, timeout: float
     counters over ``interval`` seconds, its wchan and kernel stack: one line of evidence for
     a hang verdict ("" when the guest does not answer within ``timeout``)."""
     p = f"/proc/{int(pid)}"
-    r = vm.run(f"cat {p}/stat; sleep {interval}; cat {p}/stat; echo; cat {p}/wchan; echo; "
-               f"cat {p}/stack", timeout=timeout)
+    r = vm.run(f"cat {p}/stat; sleep {interval}; cat {p}/stat; cat {p}/wchan; echo; "
+               f"cat {p}/stack", timeout=timeout)  # wchan has no newline of its own
     lines = r.stdout.splitlines()
     if len(lines) < 2 or ")" not in lines[0] or ")" not in lines[1]:
         return f"pid {pid}: no /proc entry ({(r.stderr or r.stdout).strip()[-120:]})"
