@@ -1142,6 +1142,30 @@ static int cmd_pageflags(int argc, char **argv)
 		  swapped, ksm, distinct, thp, zero, nopfn);
 }
 
+/* The pagemap entries of pages [first, first + count) of r, malloc'ed; NULL after err() */
+static uint64_t *region_pagemap(const char *who, const struct region *r, size_t first,
+				size_t count)
+{
+	uint64_t *pm = malloc(count * sizeof(uint64_t));
+	if (!pm) {
+		err("%s: no memory for %zu entries", who, count);
+		return NULL;
+	}
+	int pmfd = open("/proc/self/pagemap", O_RDONLY);
+	off_t off = (off_t)(((uintptr_t)r->addr / page_size + first) * sizeof(uint64_t));
+	if (pmfd < 0 || pread(pmfd, pm, count * sizeof(uint64_t), off) !=
+			    (ssize_t)(count * sizeof(uint64_t))) {
+		int e = errno;
+		if (pmfd >= 0)
+			close(pmfd);
+		free(pm);
+		err("%s: /proc/self/pagemap: %s", who, errstr(e));
+		return NULL;
+	}
+	close(pmfd);
+	return pm;
+}
+
 /* "kpf NAME save" remembers the PFNs of the region's present pages; "kpf NAME" reads those
  * PFNs' /proc/kpageflags again, mapped or not: whether the very pages that were mapped are now
  * KSM pages in swapcache (a page swapped out but not yet freed). */
@@ -1154,20 +1178,9 @@ static int cmd_kpf(int argc, char **argv)
 	if (!r)
 		return -1;
 	if (argc == 3) {
-		uint64_t *pm = malloc(r->pages * sizeof(uint64_t));
+		uint64_t *pm = region_pagemap("kpf", r, 0, r->pages);
 		if (!pm)
-			return err("kpf: no memory");
-		int pmfd = open("/proc/self/pagemap", O_RDONLY);
-		off_t off = (off_t)((uintptr_t)r->addr / page_size * sizeof(uint64_t));
-		if (pmfd < 0 || pread(pmfd, pm, r->pages * sizeof(uint64_t), off) !=
-				    (ssize_t)(r->pages * sizeof(uint64_t))) {
-			int e = errno;
-			if (pmfd >= 0)
-				close(pmfd);
-			free(pm);
-			return err("kpf: /proc/self/pagemap: %s", errstr(e));
-		}
-		close(pmfd);
+			return -1;
 		for (size_t p = 0; p < r->pages; p++) {
 			pm[p] = (pm[p] & PM_PRESENT) ? pm[p] & PM_PFN_MASK : 0;
 			saved += pm[p] != 0;
@@ -1500,20 +1513,9 @@ static int cmd_moved(int argc, char **argv)
 		return -1;
 	if (!r->saved_pfns)
 		return err("moved: nothing saved for '%s' (kpf %s save)", r->name, r->name);
-	uint64_t *pm = malloc(r->pages * sizeof(uint64_t));
+	uint64_t *pm = region_pagemap("moved", r, 0, r->pages);
 	if (!pm)
-		return err("moved: no memory");
-	int pmfd = open("/proc/self/pagemap", O_RDONLY);
-	off_t off = (off_t)((uintptr_t)r->addr / page_size * sizeof(uint64_t));
-	if (pmfd < 0 || pread(pmfd, pm, r->pages * sizeof(uint64_t), off) !=
-			    (ssize_t)(r->pages * sizeof(uint64_t))) {
-		int e = errno;
-		if (pmfd >= 0)
-			close(pmfd);
-		free(pm);
-		return err("moved: /proc/self/pagemap: %s", errstr(e));
-	}
-	close(pmfd);
+		return -1;
 	int kfd = open("/proc/kpageflags", O_RDONLY);
 	if (kfd < 0) {
 		int e = errno;
