@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
 
-from suite import run_suite  # bench/suite.py, beside this file
+from suite import outcome_summary, run_suite  # bench/suite.py, beside this file
 
 from harness.results.model import Result
 
@@ -46,11 +45,6 @@ def report_latency(r: Result) -> float | None:
     return end - report.time
 
 
-def summary(results: list[Result]) -> str:
-    counts = Counter(r.outcome.value for r in results)
-    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clean", required=True, help="a kernel with no known KSM bug")
@@ -61,7 +55,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: --kernel {kernel}; load {os.getloadavg()[0]:.2f}", flush=True)
         runs[name] = run_suite([*rest, "--kernel", kernel])
         wall, status, results = runs[name]
-        print(f"{name}: {wall:.1f}s, {len(results)} tests ({summary(results)}), "
+        print(f"{name}: {wall:.1f}s, {len(results)} tests ({outcome_summary(results)}), "
               f"exit status {status}", flush=True)
 
     clean_wall, broken_wall = runs["clean"][0], runs["broken"][0]

@@ -45,6 +45,14 @@ def run_suite(argv: list[str]) -> tuple[float, int, list[Result]]:
         return wall, status, load_results(out)[1] if out.is_file() else []
 
 
+def outcome_summary(results: list[Result]) -> str:
+    """e.g. "2 failed, 41 passed, 3 skipped"."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in results:
+        counts[r.outcome.value] += 1
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+
+
 def main(argv: list[str]) -> int:
     print(f"suite: host load average at start: {load()}", flush=True)
     wall, status, results = run_suite(argv)
@@ -69,11 +77,8 @@ def main(argv: list[str]) -> int:
     counted = sum(split.values()) or 1.0
     print("\nwhere the time goes: " + ", ".join(
         f"{k} {v:.0f}s ({100 * v / counted:.0f}%)" for k, v in split.items()))
-    counts: dict[str, int] = defaultdict(int)
-    for r in results:
-        counts[r.outcome.value] += 1
-    summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-    print(f"\nsuite: {len(results)} tests ({summary}); pytest exit status {status}")
+    print(f"\nsuite: {len(results)} tests ({outcome_summary(results)}); pytest exit status "
+          f"{status}")
     print(f"suite: host load average at end: {load()}")
     goals = "; ".join(f"{'within' if wall <= g else 'OVER'} the {g / 60:.0f}-minute goal"
                       for g in GOALS)
