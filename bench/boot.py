@@ -31,9 +31,9 @@ from harness.assets import image  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
 
 # vm.timings of a restore, in order, and what ends at each
-RESTORE_STEPS = {"console_ready": "QEMU start + state load", "keys_ready": "new keys, clock, "
-                 "sshd restart (console)", "ssh_connected": "SSH login",
-                 "ssh_ready": "first command"}
+RESTORE_STEPS = {"qmp_connected": "QEMU start", "console_ready": "state load",
+                 "ssh_connected": "SSH login",
+                 "ssh_ready": "first command (sets the clock)"}
 
 
 def stats(values: list[float]) -> str:

@@ -17,7 +17,11 @@ class KeyPair:
 
     @property
     def pkey(self) -> paramiko.PKey:
-        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_openssh.decode()))
+        return load(self.private_openssh)
+
+
+def load(private_openssh: bytes) -> paramiko.PKey:
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(private_openssh.decode()))
 
 
 def generate(comment: str) -> KeyPair:

@@ -4,9 +4,13 @@ The first boot of a (kernel, topology, command line, image, QEMU, harness) saves
 guest: QEMU's migration stream to a file (``stop``, ``migrate exec:cat > state``), a copy of
 its root overlay and its initrd, and the console text of its boot. Every later guest of the
 same key is a restore: a QEMU with the same machine and ``-incoming exec:cat state``, on its
-own copy-on-write overlay of the saved disk, its own forwarded port and QMP socket; then,
-through the serial console's root shell, the guest gets this run's SSH keys (the snapshot's
-are never used again), the host's clock, and a restarted sshd.
+own copy-on-write overlay of the saved disk, its own forwarded port and QMP socket. The
+saved guest's sshd is already listening with the keys it was booted with, which the snapshot
+keeps beside its initrd (that holds them too, mode 0600 in a 0700 cache): the restored guest
+is logged into with them at once, and its first command sets the host's clock. Making new
+keys through the serial console and restarting sshd cost ~0.8 s of a ~1.8 s restore under
+TCG, for no isolation gained: every guest is on 127.0.0.1 with its own port and its host key
+pinned.
 
 Why a migration stream and not a qcow2 internal snapshot (``savevm``): it needs no writable
 shared disk (every restored guest has its own overlay over one read-only saved disk), and the
@@ -34,8 +38,9 @@ from typing import Any
 from harness import paths
 from harness.assets import initramfs
 
-FORMAT = "1"  # bump when what a snapshot holds changes
+FORMAT = "2"  # bump when what a snapshot holds changes
 STATE, DISK, INITRD, CONSOLE = "state", "disk.qcow2", "initrd.img", "boot-console.log"
+CLIENT_KEY, HOST_KEY = "client_key", "host_key"  # OpenSSH private keys of the saved boot
 
 
 @cache
@@ -80,8 +85,17 @@ class Snapshot:
     def console(self) -> Path:
         return self.dir / CONSOLE
 
+    @property
+    def client_key(self) -> Path:
+        return self.dir / CLIENT_KEY
+
+    @property
+    def host_key(self) -> Path:
+        return self.dir / HOST_KEY
+
     def complete(self) -> bool:
-        return all(p.is_file() for p in (self.state, self.disk, self.initrd, self.console))
+        return all(p.is_file() for p in (self.state, self.disk, self.initrd, self.console,
+                                         self.client_key, self.host_key))
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -136,19 +150,7 @@ def wait_migration(command: Callable[..., Any], timeout: float) -> str:
     return f"{status} after {timeout:.0f}s"
 
 
-def restore_script(authorized_key: str, host_key: bytes, host_pub: str, epoch: float) -> str:
-    """The console command (one line: a multi-line command would interleave the shell's
-    continuation prompts with its output) that makes a restored guest this run's: new SSH
-    keys (the snapshot's stay unused), the host's clock, sshd restarted on them."""
-    private = host_key.decode().strip().replace("\n", "\\n")
-    for text in (authorized_key, private, host_pub):
-        assert "'" not in text and "\n" not in text
-    return (
-        "umask 077; "
-        f"printf '%s\\n' '{authorized_key}' > /run/ksm/authorized_keys; "
-        f"printf '%b\\n' '{private}' > /run/ksm/ssh_host_ed25519_key; "
-        f"printf '%s\\n' '{host_pub}' > /run/ksm/ssh_host_ed25519_key.pub; "
-        f"date -s @{epoch:.3f} >/dev/null; "
-        "read pid < /run/sshd.pid; kill $pid; while kill -0 $pid 2>/dev/null; do :; done; "
-        "/usr/sbin/sshd -r -f /run/ksm/sshd_config"
-    )
+def clock_command(epoch: float) -> str:
+    """The restored guest's first SSH command: its clock goes on from the moment it was
+    saved."""
+    return f"date -s @{epoch:.3f} >/dev/null"

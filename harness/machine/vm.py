@@ -94,6 +94,7 @@ class VM:
             raise VMError(f"kernel {spec.kernel.release} has neither built in nor as modules: "
                           f"{', '.join(missing)} (see guest-images/kernel.config)")
         client, host = keys.generate("ksm-harness"), keys.generate("ksm-guest")
+        self._keys = (client, host)
         self._client_key, self._host_key = client.pkey, host.pkey
         sysctl = "".join(f"/proc/sys/{k.replace('.', '/')} {v}\n"
                          for k, v in spec.sysctls.items())
@@ -122,7 +123,6 @@ class VM:
             secret = ("authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
             self.snapshot_key = snapshot.key(
                 cfg.argv(), self.dir, {n: v for n, (v, _) in files.items() if n not in secret})
-            self._public = (client.public_line, host.private_openssh, host.public_line)
         return cfg
 
     def _use_snapshot(self, cfg: QemuConfig, snap: snapshot.Snapshot) -> None:
@@ -133,6 +133,9 @@ class VM:
         cfg.initrd = snap.initrd
         cfg.extra_args = [*cfg.extra_args, "-incoming", f"exec:cat {shlex.quote(str(snap.state))}"]
         self.console_log.write_bytes(snap.console.read_bytes())
+        # the saved guest's sshd knows only the keys it was booted with
+        self._client_key = keys.load(snap.client_key.read_bytes())
+        self._host_key = keys.load(snap.host_key.read_bytes())
         self.restored = snap
 
     def dry_run(self) -> list[str]:
@@ -269,12 +272,13 @@ class VM:
                 self.qmp = None
 
     def _wait_restored(self) -> None:
-        """Load the saved guest, resume it, make it this run's (keys, clock, sshd), log in."""
+        """Load the saved guest, resume it, log in with its keys, set its clock."""
         assert self.config is not None and self.console is not None
         deadline = time.monotonic() + self.spec.boot_timeout
         qmp = QMP(self.config.qmp_socket)
         try:
             qmp.connect(10)
+            self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
             status = qmp.status()
             while status in ("inmigrate", "prelaunch") and time.monotonic() < deadline:
                 if self.alive():
@@ -289,19 +293,14 @@ class VM:
         except QMPError as exc:
             raise VMError(f"QMP while loading the saved guest: {exc}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
-        authorized, host_private, host_public = self._public
-        r = self.console.run(snapshot.restore_script(authorized, host_private, host_public,
-                                                     time.time()), timeout=30)
-        if not r.ok:
-            raise VMError(f"the restored guest refused its new keys: {r.stdout[-300:]}")
-        self.timings["keys_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
         try:
             self.ssh.connect(max(5.0, deadline - time.monotonic()), alive=self.alive)
             self.timings["ssh_connected"] = time.monotonic() - self.t_spawn
-            self.ssh.run("true", timeout=30, check=True)
+            self.ssh.run(snapshot.clock_command(time.time()), timeout=30, check=True)
         except (SSHUnavailable, Exception) as exc:
-            raise VMError(f"restored guest, but SSH failed: {exc}") from None
+            raise VMError(f"restored guest, but SSH failed: {exc}; console tail:\n"
+                          f"{self.console.tail(10)}") from None
         self.timings["ssh_ready"] = time.monotonic() - self.t_spawn
         self.qmp = qmp
 
@@ -332,6 +331,10 @@ class VM:
                     shutil.copyfile(self.config.initrd, snap.initrd)
                     snap.console.write_text(self.console.text() + "\n")
                     os.chmod(snap.initrd, 0o600)
+                    client, host = self._keys
+                    for path, pair in ((snap.client_key, client), (snap.host_key, host)):
+                        path.write_bytes(pair.private_openssh)
+                        os.chmod(path, 0o600)
                 self.qmp.command("cont")
             except QMPError as exc:
                 self.log(f"ksm-harness: no snapshot saved: {exc}")

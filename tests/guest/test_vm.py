@@ -136,19 +136,18 @@ def test_disk_roles_ignore_position(vm_factory, monkeypatch: pytest.MonkeyPatch)
 def test_restored_guest_is_a_fresh_one(vm_factory, vm_spec) -> None:
     # Two guests of the run's own kernel and topology: the second starts from the snapshot
     # (the first saved it, or an earlier one did) and keeps nothing of the first: no file it
-    # wrote, no KSM state, no dmesg line, not its SSH keys.
+    # wrote, no KSM state, no dmesg line; its clock is the host's. (Its SSH keys are the
+    # saved boot's, by design: see harness/machine/snapshot.py.)
     if not vm_spec.snapshots:
         pytest.skip("snapshots are off (--snapshot off)")
     first = vm_factory()
     first.run("echo left-behind > /root/marker; echo '<5>ksm-harness: from the first guest' "
               f"> /dev/kmsg; echo 1 > {KSM_DIR}/run", check=True)
-    first_key = first.ssh.host_key.get_base64()
     first.close()
     second = vm_factory()
     assert second.vm.restored is not None, "the second guest was booted, not restored"
     assert not second.run("test -e /root/marker").ok
     assert second.run(f"cat {KSM_DIR}/run", check=True).stdout.strip() == "0"
     assert "from the first guest" not in second.run("dmesg", check=True).stdout
-    assert second.ssh.host_key.get_base64() != first_key
-    assert abs(float(second.run("date +%s", check=True).stdout) - time.time()) < 30
+    assert abs(float(second.run("date +%s.%N", check=True).stdout) - time.time()) < 5
     assert "KSM-HARNESS-READY" in second.vm.console_log.read_text()  # the saved boot, on top
