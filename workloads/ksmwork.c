@@ -64,6 +64,9 @@
  *   kpf NAME               /proc/kpageflags of those PFNs now, mapped or not (e.g. a KSM page
  *                          swapped out but still in swapcache) -> ok saved=N ksm=K
  *                          swapcache=S ksm_swapcache=B mapped=M unreadable=U
+ *   (pageflags, kpf, moved and race's probe answer "err ...: kpageflags-ksm-unreliable: ..."
+ *    on a kernel whose kpageflags flags every anonymous page KSM: see kpf_ksm_usable)
+ *   kpftrust               read KPF_KSM even so (the test of that ABI) -> ok trusted
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
  *        a race with guest-side timestamps (CLOCK_MONOTONIC, microseconds): a helper spawned
@@ -1073,6 +1076,50 @@ static int cmd_smaps(int argc, char **argv)
 #define KPF_THP 22
 #define KPF_ZERO_PAGE 24
 
+/* Whether /proc/kpageflags' KPF_KSM can be believed: from 6.10 (dee3d0bef2b0, "proc: rewrite
+ * stable_page_flags()") until the fix 81401cebfc15 ("fs/proc: fix KPF_KSM reported for all
+ * anonymous pages", 7.2-rc) it is set on every anonymous page. Checked once, on a page of our
+ * own that KSM never looked at; every KPF_KSM reading refuses on such a kernel ("kpftrust"
+ * turns that off, for the test of the ABI itself). -1 not checked yet, 0 believed, 1 not. */
+static int kpf_ksm_lies = -1;
+
+static int kpf_ksm_usable(const char *who, int kfd)
+{
+	if (kpf_ksm_lies < 0) {
+		kpf_ksm_lies = 0;
+		volatile char *p = mmap(NULL, page_size, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int pmfd = open("/proc/self/pagemap", O_RDONLY);
+		uint64_t pm = 0, flags = 0;
+		if (p != MAP_FAILED && pmfd >= 0) {
+			p[0] = 1;
+			if (pread(pmfd, &pm, sizeof(pm),
+				  (off_t)((uintptr_t)p / page_size * sizeof(uint64_t))) == sizeof(pm) &&
+			    (pm & PM_PRESENT) && (pm & PM_PFN_MASK) &&
+			    pread(kfd, &flags, sizeof(flags),
+				  (off_t)((pm & PM_PFN_MASK) * sizeof(uint64_t))) == sizeof(flags))
+				kpf_ksm_lies = (flags >> KPF_KSM) & 1;
+		}
+		if (pmfd >= 0)
+			close(pmfd);
+		if (p != MAP_FAILED)
+			munmap((void *)p, page_size);
+	}
+	if (kpf_ksm_lies > 0)
+		return err("%s: kpageflags-ksm-unreliable: this kernel's /proc/kpageflags flags a "
+			   "never-merged anonymous page KPF_KSM (every anonymous page, from 6.10 "
+			   "until the fix 81401cebfc15 \"fs/proc: fix KPF_KSM reported for all "
+			   "anonymous pages\"): which pages are KSM pages cannot be read", who);
+	return 0;
+}
+
+static int cmd_kpftrust(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	kpf_ksm_lies = 0;
+	return ok("trusted");
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -1110,6 +1157,11 @@ static int cmd_pageflags(int argc, char **argv)
 		if (kfd >= 0)
 			close(kfd);
 		return err("pageflags: short pagemap read (%zd): %s", got, errstr(e));
+	}
+	if (kfd >= 0 && kpf_ksm_usable("pageflags", kfd) < 0) {
+		free(pm), free(pfns);
+		close(kfd);
+		return -1;
 	}
 	size_t nksm = 0;
 	for (size_t i = 0; i < count; i++) {
@@ -1194,6 +1246,10 @@ static int cmd_kpf(int argc, char **argv)
 	int kfd = open("/proc/kpageflags", O_RDONLY);
 	if (kfd < 0)
 		return err("kpf: /proc/kpageflags: %s", errstr(errno));
+	if (kpf_ksm_usable("kpf", kfd) < 0) {
+		close(kfd);
+		return -1;
+	}
 	for (size_t p = 0; p < r->pages; p++) {
 		uint64_t pfn = r->saved_pfns[p], flags = 0;
 		if (!pfn)
@@ -1522,6 +1578,11 @@ static int cmd_moved(int argc, char **argv)
 		free(pm);
 		return err("moved: /proc/kpageflags: %s", errstr(e));
 	}
+	if (kpf_ksm_usable("moved", kfd) < 0) {
+		free(pm);
+		close(kfd);
+		return -1;
+	}
 	for (size_t p = 0; p < r->pages; p++) {
 		uint64_t was = r->saved_pfns[p], pfn = pm[p] & PM_PFN_MASK, flags = 0;
 		if (!was)
@@ -1741,6 +1802,11 @@ static int cmd_race(int argc, char **argv)
 			if (kfd >= 0)
 				close(kfd);
 			return err("race: probe %s: %s", pmfd < 0 ? path : "/proc/kpageflags", errstr(e));
+		}
+		if (kpf_ksm_usable("race: probe", kfd) < 0) {
+			close(pmfd);
+			close(kfd);
+			return -1;
 		}
 	}
 	int outfd = -1, st = 0, first_kept = nchildren, nforks = 0, kept = 0;
@@ -2396,7 +2462,7 @@ static int dispatch(char *line)
 		{"smaps", cmd_smaps},	    {"sleep", cmd_sleep},	{"pid", cmd_pid},
 		{"regions", cmd_regions},   {"help", cmd_help},		{"peek", cmd_peek},
 		{"crash", cmd_crash},	    {"churn", cmd_churn},	{"pageflags", cmd_pageflags},
-		{"race", cmd_race},	    {"kpf", cmd_kpf},
+		{"race", cmd_race},	    {"kpf", cmd_kpf},		{"kpftrust", cmd_kpftrust},
 		{"poke", cmd_poke}, {"hole", cmd_hole}, {"hugetlb", cmd_hugetlb}, {"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"kpcg", cmd_kpcg}, {"prctl", cmd_prctl},
 		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
 		{"mbind", cmd_mbind},	    {"moved", cmd_moved},	{"punch", cmd_punch},

@@ -1,8 +1,9 @@
 """Helpers for KSM scenarios that speak pytest: a missing kernel feature becomes a skip that
-says what is missing."""
+says what is missing. Loaded as a plugin: a check the kernel cannot answer truthfully
+(:class:`harness.workloads.CheckUnavailable`) skips the test with the reason."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -12,6 +13,7 @@ from harness.guestsys import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
 from harness.ksm.guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
+from harness.workloads import CheckUnavailable
 
 # A race scenario tries this often to reach its precondition (each try costs a merge and an
 # unmerge under TCG: keep it small, the suite's budget is 10 minutes).
@@ -25,6 +27,14 @@ def skip_unless() -> Iterator[None]:
         yield
     except (Unavailable, KsmUnavailable) as e:
         pytest.skip(str(e))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    try:
+        return (yield)
+    except CheckUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def require_knob(k: Ksm, name: str) -> None:

@@ -19,6 +19,7 @@ from harness import options
 pytest_plugins = [
     "harness.pytest_plugin.fixtures",
     "harness.pytest_plugin.watch",
+    "harness.pytest_plugin.ksm",  # a check the kernel cannot answer skips
     "harness.pytest_plugin.sharding",  # before reporting, which imports it
     "harness.pytest_plugin.reporting",
 ]

@@ -32,6 +32,7 @@ from harness.workloads.driver import (
     Workload,
 )
 from harness.workloads.protocol import (
+    CheckUnavailable,
     DataCorruption,
     MoveResult,
     NodeCounts,
@@ -48,6 +49,7 @@ __all__ = [
     "BuildError",
     "CFLAGS",
     "C_SECONDS_PER_PAGE",
+    "CheckUnavailable",
     "DataCorruption",
     "GUEST_BINARY",
     "GUEST_DIR",

@@ -8,6 +8,7 @@ from typing import Self
 from harness.access.remote import CommandTimeout, GuestBroken, Process, Spawner, quote
 from harness.workloads.build import GUEST_BINARY, GUEST_PY_WORKER, MAIN_PROGRAM
 from harness.workloads.protocol import (
+    CheckUnavailable,
     DataCorruption,
     MoveResult,
     NodeCounts,
@@ -166,6 +167,9 @@ class Workload:
             raise self._corruption(line, text, corruption)
         if text.startswith("err crashed"):
             raise self._died(line, text, text[4:])
+        if "kpageflags-ksm-unreliable" in text:
+            raise CheckUnavailable(f"cannot check on this kernel: {text.removeprefix('err ')}",
+                                   self.name, line, text)
         raise WorkloadError(f"workload '{self.name}' refused '{line}': {text}", self.name,
                             line, text)
 
@@ -358,6 +362,11 @@ class Workload:
         line = f"pageflags {name}" + _range(first, count)
         f = self.command(line, self._timeout(count or self._pages(name))).fields
         return {k: int(v) for k, v in f.items()}
+
+    def trust_kpageflags(self) -> None:
+        """Read KPF_KSM even on a kernel known to set it on every anonymous page (the test of
+        that ABI); otherwise such readings raise CheckUnavailable."""
+        self.command("kpftrust")
 
     def kpf_save(self, name: str) -> int:
         """Remember the PFNs of the region's present pages; returns how many."""

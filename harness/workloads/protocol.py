@@ -17,6 +17,12 @@ class WorkloadError(Exception):
         self.reply = reply
 
 
+class CheckUnavailable(WorkloadError):
+    """The kernel cannot answer the check truthfully (a known ABI bug, e.g. /proc/kpageflags
+    flagging every anonymous page KSM): the scenario is skipped with the reason, not failed
+    on a lie and not passed."""
+
+
 class DataCorruption(WorkloadError):
     """Memory did not hold what the workload wrote: the bug KSM tests exist to catch."""
 
