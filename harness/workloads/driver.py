@@ -8,7 +8,6 @@ from typing import Self
 from harness.access.remote import CommandTimeout, GuestBroken, Process, Spawner, quote
 from harness.workloads.build import GUEST_BINARY, GUEST_PY_WORKER, MAIN_PROGRAM
 from harness.workloads.protocol import (
-    CheckUnavailable,
     DataCorruption,
     MoveResult,
     NodeCounts,
@@ -18,6 +17,7 @@ from harness.workloads.protocol import (
     WorkloadTimeout,
     _errno_fields,
     parse_corruption,
+    refusal,
 )
 
 # Deadlines: a fixed part plus a per-page part, generous for TCG (C fills ~5 us/page natively,
@@ -167,11 +167,7 @@ class Workload:
             raise self._corruption(line, text, corruption)
         if text.startswith("err crashed"):
             raise self._died(line, text, text[4:])
-        if "kpageflags-ksm-unreliable" in text:
-            raise CheckUnavailable(f"cannot check on this kernel: {text.removeprefix('err ')}",
-                                   self.name, line, text)
-        raise WorkloadError(f"workload '{self.name}' refused '{line}': {text}", self.name,
-                            line, text)
+        raise refusal(self.name, line, text)
 
     def _died(self, line: str, text: str, what: str) -> WorkloadDied:
         self._unusable = "it died"

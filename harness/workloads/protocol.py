@@ -23,6 +23,15 @@ class CheckUnavailable(WorkloadError):
     on a lie and not passed."""
 
 
+def refusal(workload: str, line: str, text: str) -> WorkloadError:
+    """What an ``err`` reply (other than corruption or a crash) raises."""
+    if "kpageflags-ksm-unreliable" in text:
+        return CheckUnavailable(f"cannot check on this kernel: {text.removeprefix('err ')}",
+                                workload, line, text)
+    return WorkloadError(f"workload '{workload}' refused '{line}': {text}", workload, line,
+                         text)
+
+
 class DataCorruption(WorkloadError):
     """Memory did not hold what the workload wrote: the bug KSM tests exist to catch."""
 
