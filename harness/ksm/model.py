@@ -103,11 +103,19 @@ class KsmCountMismatch(KsmError):
         self.mismatches = mismatches  # counter -> (got, expected)
 
 
-def count_mismatches(snap: KsmSnapshot, expected: dict[str, int]) -> dict[str, tuple[int, int]]:
+def count_mismatches(snap: KsmSnapshot, expected: dict[str, int], lumped: bool = False
+                     ) -> dict[str, tuple[int, int]]:
     """{counter: (got, expected)} for every expected counter the snapshot does not match (a
-    counter this kernel lacks is skipped: detect, don't assume)."""
-    return {name: (snap[name], want) for name, want in expected.items()
-            if name in snap and snap[name] != want}
+    counter this kernel lacks is skipped: detect, don't assume). ``lumped``: unshared and
+    volatile pages count as one, ``pages_unshared`` (with smart_scan, a lone page skipped
+    this scan is out of the unstable tree: volatile, not unshared)."""
+    got = {name: snap[name] for name in expected if name in snap}
+    want = dict(expected)
+    if lumped and "pages_unshared" in got and "pages_volatile" in snap:
+        got["pages_unshared"] += snap["pages_volatile"]
+        want["pages_unshared"] += want.pop("pages_volatile", 0)
+        got.pop("pages_volatile", None)
+    return {name: (got[name], w) for name, w in want.items() if name in got and got[name] != w}
 
 
 def describe_mismatches(mismatches: dict[str, tuple[int, int]]) -> str:
@@ -116,9 +124,10 @@ def describe_mismatches(mismatches: dict[str, tuple[int, int]]) -> str:
                      for name, (got, want) in mismatches.items())
 
 
-def check_counts(snap: KsmSnapshot, expected: dict[str, int], what: str = "") -> None:
+def check_counts(snap: KsmSnapshot, expected: dict[str, int], what: str = "",
+                 lumped: bool = False) -> None:
     """Raise KsmCountMismatch naming each counter that differs from ``expected``."""
-    wrong = count_mismatches(snap, expected)
+    wrong = count_mismatches(snap, expected, lumped)
     if wrong:
         where = f" {what}" if what else ""
         raise KsmCountMismatch(f"KSM counters wrong{where}: {describe_mismatches(wrong)} "

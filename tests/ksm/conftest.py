@@ -4,7 +4,8 @@
   and KSM's boot-time knob values recorded.
 - ``ksm`` (test): a :class:`harness.ksm.Ksm` for that guest. Before the test: nothing merged,
   knobs at their boot values, then fast scanning (pages_to_scan=10000, sleep_millisecs=0),
-  smart_scan=0 where the kernel has it (6.7+) and run=0 (the test starts ksmd when its
+  smart_scan=0 where the kernel has it (6.7+; ``scan_mode``: a test with @SCAN_MODES runs
+  with smart_scan=1 and the advisor too) and run=0 (the test starts ksmd when its
   workload is in place). After the test: run=2 first (so
   merge_across_nodes and max_page_sharing can change back), every knob restored, nothing left
   merged.
@@ -40,7 +41,7 @@ from harness.ksm import (
     leaks,
 )
 from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import skip_unless, xfail_mark
+from harness.pytest_plugin.ksm import apply_scan_mode, skip_unless, xfail_mark
 from harness.pytest_plugin.watch import phase_report
 from harness.workloads import Workload, WorkloadError, WorkloadTimeout
 
@@ -68,7 +69,13 @@ def known_bug(ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> Callable[[
 
 
 @pytest.fixture
-def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
+def scan_mode(request: pytest.FixtureRequest) -> str:
+    """How ksmd scans in this test: "plain" unless the test has @SCAN_MODES."""
+    return str(getattr(request, "param", "plain"))
+
+
+@pytest.fixture
+def ksm(ksm_guest: KsmGuest, scan_mode: str) -> Iterator[Ksm]:
     ksm_guest.ensure()
     k = Ksm(ksm_guest.sh)
     boot = ksm_guest.boot_knobs
@@ -85,12 +92,7 @@ def ksm(ksm_guest: KsmGuest) -> Iterator[Ksm]:
             k.set(name, value)
     k.set("pages_to_scan", FAST_PAGES_TO_SCAN)
     k.set("sleep_millisecs", FAST_SLEEP_MILLISECS)
-    if k.has("smart_scan"):
-        # 6.7+ skips pages that did not merge for a growing number of scans; skipped pages
-        # are out of the unstable tree and count as volatile, not unshared. The exact
-        # accounting scenarios want every page looked at on every scan; test_smart_scan
-        # covers the skipping itself.
-        k.set("smart_scan", 0)
+    apply_scan_mode(k, scan_mode, FAST_PAGES_TO_SCAN)
     k.set("run", 0)
     slabs = leaks.slab_objects(ksm_guest.sh)
     generation = ksm_guest.current

@@ -39,10 +39,11 @@ from harness.ksm.race import (
     timed_ksm_write,
     write_interval,
 )
-from harness.pytest_plugin.ksm import exercise_race, require_knob
+from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race, require_knob
 from harness.workloads import Workload, WorkloadError
 
 
+@SCAN_MODES
 def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
     p = workload(name="P")
     p.alloc("s", 1024, "same:51")

@@ -24,6 +24,7 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
     check_counts,
+    count_mismatches,
     write_in_background,
 )
 from harness.workloads import Workload, WorkloadError
@@ -68,6 +69,20 @@ def test_mismatch_message_names_each_counter() -> None:
     assert msg.startswith("KSM counters wrong after merging: pages_sharing is 4079, expected "
                           "4080; pages_unshared is 0, expected 2 (all: run=1 full_scans=9")
     assert info.value.mismatches == {"pages_sharing": (4079, 4080), "pages_unshared": (0, 2)}
+
+
+def test_smart_scan_counts_skipped_lone_pages_as_unshared_or_volatile() -> None:
+    # smart_scan=1: lone pages skipped this scan are volatile, not unshared
+    snap = KsmSnapshot({"pages_shared": "1", "pages_sharing": "9", "pages_unshared": "300",
+                        "pages_volatile": "724", "run": "1", "full_scans": "9"})
+    expected = {"pages_shared": 1, "pages_sharing": 9, "pages_unshared": 1024,
+                "pages_volatile": 0}
+    assert count_mismatches(snap, expected) == {"pages_unshared": (300, 1024),
+                                                "pages_volatile": (724, 0)}
+    check_counts(snap, expected, lumped=True)
+    with pytest.raises(KsmCountMismatch) as info:  # a page gone missing is still caught
+        check_counts(snap, {**expected, "pages_unshared": 1025}, lumped=True)
+    assert info.value.mismatches == {"pages_unshared": (1024, 1025)}
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from harness.ksm import (
     selected_value,
 )
 from harness.ksm.race import RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import exercise_race
+from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race
 from harness.workloads import DataCorruption
 
 # (knob, value the kernel must refuse with EINVAL). Values are what mm/ksm.c's parsers reject:
@@ -69,6 +69,28 @@ def verify_all(*ws) -> None:  # type: ignore[no-untyped-def]
         assert w.verify() == sum(w.regions.values())
 
 
+def wait_chains_accounted(ksm: Ksm, exp: dict[str, int], what: str) -> None:
+    """After sharers left a max_page_sharing chain, only its totals are exact: ksmd never
+    repacks the dups, so they keep the holes the leavers made, and how many dups that leaves
+    depends on which dups held them (scan order). Seen on 6.12.117: 11 dups where a fresh
+    merge gives 10, with one sharer fewer and one KSM page more. Exact: every page accounted
+    for, none volatile, the chains, and the KSM pages outside chains; the dups at least the
+    packed number."""
+    plain = exp["pages_shared"] - exp["stable_node_dups"]
+    merged = exp["pages_shared"] + exp["pages_sharing"]
+    volatile = "pages_volatile" if ksm.lumped else ""  # smart_scan: see count_mismatches
+    ksm.wait_merged(lambda c: (c["pages_volatile"] == 0 or bool(volatile))
+                    and c["pages_unshared"] + c.get(volatile, 0) == exp["pages_unshared"]
+                    and c["pages_shared"] + c["pages_sharing"] == merged
+                    and c["stable_node_chains"] == exp["stable_node_chains"]
+                    and c["pages_shared"] - c["stable_node_dups"] == plain
+                    and c["stable_node_dups"] >= exp["stable_node_dups"],
+                    pages=merged + exp["pages_unshared"], exact=True,
+                    expect=f"{merged} pages merged, {plain} KSM pages outside chains, at least "
+                           f"{exp['stable_node_dups']} dups {what}")
+
+
+@SCAN_MODES
 def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
     (a, b, p), layout = build_processes(workload)
     expected = layout.expected()
@@ -105,7 +127,7 @@ def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: igno
     p.exit()
     layout.groups[("same:1", None)] -= 64
     layout.groups[("same:2", None)] -= 36
-    ksm.wait_counts(layout.expected(), what="after P exited")
+    wait_chains_accounted(ksm, layout.expected(), "after P exited")
     verify_all(a, b)
 
     # run=2 unmerges everything; then run=0: every counter stays 0.

@@ -19,13 +19,14 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.pytest_plugin.ksm import require_knob
+from harness.pytest_plugin.ksm import SCAN_MODES, require_knob
 
 # (max_page_sharing, identical pages in each of 3 processes); sizes cover: the minimum limit,
 # a remainder of exactly one page (left unshared), and chains spanning processes.
 CASES = [(2, 5), (4, 22), (5, 86)]
 
 
+@SCAN_MODES
 def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
     require_knob(ksm, "max_page_sharing")
     procs = [workload(name=f"P{i}") for i in range(3)]
