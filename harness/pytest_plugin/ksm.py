@@ -59,11 +59,10 @@ def apply_scan_mode(k: Ksm, mode: str, pages_to_scan: int) -> None:
             # exact accounting scenarios want every page looked at on every scan.
             k.set("smart_scan", 0)
         return
-    require_knob(k, "smart_scan")
+    require_knob(k, "advisor_mode" if mode == "advisor" else "smart_scan")
     k.set("smart_scan", 1)
     k.lumped = True  # a skipped lone page counts volatile instead of unshared
     if mode == "advisor":
-        require_knob(k, "advisor_mode")
         # the advisor picks pages_to_scan between these to scan everything in the target
         # time; the floor keeps the suite's deadlines (they follow the scan rate)
         k.set("advisor_min_pages_to_scan", pages_to_scan)
