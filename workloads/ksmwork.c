@@ -64,8 +64,9 @@
  *   kpf NAME               /proc/kpageflags of those PFNs now, mapped or not (e.g. a KSM page
  *                          swapped out but still in swapcache) -> ok saved=N ksm=K
  *                          swapcache=S ksm_swapcache=B mapped=M unreadable=U
- *   (pageflags, kpf, moved and race's probe answer "err ...: kpageflags-ksm-unreliable: ..."
- *    on a kernel whose kpageflags flags every anonymous page KSM: see kpf_ksm_usable)
+ *   (pageflags, kpf and moved end with kpf_ksm_lies=1, and race's probe answers "err ...:
+ *    kpageflags-ksm-unreliable: ...", on a kernel whose kpageflags flags every anonymous
+ *    page KSM: see kpf_ksm_lies_on)
  *   kpftrust               read KPF_KSM even so (the test of that ABI) -> ok trusted
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
@@ -1079,11 +1080,13 @@ static int cmd_smaps(int argc, char **argv)
 /* Whether /proc/kpageflags' KPF_KSM can be believed: from 6.10 (dee3d0bef2b0, "proc: rewrite
  * stable_page_flags()") until the fix 81401cebfc15 ("fs/proc: fix KPF_KSM reported for all
  * anonymous pages", 7.2-rc) it is set on every anonymous page. Checked once, on a page of our
- * own that KSM never looked at; every KPF_KSM reading refuses on such a kernel ("kpftrust"
- * turns that off, for the test of the ABI itself). -1 not checked yet, 0 believed, 1 not. */
+ * own that KSM never looked at. On such a kernel pageflags, kpf and moved still answer, with
+ * kpf_ksm_lies=1 (the host then refuses to read their KSM counts), and race's probe refuses
+ * ("kpftrust" believes the flag anyway, for the test of the ABI itself). -1 not checked yet,
+ * 0 believed, 1 not. */
 static int kpf_ksm_lies = -1;
 
-static int kpf_ksm_usable(const char *who, int kfd)
+static int kpf_ksm_lies_on(int kfd)
 {
 	if (kpf_ksm_lies < 0) {
 		kpf_ksm_lies = 0;
@@ -1105,7 +1108,13 @@ static int kpf_ksm_usable(const char *who, int kfd)
 		if (p != MAP_FAILED)
 			munmap((void *)p, page_size);
 	}
-	if (kpf_ksm_lies > 0)
+	return kpf_ksm_lies > 0;
+}
+
+/* For a reading that is nothing without KPF_KSM (race's probe): refuse on such a kernel. */
+static int kpf_ksm_usable(const char *who, int kfd)
+{
+	if (kpf_ksm_lies_on(kfd))
 		return err("%s: kpageflags-ksm-unreliable: this kernel's /proc/kpageflags flags a "
 			   "never-merged anonymous page KPF_KSM (every anonymous page, from 6.10 "
 			   "until the fix 81401cebfc15 \"fs/proc: fix KPF_KSM reported for all "
@@ -1158,11 +1167,7 @@ static int cmd_pageflags(int argc, char **argv)
 			close(kfd);
 		return err("pageflags: short pagemap read (%zd): %s", got, errstr(e));
 	}
-	if (kfd >= 0 && kpf_ksm_usable("pageflags", kfd) < 0) {
-		free(pm), free(pfns);
-		close(kfd);
-		return -1;
-	}
+	int lies = kfd >= 0 && kpf_ksm_lies_on(kfd);
 	size_t nksm = 0;
 	for (size_t i = 0; i < count; i++) {
 		if (pm[i] & PM_SWAP)
@@ -1190,8 +1195,8 @@ static int cmd_pageflags(int argc, char **argv)
 	for (size_t i = 0; i < nksm; i++)
 		distinct += i == 0 || pfns[i] != pfns[i - 1];
 	free(pm), free(pfns);
-	return ok("present=%zu swapped=%zu ksm=%zu ksmpfns=%zu thp=%zu zero=%zu nopfn=%zu", present,
-		  swapped, ksm, distinct, thp, zero, nopfn);
+	return ok("present=%zu swapped=%zu ksm=%zu ksmpfns=%zu thp=%zu zero=%zu nopfn=%zu "
+		  "kpf_ksm_lies=%d", present, swapped, ksm, distinct, thp, zero, nopfn, lies);
 }
 
 /* The pagemap entries of pages [first, first + count) of r, malloc'ed; NULL after err() */
@@ -1246,10 +1251,7 @@ static int cmd_kpf(int argc, char **argv)
 	int kfd = open("/proc/kpageflags", O_RDONLY);
 	if (kfd < 0)
 		return err("kpf: /proc/kpageflags: %s", errstr(errno));
-	if (kpf_ksm_usable("kpf", kfd) < 0) {
-		close(kfd);
-		return -1;
-	}
+	int lies = kpf_ksm_lies_on(kfd);
 	for (size_t p = 0; p < r->pages; p++) {
 		uint64_t pfn = r->saved_pfns[p], flags = 0;
 		if (!pfn)
@@ -1267,8 +1269,8 @@ static int cmd_kpf(int argc, char **argv)
 		mapped += (flags >> KPF_MMAP) & 1;
 	}
 	close(kfd);
-	return ok("saved=%zu ksm=%zu swapcache=%zu ksm_swapcache=%zu mapped=%zu unreadable=%zu",
-		  saved, ksm, swapcache, both, mapped, unreadable);
+	return ok("saved=%zu ksm=%zu swapcache=%zu ksm_swapcache=%zu mapped=%zu unreadable=%zu "
+		  "kpf_ksm_lies=%d", saved, ksm, swapcache, both, mapped, unreadable, lies);
 }
 
 /* ---- comparator edges, madvise ABI, THP collapse, userfaultfd, memcg, prctl ---- */
@@ -1578,11 +1580,7 @@ static int cmd_moved(int argc, char **argv)
 		free(pm);
 		return err("moved: /proc/kpageflags: %s", errstr(e));
 	}
-	if (kpf_ksm_usable("moved", kfd) < 0) {
-		free(pm);
-		close(kfd);
-		return -1;
-	}
+	int lies = kpf_ksm_lies_on(kfd);
 	for (size_t p = 0; p < r->pages; p++) {
 		uint64_t was = r->saved_pfns[p], pfn = pm[p] & PM_PFN_MASK, flags = 0;
 		if (!was)
@@ -1604,8 +1602,8 @@ static int cmd_moved(int argc, char **argv)
 	}
 	close(kfd);
 	free(pm);
-	return ok("same=%zu changed=%zu gone=%zu ksm=%zu changed_ksm=%zu unreadable=%zu", same,
-		  changed, gone, ksm, changed_ksm, unreadable);
+	return ok("same=%zu changed=%zu gone=%zu ksm=%zu changed_ksm=%zu unreadable=%zu "
+		  "kpf_ksm_lies=%d", same, changed, gone, ksm, changed_ksm, unreadable, lies);
 }
 
 /* ---- children ---- */

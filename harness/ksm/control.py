@@ -198,20 +198,25 @@ class Ksm:
         """Every writable knob's current value, to hand to :meth:`restore` after a test."""
         return {name: selected_value(value) for name, value in self.knobs().items()}
 
+    def restore_order(self, knobs: dict[str, str]) -> list[str]:
+        """The knobs (run excepted) in the order they can be written back: tree knobs, then
+        advisor_mode (switching it resets pages_to_scan, and while the 6.10+ advisor runs,
+        pages_to_scan refuses writes), then the rest."""
+        first = [*TREE_KNOBS, "advisor_mode"]
+        todo = [n for n in knobs if n != "run"]
+        return [n for n in first if n in todo] + [n for n in todo if n not in first]
+
     def restore(self, defaults: dict[str, str], timeout: float = 300.0) -> None:
         """Put the knobs back. Order matters: run=2 first (tree knobs only change while nothing
         is merged, and it leaves no merged pages behind), tree knobs, the advisor, other
         knobs, run last."""
         self.unmerge_all(timeout)
         current = self.defaults_capture()
-        todo = {n: v for n, v in defaults.items() if n in current and n != "run"}
-        # advisor_mode before the rest: switching it resets pages_to_scan, and while the
-        # advisor (6.10+) runs, pages_to_scan refuses writes
-        first = [*TREE_KNOBS, "advisor_mode"]
-        order = [n for n in first if n in todo] + [n for n in todo if n not in first]
-        for name in order:
-            if current[name] != todo[name]:
-                self.set(name, todo[name])
+        for name in self.restore_order(defaults):
+            if name in current and current[name] != defaults[name]:
+                self.set(name, defaults[name])
+                if name == "advisor_mode":
+                    current = self.defaults_capture()  # the switch reset pages_to_scan
         if "run" in defaults and defaults["run"] != str(RUN_UNMERGE):
             self.set("run", defaults["run"])
         after = self.defaults_capture()

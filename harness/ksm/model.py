@@ -108,7 +108,9 @@ def count_mismatches(snap: KsmSnapshot, expected: dict[str, int], lumped: bool =
     """{counter: (got, expected)} for every expected counter the snapshot does not match (a
     counter this kernel lacks is skipped: detect, don't assume). ``lumped``: unshared and
     volatile pages count as one, ``pages_unshared`` (with smart_scan, a lone page skipped
-    this scan is out of the unstable tree: volatile, not unshared)."""
+    this scan is out of the unstable tree: volatile, not unshared). The kernel derives
+    volatile as rmap items - shared - sharing - unshared, so the lumped check asserts the
+    rmap items' total and shared and sharing exactly, not how the rest is split."""
     got = {name: snap[name] for name in expected if name in snap}
     want = dict(expected)
     if lumped and "pages_unshared" in got and "pages_volatile" in snap:

@@ -151,6 +151,6 @@ def wait_migration(command: Callable[..., Any], timeout: float) -> str:
 
 
 def clock_command(epoch: float) -> str:
-    """The restored guest's first SSH command: its clock goes on from the moment it was
-    saved."""
+    """The restored guest's first SSH command: set its clock to the host's ``epoch`` (a
+    restored guest's clock goes on from the moment it was saved)."""
     return f"date -s @{epoch:.3f} >/dev/null"

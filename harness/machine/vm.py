@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paramiko
 import pexpect
 
 from harness import paths, reaper
@@ -128,14 +129,14 @@ class VM:
     def _use_snapshot(self, cfg: QemuConfig, snap: snapshot.Snapshot) -> None:
         """Start this VM from ``snap``: its own overlay of the saved disk, the saved initrd
         (the machine must match the saved one), the saved boot at the top of the log."""
+        # the saved guest's sshd knows only the keys it was booted with
+        self._client_key = keys.load(snap.client_key.read_bytes())
+        self._host_key = keys.load(snap.host_key.read_bytes())
         (self.dir / "root-overlay.qcow2").unlink(missing_ok=True)
         image.overlay(snap.disk, self.dir / "root-overlay.qcow2")
         cfg.initrd = snap.initrd
         cfg.extra_args = [*cfg.extra_args, "-incoming", f"exec:cat {shlex.quote(str(snap.state))}"]
         self.console_log.write_bytes(snap.console.read_bytes())
-        # the saved guest's sshd knows only the keys it was booted with
-        self._client_key = keys.load(snap.client_key.read_bytes())
-        self._host_key = keys.load(snap.host_key.read_bytes())
         self.restored = snap
 
     def dry_run(self) -> list[str]:
@@ -181,7 +182,14 @@ class VM:
         self.config = self._prepare()
         snap = snapshot.find(self.snapshot_key) if self.snapshot_key else None
         if snap is not None:
-            self._use_snapshot(self.config, snap)
+            try:
+                self._use_snapshot(self.config, snap)
+            except (OSError, ValueError, paramiko.SSHException) as exc:  # unreadable keys
+                self.log(f"ksm-harness: the snapshot is unusable ({exc}); booting cold and "
+                         "saving a new one")
+                snap.remove()
+                self.restored = None
+                self.config = self._prepare()
         self.timings["prepare"] = time.monotonic() - t0
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)

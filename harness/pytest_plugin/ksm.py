@@ -50,6 +50,15 @@ SCAN_MODES = pytest.mark.parametrize("scan_mode", ["plain", "smart_scan", "advis
                                      indirect=True)
 
 
+def require_scan_mode(k: Ksm, mode: str) -> None:
+    """Skip unless the kernel has the knobs of ``mode`` (first thing in the fixture: nothing
+    to undo yet)."""
+    if mode not in ("plain", "smart_scan", "advisor"):
+        raise ValueError(f"unknown scan mode {mode!r}")
+    if mode != "plain":
+        require_knob(k, "advisor_mode" if mode == "advisor" else "smart_scan")
+
+
 def apply_scan_mode(k: Ksm, mode: str, pages_to_scan: int) -> None:
     """Set the knobs of ``mode`` (see SCAN_MODES) after the fast-scanning ones."""
     if mode == "plain":
@@ -59,7 +68,6 @@ def apply_scan_mode(k: Ksm, mode: str, pages_to_scan: int) -> None:
             # exact accounting scenarios want every page looked at on every scan.
             k.set("smart_scan", 0)
         return
-    require_knob(k, "advisor_mode" if mode == "advisor" else "smart_scan")
     k.set("smart_scan", 1)
     k.lumped = True  # a skipped lone page counts volatile instead of unshared
     if mode == "advisor":
@@ -69,8 +77,6 @@ def apply_scan_mode(k: Ksm, mode: str, pages_to_scan: int) -> None:
         k.set("advisor_max_pages_to_scan", pages_to_scan * 3)
         k.set("advisor_target_scan_time", 1)
         k.set("advisor_mode", "scan-time")
-    elif mode != "smart_scan":
-        raise ValueError(f"unknown scan mode {mode!r}")
 
 
 def require_nodes(ksm_guest: KsmGuest, count: int) -> list[int]:

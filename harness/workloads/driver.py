@@ -11,6 +11,7 @@ from harness.workloads.protocol import (
     DataCorruption,
     MoveResult,
     NodeCounts,
+    PageCounts,
     Reply,
     WorkloadDied,
     WorkloadError,
@@ -328,7 +329,7 @@ class Workload:
         """The region's PFNs against :meth:`kpf_save`'s: same, changed, gone, ksm (now a KSM
         page), changed_ksm, unreadable."""
         f = self.command(f"moved {name}", self._timeout(self._pages(name))).fields
-        return {k: int(v) for k, v in f.items()}
+        return PageCounts(f, ("ksm", "changed_ksm"), self.name, f"moved {name}")
 
     def punch(self, name: str, stride: int = 2) -> int:
         """MADV_DONTNEED all but every ``stride``-th page of a zero-filled region (holes that
@@ -357,7 +358,7 @@ class Workload:
         page), nopfn (PFN hidden or unreadable)."""
         line = f"pageflags {name}" + _range(first, count)
         f = self.command(line, self._timeout(count or self._pages(name))).fields
-        return {k: int(v) for k, v in f.items()}
+        return PageCounts(f, ("ksm", "ksmpfns"), self.name, line)
 
     def trust_kpageflags(self) -> None:
         """Read KPF_KSM even on a kernel known to set it on every anonymous page (the test of
@@ -372,7 +373,7 @@ class Workload:
         """/proc/kpageflags of the PFNs saved by :meth:`kpf_save`, mapped or not: saved, ksm,
         swapcache, ksm_swapcache (both), mapped, unreadable."""
         f = self.command(f"kpf {name}", self._timeout(self._pages(name))).fields
-        return {k: int(v) for k, v in f.items()}
+        return PageCounts(f, ("ksm", "ksm_swapcache"), self.name, f"kpf {name}")
 
     def race_forks(self, path: str, value: int | str, keep: int,
                    probe: tuple[int, int, int] | None = None, delay_ms: int | None = None,

@@ -23,9 +23,39 @@ class CheckUnavailable(WorkloadError):
     on a lie and not passed."""
 
 
+KPF_KSM_LIES = ("this kernel's /proc/kpageflags flags a never-merged anonymous page KPF_KSM "
+                "(every anonymous page, from 6.10 until the fix 81401cebfc15 \"fs/proc: fix "
+                "KPF_KSM reported for all anonymous pages\"): which pages are KSM pages "
+                "cannot be read")
+
+
+class PageCounts(dict[str, int]):
+    """A pageflags/kpf/moved answer. On a kernel whose KPF_KSM flags every anonymous page
+    (the reply's kpf_ksm_lies=1) its KSM counts are left out, and reading one raises
+    CheckUnavailable: a scenario that needs them skips with the reason; one that reads only
+    present/swapped/thp/... runs."""
+
+    def __init__(self, fields: dict[str, str], ksm_keys: tuple[str, ...],
+                 workload: str = "", command: str = "") -> None:
+        lies = fields.get("kpf_ksm_lies") == "1"
+        self.unknown = ksm_keys if lies else ()
+        self.where = (workload, command)
+        super().__init__({k: int(v) for k, v in fields.items()
+                          if k != "kpf_ksm_lies" and k not in self.unknown})
+
+    def get(self, key: str, default: int | None = None) -> int | None:  # type: ignore[override]
+        return self[key] if key in self.unknown else super().get(key, default)
+
+    def __missing__(self, key: str) -> int:
+        if key in self.unknown:
+            raise CheckUnavailable(f"cannot check on this kernel: {key}: {KPF_KSM_LIES}",
+                                   *self.where)
+        raise KeyError(key)
+
+
 def refusal(workload: str, line: str, text: str) -> WorkloadError:
     """What an ``err`` reply (other than corruption or a crash) raises."""
-    if "kpageflags-ksm-unreliable" in text:
+    if "kpageflags-ksm-unreliable" in text:  # race's probe
         return CheckUnavailable(f"cannot check on this kernel: {text.removeprefix('err ')}",
                                 workload, line, text)
     return WorkloadError(f"workload '{workload}' refused '{line}': {text}", workload, line,

@@ -41,7 +41,12 @@ from harness.ksm import (
     leaks,
 )
 from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import apply_scan_mode, skip_unless, xfail_mark
+from harness.pytest_plugin.ksm import (
+    apply_scan_mode,
+    require_scan_mode,
+    skip_unless,
+    xfail_mark,
+)
 from harness.pytest_plugin.watch import phase_report
 from harness.workloads import Workload, WorkloadError, WorkloadTimeout
 
@@ -78,6 +83,7 @@ def scan_mode(request: pytest.FixtureRequest) -> str:
 def ksm(ksm_guest: KsmGuest, scan_mode: str) -> Iterator[Ksm]:
     ksm_guest.ensure()
     k = Ksm(ksm_guest.sh)
+    require_scan_mode(k, scan_mode)
     boot = ksm_guest.boot_knobs
     # A clean start: nothing merged, the boot knob values (a previous test's restore failing
     # is reported there; here we only refuse to run on top of its leftovers).
@@ -87,9 +93,9 @@ def ksm(ksm_guest: KsmGuest, scan_mode: str) -> Iterator[Ksm]:
         pytest.fail(f"KSM not clean before the test (run=2 left {describe_mismatches(rest)})",
                     pytrace=False)
     now = k.defaults_capture()
-    for name, value in boot.items():
-        if name != "run" and now.get(name) != value:
-            k.set(name, value)
+    for name in k.restore_order(boot):
+        if now.get(name) != boot[name]:
+            k.set(name, boot[name])
     k.set("pages_to_scan", FAST_PAGES_TO_SCAN)
     k.set("sleep_millisecs", FAST_SLEEP_MILLISECS)
     apply_scan_mode(k, scan_mode, FAST_PAGES_TO_SCAN)

@@ -377,3 +377,26 @@ def test_poke_and_hole_keep_verify_exact(work: Workload) -> None:
     with pytest.raises(DataCorruption) as bad:
         work.verify("p")
     assert (bad.value.page, bad.value.offset) == (2, 0)
+
+
+def test_page_counts_refuse_ksm_counts_where_kpageflags_lies() -> None:
+    # a kernel whose KPF_KSM flags every anonymous page (6.10 until 81401cebfc15): the other
+    # counts are read, the KSM ones skip the scenario instead of failing or passing it
+    fields = {"present": "4", "swapped": "0", "ksm": "4", "ksmpfns": "4", "kpf_ksm_lies": "1"}
+    counts = wl.PageCounts(fields, ("ksm", "ksmpfns"), "c0", "pageflags r")
+    assert counts["present"] == 4 and "ksm" not in counts
+    for read in (lambda: counts["ksm"], lambda: counts.get("ksmpfns")):
+        with pytest.raises(wl.CheckUnavailable, match="cannot check on this kernel: ksm"):
+            read()
+    believed = wl.PageCounts({**fields, "kpf_ksm_lies": "0"}, ("ksm", "ksmpfns"))
+    assert believed == {"present": 4, "swapped": 0, "ksm": 4, "ksmpfns": 4}
+
+
+def test_pageflags_checks_kpageflags_once_and_says_so(work: Workload) -> None:
+    work.alloc("r", 8, "unique:5")
+    flags = work.pageflags("r")
+    assert flags["present"] == 8
+    if os.geteuid() == 0 and flags["nopfn"] == 0:  # PFNs readable: the self-check ran
+        assert flags["ksm"] == 0  # this host's kernel reads a never-merged page right
+    work.trust_kpageflags()
+    assert work.pageflags("r")["present"] == 8
