@@ -9,6 +9,7 @@ between tests they go to the next test; after the last test, to its teardown.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Generator
@@ -123,6 +124,23 @@ def _stuck_process(guest: Guest, excinfo: BaseException | None) -> str:
         return f"pid {found.group(1)}: no answer from the guest ({type(exc).__name__})\n"
 
 
+def _with_holders(guest: Guest, found: list[Finding]) -> list[Finding]:
+    """A hung-task report shows the task that waits, not the one it waits for (ksmd blocked
+    on ksm_thread_mutex says nothing of the run=2 writer holding it): the other tasks'
+    stacks and every CPU's backtrace (sysrq w/l/m through QMP, which a wedged guest still
+    answers) are added to the first such report before its VM is retired."""
+    for i, f in enumerate(found):
+        if f.category is Category.HUNG_TASK:
+            try:
+                evidence = guest.monitor.hang_evidence()
+            except Exception as exc:  # best effort: the report stands without it
+                evidence = f"(no sysrq evidence: {type(exc).__name__}: {exc})"
+            found[i] = dataclasses.replace(
+                f, text=f"{f.text}\n--- the other tasks, after the report ---\n{evidence}")
+            break
+    return found
+
+
 def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None) -> None:
     findings: list[Finding] = []
     allowed = _allowed(item)
@@ -146,6 +164,8 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
             if dead is None:
                 hung = True
                 evidence = guest.monitor.hang_evidence()
+        if fatal and dead is None:
+            found = _with_holders(guest, found)
         found += guest.monitor.claim(allow=allowed, phase=phase)  # printed while we looked
         tail = guest.vm.console.tail(60) if guest.vm.console else ""
         if hung:

@@ -66,12 +66,12 @@ def test_d_state_task_is_reported_by_the_kernel(outcomes) -> None:
     # The kernel's own hung-task report (hung_task_timeout 30 s, checked every 30 s) ends the
     # wait as soon as it is printed, and is the title; if it comes after our 50 s deadline,
     # our hang verdict is, with the blocked task in the sysrq-w dump collected through QMP.
+    # Either way the other tasks' stacks follow (a hung-task report shows only the waiter).
     first = text.split("\n", 1)[0]
     assert first.startswith(("INFO: task", "guest hung: guest command still running after 50s")), \
         text[:500]
     assert "state:D" in text, text[:3000]
-    if first.startswith("guest hung"):
-        assert "Show Blocked State" in text, text[:3000]
+    assert "Show Blocked State" in text, text[:3000]
 
 
 def test_run_goes_on_after_hangs(outcomes) -> None:
