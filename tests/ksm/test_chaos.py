@@ -20,7 +20,7 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.workloads import Workload
+from harness.workloads import CheckUnavailable, Workload
 
 ROUNDS = 6
 PROCESSES = 3
@@ -65,6 +65,9 @@ class Proc:
     w: Workload
     regions: list[Region]
     children: int = 0
+    # regions made (partly) unmergeable while children shared their pages: where the known
+    # bug ksm-page-outside-mergeable-vma leaves KSM pages mapped after run=2
+    unmerged_while_shared: set[str] = field(default_factory=set)
 
 
 def make_processes(rng: random.Random, workload, nodes: list[int]) -> list[Proc]:  # type: ignore[no-untyped-def]
@@ -100,7 +103,7 @@ def layout_of(procs: list[Proc]) -> Layout:
     return layout
 
 
-def test_knob_chaos(ksm: Ksm, workload, ksm_seed: int, ksm_guest) -> None:  # type: ignore[no-untyped-def]
+def test_knob_chaos(ksm: Ksm, workload, ksm_seed: int, ksm_guest, known_bug) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(ksm_seed)
     log: list[str] = []
 
@@ -111,9 +114,36 @@ def test_knob_chaos(ksm: Ksm, workload, ksm_seed: int, ksm_guest) -> None:  # ty
     try:
         run_chaos(ksm, workload, rng, act, ksm_guest.nodes)
     except BaseException as e:
-        e.add_note(f"ksm chaos seed {ksm_seed} (rerun with --ksm-seed={ksm_seed}); "
-                   f"last actions: {' ; '.join(log[-12:])}")
+        note = (f"ksm chaos seed {ksm_seed} (rerun with --ksm-seed={ksm_seed}); "
+                f"last actions: {' ; '.join(log[-12:])}")
+        if isinstance(e, LeftMapped) and e.known:
+            known_bug(e.known)  # a strict expected failure (of an assertion) on such a kernel
+            raise AssertionError(f"{e}\n{note}") from e
+        e.add_note(note)
         raise
+
+
+class LeftMapped(KsmCountMismatch):
+    """Stable nodes left after run=2 because pages are still KSM pages; ``known`` names the
+    known kernel bug when every such page is in a region its process made unmergeable while
+    children shared its pages."""
+    known: str | None = None
+
+
+def still_mapped(procs: list[Proc]) -> tuple[str, bool]:
+    """Which process's region still maps KSM pages (a stable node is kept while its page is
+    mapped), from pagemap + kpageflags; and whether all are where the known bug puts them."""
+    found, explained = [], True
+    for p in procs:
+        for r in p.regions:
+            try:
+                flags = p.w.pageflags(r.name)
+                if flags["ksm"]:
+                    found.append(f"{p.w.name}/{r.name}: {flags['ksm']} ({flags})")
+                    explained &= r.name in p.unmerged_while_shared
+            except CheckUnavailable as exc:
+                return f"unreadable ({exc})", False
+    return "; ".join(found) or "none", bool(found) and explained
 
 
 def run_chaos(ksm: Ksm, workload, rng: random.Random, act, nodes: list[int]) -> None:  # type: ignore[no-untyped-def]
@@ -158,9 +188,11 @@ def run_chaos(ksm: Ksm, workload, rng: random.Random, act, nodes: list[int]) -> 
         # is still mapped (remove_stable_node's EBUSY, "don't worry if some are still busy"):
         # gone at a second run=2 if it was only busy for a moment, left for good if not.
         ksm.set("run", RUN_UNMERGE, timeout=300)
-        raise KsmCountMismatch(f"{left}; a second run=2 then left "
-                               f"{ksm.exact_counters().summary()}",
-                               left.snapshot, left.mismatches) from None
+        where, explained = still_mapped(procs)
+        error = LeftMapped(f"{left}; a second run=2 then left {ksm.exact_counters().summary()}"
+                           f"; KSM pages still mapped: {where}", left.snapshot, left.mismatches)
+        error.known = "ksm-page-outside-mergeable-vma" if explained else None
+        raise error from None
     for p in procs:
         for r in p.regions:
             p.w.touch(r.name)  # pages KSM put on the zero page become private pages again
@@ -224,6 +256,8 @@ def workload_step(p: Proc, rng: random.Random, act) -> None:  # type: ignore[no-
         first = rng.randrange(r.pages)
         count = rng.randint(1, r.pages - first)
         p.w.madvise(r.name, "unmerge", first, count)
+        if p.children:
+            p.unmerged_while_shared.add(r.name)
         act(f"{p.w.name} madvise {r.name} unmerge {first} {count}")
     elif roll < 0.6:
         p.w.madvise(r.name, "merge")

@@ -73,6 +73,46 @@ def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:  # type: ig
     p.verify()
 
 
+def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(  # type: ignore[no-untyped-def]
+        ksm: Ksm, workload, known_bug) -> None:
+    """run=2 must leave no KSM page mapped anywhere. P's regions a and b hold the same 32
+    unique pages (page i of a == page i of b); P forks, then makes a unmergeable (nothing is
+    a KSM page yet, so nothing to break). ksmd scans P before the child (the child's mm goes
+    in behind the cursor): P's b_i waits in the unstable tree, the child's a_i matches it and
+    is turned into a KSM page in place, and that page is the one P's a_i still maps from the
+    fork, in an area that is no longer mergeable. run=2 never walks it: every counter reads
+    0, yet the page stays a KSM page, its stable node stays, and merge_across_nodes refuses
+    to switch (EBUSY) until P writes to the page or exits. Reduced from the knob chaos (seed
+    167548195), the same on 6.1 and 6.12 (kernel_bugs ``ksm-page-outside-mergeable-vma``)."""
+    require_knob(ksm, "merge_across_nodes")
+    known_bug("ksm-page-outside-mergeable-vma")
+    p = workload(name="P")
+    for name in ("a", "b"):
+        p.alloc(name, 32, "unique:62")
+        p.madvise(name, "merge")
+    p.fork(1)
+    p.madvise("a", "unmerge")
+    ksm.set("run", 1)
+    # P's b, the child's a and b: 32 KSM pages with 3 rmap items each
+    ksm.wait_counts({"pages_shared": 32, "pages_sharing": 64, "pages_unshared": 0,
+                     "pages_volatile": 0}, what="P's b and the child's a and b merged")
+    p.children_verify()
+    assert p.children_exit() == [0]
+    ksm.set("run", RUN_UNMERGE, timeout=300)
+    ksm.assert_counts(ZERO_COUNTS, "after run=2")
+    mode = int(ksm.get("merge_across_nodes"))
+    try:
+        ksm.set("merge_across_nodes", 1 - mode)
+    except KsmWriteError as refused:
+        raise AssertionError(f"merge_across_nodes={1 - mode} refused ({refused.errno_name}) "
+                             "after run=2 with every counter 0: a stable node is still busy"
+                             ) from None
+    ksm.set("merge_across_nodes", mode)
+    left = p.pageflags("a")  # where kpageflags can be read: no KSM page is left
+    assert left["ksm"] == 0, f"P's unmergeable a still maps KSM pages after run=2: {left}"
+    p.verify()
+
+
 def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> None:  # type: ignore[no-untyped-def]
     """/proc/PID/ksm_merging_pages and ksm_stat of a child forked after merging count the
     child's own merged pages, not the parent's too. Kernels from 5.19 until the fix
