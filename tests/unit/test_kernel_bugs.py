@@ -51,8 +51,20 @@ def test_banner_decides_over_a_debian_release() -> None:
 
 def test_every_known_bug_names_its_fix_and_versions() -> None:
     for bug in kernel_bugs.KNOWN_BUGS.values():
-        assert bug.fix and bug.fixed_in and kernel_bugs.parse_version(bug.introduced)
-        assert all(kernel_bugs.parse_version(v) for v in bug.fixed_in)
+        assert bug.fix and kernel_bugs.parse_version(bug.introduced)
+        assert all(kernel_bugs.parse_version(v) for v in bug.fixed_in + bug.fixed_unknown)
+        # a bug with no fix says so, and then affects every release since it came in
+        assert bug.fixed_in or "no upstream fix" in bug.fix, bug.id
+        if not bug.fixed_in:
+            assert bug.affects(kernel_bugs.parse_version("7.3")), bug.id
+
+
+def test_stable_lines_with_an_unknown_fix_release_get_no_excuse() -> None:
+    bug = kernel_bugs.KNOWN_BUGS["kpageflags-ksm-all-anon"]
+    assert bug.affects(kernel_bugs.parse_version("6.12.117"))
+    assert not bug.affects(kernel_bugs.parse_version("6.18.3"))  # fixed somewhere in 6.18.y
+    assert not bug.affects(kernel_bugs.parse_version("6.9.4"))   # before it came in
+    assert not bug.affects(kernel_bugs.parse_version("7.2"))
 
 
 GATED_TEST = """
