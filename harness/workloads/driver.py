@@ -373,7 +373,8 @@ class Workload:
         """/proc/kpageflags of the PFNs saved by :meth:`kpf_save`, mapped or not: saved, ksm,
         swapcache, ksm_swapcache (both), mapped, unreadable."""
         f = self.command(f"kpf {name}", self._timeout(self._pages(name))).fields
-        return PageCounts(f, ("ksm", "ksm_swapcache"), self.name, f"kpf {name}")
+        # all about KSM pages, and copied whole by its callers: refuse at once where it lies
+        return PageCounts(f, ("ksm", "ksm_swapcache"), self.name, f"kpf {name}").known()
 
     def race_forks(self, path: str, value: int | str, keep: int,
                    probe: tuple[int, int, int] | None = None, delay_ms: int | None = None,

@@ -43,6 +43,13 @@ class PageCounts(dict[str, int]):
         super().__init__({k: int(v) for k, v in fields.items()
                           if k != "kpf_ksm_lies" and k not in self.unknown})
 
+    def known(self) -> PageCounts:
+        """This answer, or CheckUnavailable now when its KSM counts cannot be read (for an
+        answer that is copied, not read key by key)."""
+        for key in self.unknown:
+            self[key]
+        return self
+
     def get(self, key: str, default: int | None = None) -> int | None:  # type: ignore[override]
         return self[key] if key in self.unknown else super().get(key, default)
 

@@ -388,7 +388,10 @@ def test_page_counts_refuse_ksm_counts_where_kpageflags_lies() -> None:
     for read in (lambda: counts["ksm"], lambda: counts.get("ksmpfns")):
         with pytest.raises(wl.CheckUnavailable, match="cannot check on this kernel: ksm"):
             read()
+    with pytest.raises(wl.CheckUnavailable):
+        counts.known()
     believed = wl.PageCounts({**fields, "kpf_ksm_lies": "0"}, ("ksm", "ksmpfns"))
+    assert believed.known() is believed
     assert believed == {"present": 4, "swapped": 0, "ksm": 4, "ksmpfns": 4}
 
 
