@@ -62,8 +62,9 @@ class PageCounts(dict[str, int]):
 
 def refusal(workload: str, line: str, text: str) -> WorkloadError:
     """What an ``err`` reply (other than corruption or a crash) raises."""
-    if "kpageflags-ksm-unreliable" in text:  # race's probe
-        return CheckUnavailable(f"cannot check on this kernel: {text.removeprefix('err ')}",
+    if "kpageflags-ksm-unreliable" in text:  # race's probe: "err race: probe: kpageflags-..."
+        who = text.removeprefix("err ").split(": kpageflags-ksm-unreliable")[0]
+        return CheckUnavailable(f"cannot check on this kernel: {who}: {KPF_KSM_LIES}",
                                 workload, line, text)
     return WorkloadError(f"workload '{workload}' refused '{line}': {text}", workload, line,
                          text)

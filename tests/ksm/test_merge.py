@@ -22,6 +22,7 @@ from harness.ksm import (
     KsmNoProgress,
     KsmWriteError,
     Layout,
+    count_mismatches,
     selected_value,
 )
 from harness.ksm.race import RaceNotExercised, RaceRecord, ksm_file
@@ -78,11 +79,9 @@ def wait_chains_accounted(ksm: Ksm, exp: dict[str, int], what: str) -> None:
     packed number."""
     plain = exp["pages_shared"] - exp["stable_node_dups"]
     merged = exp["pages_shared"] + exp["pages_sharing"]
-    volatile = "pages_volatile" if ksm.lumped else ""  # smart_scan: see count_mismatches
-    ksm.wait_merged(lambda c: (c["pages_volatile"] == 0 or bool(volatile))
-                    and c["pages_unshared"] + c.get(volatile, 0) == exp["pages_unshared"]
+    exact = {k: exp[k] for k in ("pages_unshared", "pages_volatile", "stable_node_chains")}
+    ksm.wait_merged(lambda c: not count_mismatches(c, exact, ksm.lumped)
                     and c["pages_shared"] + c["pages_sharing"] == merged
-                    and c["stable_node_chains"] == exp["stable_node_chains"]
                     and c["pages_shared"] - c["stable_node_dups"] == plain
                     and c["stable_node_dups"] >= exp["stable_node_dups"],
                     pages=merged + exp["pages_unshared"], exact=True,

@@ -21,6 +21,7 @@ import pytest
 from harness import workloads as wl
 from harness.errors import MissingPackageError
 from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadTimeout
+from harness.workloads.protocol import refusal
 from tests.fakes import LocalSpawner
 
 sys.path.insert(0, str(wl.WORKLOADS_DIR))
@@ -403,3 +404,11 @@ def test_pageflags_checks_kpageflags_once_and_says_so(work: Workload) -> None:
         assert flags["ksm"] == 0  # this host's kernel reads a never-merged page right
     work.trust_kpageflags()
     assert work.pageflags("r")["present"] == 8
+
+
+def test_race_probe_refusal_is_a_skip_with_the_reason() -> None:
+    e = refusal("c0", "race /x 2 fork 1", "err race: probe: kpageflags-ksm-unreliable")
+    assert isinstance(e, wl.CheckUnavailable)
+    assert str(e).startswith("cannot check on this kernel: race: probe: this kernel's /proc/")
+    other = refusal("c0", "alloc r 1 x", "err alloc: bad pattern")
+    assert type(other) is WorkloadError and "refused 'alloc r 1 x'" in str(other)
