@@ -149,13 +149,17 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
     a = workload(name="A")  # forks during run=2
     b = workload(name="B", cgroup=group)  # swapped to zram, faulted in
     n = 400
-    for w, useed in ((a, 1), (b, 2)):
-        w.alloc("n0", n, "same:21", node=0)
-        w.alloc("n1", n, "same:21", node=1)
+    # A and B hold different contents. A KSM page stays charged to the memory cgroup of the
+    # page KSM turned into it, and which page that is depends on scan order: shared with A,
+    # B's pages were at times all charged outside B's group, and memory.reclaim found none.
+    for w, same, useed in ((a, "same:21", 1), (b, "same:25", 2)):
+        w.alloc("n0", n, same, node=0)
+        w.alloc("n1", n, same, node=1)
         w.alloc("u", 64, f"unique:{useed}", node=0)
         for region in w.regions:
             w.madvise(region, "merge")
-    layout = (Layout().same("same:21", 2 * n, node=0).same("same:21", 2 * n, node=1)
+    layout = (Layout().same("same:21", n, node=0).same("same:21", n, node=1)
+              .same("same:25", n, node=0).same("same:25", n, node=1)
               .same("same:22", big, node=1).unique(128))
     records = []
 
