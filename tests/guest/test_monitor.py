@@ -63,13 +63,11 @@ def test_frozen_qemu_is_a_hang_with_evidence(outcomes) -> None:
 def test_d_state_task_is_reported_by_the_kernel(outcomes) -> None:
     status, text = outcomes["test_d_d_state_hang"]
     assert status == "failure"
-    # The kernel's own hung-task report (hung_task_timeout 30 s, checked every 30 s) ends the
-    # wait as soon as it is printed, and is the title; if it comes after our 50 s deadline,
-    # our hang verdict is, with the blocked task in the sysrq-w dump collected through QMP.
-    # Either way the other tasks' stacks follow (a hung-task report shows only the waiter).
+    # The kernel's own hung-task report (the case sets hung_task_timeout to 10 s) ends the
+    # 50 s wait as soon as it is printed, and is the title; the other tasks' stacks follow
+    # (a hung-task report shows only the waiter), from sysrq w through QMP.
     first = text.split("\n", 1)[0]
-    assert first.startswith(("INFO: task", "guest hung: guest command still running after 50s")), \
-        text[:500]
+    assert first.startswith("INFO: task"), text[:500]
     assert "state:D" in text, text[:3000]
     assert "Show Blocked State" in text, text[:3000]
 
