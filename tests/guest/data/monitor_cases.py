@@ -25,7 +25,7 @@ def test_c_frozen_qemu(vm):
 
 def test_d_d_state_hang(vm):
     # A real in-guest hang: a writer blocks in D state on a frozen file system; the kernel's
-    # hung-task detector reports it by itself (10 s here: 120 s in our guests, past this
+    # hung-task detector reports it by itself (10 s here: 140 s in our guests, past this
     # wait's deadline).
     vm.run("echo 10 > /proc/sys/kernel/hung_task_timeout_secs && fsfreeze -f /", timeout=30,
            check=True)
