@@ -24,6 +24,7 @@ def populate(workload, group):  # type: ignore[no-untyped-def]
     return (a, b, d), layout
 
 
+
 def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:  # type: ignore[no-untyped-def]
     """After pages came back from swap, only the invariant is exact: every page is under KSM
     again and none is volatile. The dups of a max_page_sharing chain regroup in whatever
