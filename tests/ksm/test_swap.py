@@ -1,5 +1,5 @@
 """Scenarios 4 and 5: KSM pages in swap (a virtio swap disk and zram), swapoff racing run=2,
-and THP split by KSM (compaction of zram's pages: `test_zram_compaction.py`).
+compaction moving zram's non-LRU pages while KSM merges, and THP split by KSM.
 
 Pages reach swap through a memory cgroup's memory.reclaim (memory.max squeezes KSM pages
 badly: they are charged once). While they are out, ksmd drops their rmap items; faulted back
@@ -9,7 +9,8 @@ Seeds 000 and 003: a KSM page faulted back from swapcache after run=2's unmerge 
 swapoff's unuse_pte() bringing a KSM page back from swapcache while run=2 unmerges, must both
 get a private copy: after run=2, no page anywhere may map a KSM page. Both scenarios first put
 KSM pages in swapcache (the disk, MADV_PAGEOUT; checked through pagemap and kpageflags) and
-prove the overlap with guest timestamps, or end as "race not exercised" (a skip).
+prove the overlap with guest timestamps, or end as "race not exercised" (a skip). Seed 001 (non-LRU movable pages, e.g.
+zsmalloc's): compaction migrates zram's pages while KSM pages are swapped out, in and merged.
 
 This module's guest has a 512 MiB raw disk with serial "swap" (found in /sys/block/*/serial).
 """
@@ -34,7 +35,6 @@ from harness.ksm.race import (
 )
 from harness.pytest_plugin.ksm import exercise_race, skip_unless
 from harness.workloads import Workload
-from tests.ksm.swapping import populate, wait_accounted_then_exact
 
 SWAP_DISK_MB = 512
 # After reclaim only D's 2048 pages (one content, 8 full dups) are still in the trees; the
@@ -74,6 +74,25 @@ def swap_device(swap_kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("swap_disk" if swap_kind == "disk" else "zram_swap"))
 
 
+def populate(workload, group):  # type: ignore[no-untyped-def]
+    """A and B in the cgroup (to be swapped), D outside it (stays present, so run=2 has work
+    while other pages come back from swap)."""
+    a = workload(name="A", cgroup=group)
+    b = workload(name="B", cgroup=group)
+    d = workload(name="D")
+    a.alloc("s", 1536, "same:81")
+    a.alloc("u", 256, "unique:81")
+    b.alloc("s", 1024, "same:81")
+    b.alloc("h", 512, "half:83")
+    d.alloc("s", 2048, "same:82")
+    for w in (a, b, d):
+        for region in w.regions:
+            w.madvise(region, "merge")
+    layout = (Layout().same("same:81", 2560).unique(256).same("same:83", 256).unique(256)
+              .same("same:82", 2048))
+    return (a, b, d), layout
+
+
 def swapped_out(*regions) -> int:  # type: ignore[no-untyped-def]
     return sum(w.pageflags(name)["swapped"] for w, name in regions)
 
@@ -110,6 +129,31 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: 
     assert delta["pswpout"] > 0 and delta["pswpin"] > 0, delta
     print(f"{swap_device}: {out} pages swapped out; vmstat {delta}")
     wait_accounted_then_exact(ksm, layout, "swap-in", (a, b, d))
+
+
+def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:  # type: ignore[no-untyped-def]
+    """After pages came back from swap, only the invariant is exact: every page is under KSM
+    again and none is volatile. The dups of a max_page_sharing chain regroup in whatever
+    order pages come back, and a KSM page faulted back from swapcache rejoins its KSM page
+    past the limit (cmp_and_merge_page's max_page_sharing_bypass for a page that is already
+    KSM): a chain may end with fewer, fuller dups, and a last page of its content may find
+    no dup with room and no unstable twin, so it stays unshared. Seen: 17 dups + 1 unshared
+    page, and 17 dups holding 2 more sharers, where a fresh merge gives 18 dups. Then, after
+    a full unmerge of pages that went through swap (seed 000), a fresh merge must reach the
+    exact counts again."""
+    exp = layout.expected()
+    total = sum(exp[k] for k in ("pages_shared", "pages_sharing", "pages_unshared"))
+    ksm.wait_merged(lambda c: c["pages_volatile"] == 0 and total == sum(
+        c[k] for k in ("pages_shared", "pages_sharing", "pages_unshared")), pages=total,
+        expect=f"all {total} pages under KSM again after {after}", exact=True)
+    for w in workloads:
+        w.verify()
+    ksm.unmerge_all()
+    ksm.set("run", 1)
+    ksm.wait_counts(exp, what=f"merged again after {after} and a full unmerge")
+    for w in workloads:
+        w.verify()
+
 
 
 # KSM pages mapped once each (MADV_PAGEOUT skips a page mapped more than once), swapped out
@@ -254,6 +298,35 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
         return rec
 
     exercise_race(request.node, "swapoff during run=2", attempt)
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_swap: str,  # type: ignore[no-untyped-def]
+                                                ksm_guest: KsmGuest, rounds: int) -> None:
+    sh = ksm_guest.sh
+    group = memcg("compact")
+    (a, b, d), layout = populate(workload, group)
+    ksm.set("run", 1)
+    ksm.wait_counts(layout.expected(), what="merged")
+    before = guestsys.vmstat(sh)
+    for r in range(rounds):
+        group.reclaim()  # zsmalloc pages (non-LRU movable) fill zram
+        a.verify("s")    # some come back while the others stay in zram
+        with skip_unless():
+            took = guestsys.compact(sh)  # migrates LRU and non-LRU movable pages
+        # zsmalloc's own compaction moves zram's objects between its pages too.
+        sh.run(f"echo 1 > /sys/block/{zram_swap.rsplit('/', 1)[-1]}/compact", timeout=120)
+        b.verify()
+        print(f"round {r}: compaction took {took:.2f}s")
+    delta = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "compact_migrate_scanned",
+                                  "compact_isolated", "pgmigrate_success", "pswpout",
+                                  "ksm_swpin_copy")
+    mm_stat = sh.run(f"cat /sys/block/{zram_swap.rsplit('/', 1)[-1]}/mm_stat").stdout.split()
+    print(f"vmstat: {delta}; zram mm_stat: {mm_stat}")
+    assert delta["compact_migrate_scanned"] > 0 and delta["pswpout"] > 0, delta
+    for w in (a, b, d):
+        w.verify()
+    wait_accounted_then_exact(ksm, layout, "compaction rounds", (a, b, d))
 
 
 def test_thp_split_and_merged(ksm: Ksm, workload, thp_mode) -> None:  # type: ignore[no-untyped-def]
