@@ -70,7 +70,11 @@ class QemuConfig:
         topo = self.topology
         ncpu = topo.cpus
         args = [QEMU, "-name", self.name, "-M", "pc", "-accel", self.accel,
-                "-cpu", "max" if self.accel == "tcg" else "host",
+                # no ERMS under TCG: the kernel then clears a page with 512 stores (rep
+                # stosq), not 4096 (rep stosb). TCG at times makes each store to some pages
+                # slow, and a fault that cleared one page then took up to ~1 s (README
+                # "Boot parameters")
+                "-cpu", "max,-erms" if self.accel == "tcg" else "host",
                 # one CPU per socket: CPUs on different NUMA nodes must not share an LLC,
                 # or every kernel prints a topology_sane WARNING at boot
                 "-smp", f"{ncpu},sockets={ncpu},cores=1,threads=1",
