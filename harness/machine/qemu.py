@@ -71,9 +71,8 @@ class QemuConfig:
         ncpu = topo.cpus
         args = [QEMU, "-name", self.name, "-M", "pc", "-accel", self.accel,
                 # no ERMS under TCG: the kernel then clears a page with 512 stores (rep
-                # stosq), not 4096 (rep stosb). TCG at times makes each store to some pages
-                # slow, and a fault that cleared one page then took up to ~1 s (README
-                # "Boot parameters")
+                # stosq), not 4096 (rep stosb): under TCG a fault that cleared one page at
+                # times took up to ~1 s with rep stosb (README "Boot parameters")
                 "-cpu", "max,-erms" if self.accel == "tcg" else "host",
                 # one CPU per socket: CPUs on different NUMA nodes must not share an LLC,
                 # or every kernel prints a topology_sane WARNING at boot
