@@ -103,7 +103,7 @@ def _interactive(vm, run_dir: Path) -> int:
     """An SSH shell when the ssh client exists, else the serial console."""
     import shutil
     if shutil.which("ssh") and vm.ssh is not None:
-        key = run_dir / "id_ed25519"
+        key = run_dir / "id_ecdsa"
         key.write_text("")
         key.chmod(0o600)
         vm.ssh.client_key.write_private_key_file(str(key))

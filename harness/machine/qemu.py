@@ -1,4 +1,5 @@
-"""The one place that knows QEMU's command line and the guest kernel's boot parameters."""
+"""The one place that knows QEMU's command line and the guest kernel's boot parameters
+and sysctls."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,6 +41,23 @@ BASE_CMDLINE: tuple[str, ...] = (
 )
 
 
+# Guest sysctls, written by the initramfs before anything else runs.
+GUEST_SYSCTLS: dict[str, str] = {
+    "kernel.numa_balancing": "0",          # no page moves behind a test's back
+    "kernel.sysrq": "1",                   # every sysrq function, for hang evidence
+    # A D-state task is reported by the kernel itself after 140 s (syzkaller's value for VMs;
+    # the kernel's default is 120 s): under TCG the guest runs many times slower than on
+    # hardware, and with 30 s ksmd was reported waiting on ksm_thread_mutex while a run=2 ran
+    # (busy in the page allocator) for over 30 s, where it takes 0.3-1.3 s (10 s once in 103).
+    # Our own deadlines name shorter hangs, with the blocked tasks' stacks (sysrq w via QMP).
+    "kernel.hung_task_timeout_secs": "140",
+    "kernel.hung_task_warnings": "-1",
+    "kernel.panic_on_oops": "0",           # an oops is reported; SSH usually survives it
+    "kernel.printk": "7 4 1 7",            # every kernel message reaches the console log
+    "vm.swappiness": "100",
+}
+
+
 @dataclass
 class QemuConfig:
     kernel: Path
@@ -55,6 +73,11 @@ class QemuConfig:
     cmdline_extra: tuple[str, ...] = ()
     name: str = "ksm-guest"
     extra_args: list[str] = field(default_factory=list)
+    # Guest RAM in files ram_dir/ram<node> (snapshots, harness/machine/snapshot.py): shared
+    # with the file while a snapshot is being made, a private copy-on-write view of the
+    # saved file in a restored guest.
+    ram_dir: Path | None = None
+    ram_shared: bool = False
 
     def disk_serials(self) -> list[str]:
         """The serial of every disk attached, in argv() order; the initramfs waits for each
@@ -89,8 +112,11 @@ class QemuConfig:
             for i, node in enumerate(topo.nodes):
                 cpus = f"{cpu}-{cpu + node.cpus - 1}" if node.cpus > 1 else str(cpu)
                 cpu += node.cpus
-                args += ["-object", f"memory-backend-ram,id=mem{i},size={node.mem_mb}M",
+                args += ["-object", self._memory_backend(i, node.mem_mb),
                          "-numa", f"node,nodeid={i},cpus={cpus},memdev=mem{i}"]
+        elif self.ram_dir is not None:
+            args += ["-object", self._memory_backend(0, topo.mem_mb),
+                     "-machine", "memory-backend=mem0"]
         # Every disk has a serial, by which the guest finds it: its guest-side name (vda,
         # vdb, ...) follows PCI slot order and so depends on which disks are attached.
         slot = 4
@@ -115,3 +141,16 @@ class QemuConfig:
                             f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                  "-device", "virtio-net-pci,netdev=net0,romfile=,addr=0x3"]
         return args + self.extra_args
+
+    def ram_files(self) -> list[Path]:
+        """The files that hold the guest's RAM, one per NUMA node (none without ram_dir)."""
+        if self.ram_dir is None:
+            return []
+        return [self.ram_dir / f"ram{i}" for i in range(len(self.topology.nodes))]
+
+    def _memory_backend(self, i: int, mem_mb: int) -> str:
+        if self.ram_dir is None:
+            return f"memory-backend-ram,id=mem{i},size={mem_mb}M"
+        share = "on" if self.ram_shared else "off"
+        return (f"memory-backend-file,id=mem{i},size={mem_mb}M,"
+                f"mem-path={self.ram_files()[i]},share={share}")

@@ -2,11 +2,10 @@
 stop it. Nothing here knows KSM."""
 from __future__ import annotations
 
-import os
-import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,29 +24,12 @@ from harness.console.reader import Console, ConsoleTimeout
 from harness.errors import VMError
 from harness.machine import snapshot
 from harness.machine.accel import Accel
-from harness.machine.qemu import QemuConfig
+from harness.machine.qemu import GUEST_SYSCTLS, QemuConfig
 from harness.machine.qmp import QMP, QMPError
 from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
-
-# Guest sysctls, written by the initramfs before anything else runs.
-GUEST_SYSCTLS: dict[str, str] = {
-    "kernel.numa_balancing": "0",          # no page moves behind a test's back
-    "kernel.sysrq": "1",                   # every sysrq function, for hang evidence
-    # A D-state task is reported by the kernel itself after 140 s (syzkaller's value for VMs;
-    # the kernel's default is 120 s): under TCG the guest runs many times slower than on
-    # hardware, and with 30 s ksmd was reported waiting on ksm_thread_mutex while a run=2 ran
-    # (busy in the page allocator) for over 30 s, where it takes 0.3-1.3 s (10 s once in 103).
-    # Our own deadlines name shorter hangs, with the blocked tasks' stacks (sysrq w via QMP).
-    "kernel.hung_task_timeout_secs": "140",
-    "kernel.hung_task_warnings": "-1",
-    "kernel.panic_on_oops": "0",           # an oops is reported; SSH usually survives it
-    "kernel.printk": "7 4 1 7",            # every kernel message reaches the console log
-    "vm.swappiness": "100",
-}
-
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -91,6 +73,7 @@ class VM:
         self.stopped = False  # stop() was called: QEMU's exit is ours, not a crash
         self.snapshot_key: str | None = None
         self.restored: snapshot.Snapshot | None = None  # the snapshot this guest started from
+        self._ram_dir: Path | None = None  # RAM files of a guest that makes a snapshot
 
     # --- preparation ------------------------------------------------------------------
     def _prepare(self) -> QemuConfig:
@@ -109,8 +92,8 @@ class VM:
             "guest-init.sh": ((init_dir / "guest-init.sh").read_bytes(), 0o755),
             "sshd_config": ((init_dir / "sshd_config").read_bytes(), 0o644),
             "authorized_keys": ((client.public_line + "\n").encode(), 0o600),
-            "ssh_host_ed25519_key": (host.private_openssh, 0o600),
-            "ssh_host_ed25519_key.pub": ((host.public_line + "\n").encode(), 0o644),
+            "ssh_host_ecdsa_key": (host.private_openssh, 0o600),
+            "ssh_host_ecdsa_key.pub": ((host.public_line + "\n").encode(), 0o644),
             "sysctl.list": (sysctl.encode(), 0o644),
         }
         overlay = image.overlay(spec.base_image, self.dir / "root-overlay.qcow2")
@@ -126,7 +109,7 @@ class VM:
         files["disks.list"] = ("".join(f"{s}\n" for s in cfg.disk_serials()).encode(), 0o644)
         initramfs.compose(spec.kernel, files, cfg.initrd)
         if spec.snapshots:
-            secret = ("authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub")
+            secret = ("authorized_keys", "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub")
             self.snapshot_key = snapshot.key(
                 cfg.argv(), self.dir, {n: v for n, (v, _) in files.items() if n not in secret})
         return cfg
@@ -140,7 +123,9 @@ class VM:
         (self.dir / "root-overlay.qcow2").unlink(missing_ok=True)
         image.overlay(snap.disk, self.dir / "root-overlay.qcow2")
         cfg.initrd = snap.initrd
-        cfg.extra_args = [*cfg.extra_args, "-incoming", f"exec:cat {shlex.quote(str(snap.state))}"]
+        cfg.ram_dir, cfg.ram_shared = snap.dir, False  # the saved RAM, copy-on-write
+        # the stream is loaded once QMP has set x-ignore-shared (_wait_restored)
+        cfg.extra_args = [*cfg.extra_args, "-incoming", "defer"]
         self.console_log.write_bytes(snap.console.read_bytes())
         self.restored = snap
 
@@ -195,9 +180,20 @@ class VM:
                 snap.remove()
                 self.restored = None
                 self.config = self._prepare()
+        self._ram_for_saving(self.config)
         self.timings["prepare"] = time.monotonic() - t0
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
+
+    def _ram_for_saving(self, cfg: QemuConfig) -> None:
+        """A cold boot that will save a snapshot keeps its RAM in shared files, so that the
+        snapshot's migration stream can leave RAM out (snapshot.py)."""
+        if self.snapshot_key is None or self.restored is not None:
+            return
+        if self._ram_dir is not None:  # a new QEMU starts with zeroed RAM, as with -m
+            shutil.rmtree(self._ram_dir, ignore_errors=True)
+        self._ram_dir = snapshot.ram_dir()
+        cfg.ram_dir, cfg.ram_shared = self._ram_dir, True
 
     def wait_ready(self) -> VM:
         """Wait for the guest's ready marker and a working SSH login."""
@@ -292,6 +288,8 @@ class VM:
         try:
             qmp.connect(10)
             self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
+            assert self.restored is not None
+            snapshot.load(self.restored, qmp.command)
             status = qmp.status()
             while status in ("inmigrate", "prelaunch") and time.monotonic() < deadline:
                 if self.alive():
@@ -322,6 +320,7 @@ class VM:
         self._kill()
         self.restored = None
         self.config = self._prepare()
+        self._ram_for_saving(self.config)
         self.config.ssh_port = self.port = _free_port()
         self.console_log.unlink(missing_ok=True)
         self._spawn(self.config)
@@ -336,26 +335,18 @@ class VM:
             if snap is None:
                 return
             try:
-                self.qmp.command("stop")
-                self.qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(snap.state))}")
-                status = snapshot.wait_migration(self.qmp.command, 120)
-                if status == "completed":
-                    shutil.copyfile(self.dir / "root-overlay.qcow2", snap.disk)
-                    shutil.copyfile(self.config.initrd, snap.initrd)
-                    snap.console.write_text(self.console.text() + "\n")
-                    os.chmod(snap.initrd, 0o600)
-                    client, host = self._keys
-                    for path, pair in ((snap.client_key, client), (snap.host_key, host)):
-                        path.write_bytes(pair.private_openssh)
-                        os.chmod(path, 0o600)
-                self.qmp.command("cont")
-            except QMPError as exc:
+                status = snapshot.save(
+                    snap, self.qmp.command, ram=self.config.ram_files(),
+                    disk=self.dir / "root-overlay.qcow2", initrd=self.config.initrd,
+                    console_text=self.console.text(),
+                    keys=(self._keys[0].private_openssh, self._keys[1].private_openssh))
+            except (QMPError, OSError, subprocess.CalledProcessError) as exc:
                 self.log(f"ksm-harness: no snapshot saved: {exc}")
                 return
             if status != "completed":
                 self.log(f"ksm-harness: no snapshot saved: migration {status}")
                 return
-            size = snap.state.stat().st_size >> 20
+            size = sum(p.stat().st_blocks * 512 for p in snap.dir.iterdir()) >> 20
         self.log(f"ksm-harness: saved the ready guest ({size} MiB, {time.monotonic() - t0:.1f}s):"
                  " later guests of this kernel and topology start from it")
 
@@ -363,6 +354,7 @@ class VM:
         """Kill this QEMU and start it again on a fresh SSH port (same files)."""
         assert self.config is not None
         self._kill()
+        self._ram_for_saving(self.config)
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
 
@@ -412,6 +404,9 @@ class VM:
             (self.dir / name).unlink(missing_ok=True)
         for disk in self.dir.glob("disk-*.raw"):
             disk.unlink(missing_ok=True)
+        if self._ram_dir is not None:
+            shutil.rmtree(self._ram_dir, ignore_errors=True)
+            self._ram_dir = None
 
     def __enter__(self) -> VM:
         return self.start() if self.child is None else self

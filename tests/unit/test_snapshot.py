@@ -24,7 +24,7 @@ def test_the_key_ignores_this_runs_paths_and_port_but_not_the_machine(tmp_path: 
 
 
 def test_restored_guest_first_command_sets_the_hosts_clock() -> None:
-    assert snapshot.clock_command(1796134246.9) == "date -s @1796134246.900 >/dev/null"
+    assert snapshot.clock_command(1796134246.9) == "date -s @1796134246.900"
 
 
 def test_a_snapshot_without_its_boot_keys_is_not_complete(tmp_path: Path) -> None:
@@ -35,5 +35,20 @@ def test_a_snapshot_without_its_boot_keys_is_not_complete(tmp_path: Path) -> Non
     pair = keys.generate("ksm-harness")
     for path in (snap.client_key, snap.host_key):
         path.write_bytes(pair.private_openssh)
+    assert not snap.complete()  # nor without the guest's RAM
+    snap.ram(0).write_text("x")
     assert snap.complete()
     assert keys.load(snap.client_key.read_bytes()).get_base64() == pair.pkey.get_base64()
+
+
+def test_a_dead_harness_ram_files_are_removed_and_a_live_ones_kept(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setattr(snapshot, "SHM", tmp_path)
+    dead = tmp_path / "ksm-harness-ram-999999999-abc"  # no such pid
+    live = tmp_path / "ksm-harness-ram-1-abc"          # init
+    for d in (dead, live):
+        d.mkdir()
+        (d / "ram0").write_text("x")
+    mine = snapshot.ram_dir()
+    assert mine.parent == tmp_path and mine.is_dir()
+    assert not dead.exists() and live.exists()

@@ -90,3 +90,19 @@ def test_every_disk_reports_host_io_errors_to_the_guest() -> None:
     for drive in drives:
         opts = drive.split(",")
         assert "werror=report" in opts and "rerror=report" in opts, drive
+
+
+def test_guest_ram_in_files_shared_to_save_a_snapshot_private_to_restore_one() -> None:
+    cfg = _config(Topology(nodes=parse_numa("512M:1,1G:1")))
+    cfg.ram_dir, cfg.ram_shared = Path("/snap"), True
+    argv = " ".join(cfg.argv())
+    assert "memory-backend-file,id=mem0,size=512M,mem-path=/snap/ram0,share=on" in argv
+    assert "memory-backend-file,id=mem1,size=1024M,mem-path=/snap/ram1,share=on" in argv
+    assert "memory-backend-ram" not in argv
+    cfg.ram_shared = False  # a restored guest writes to its own copy, never to the snapshot
+    assert "mem-path=/snap/ram1,share=off" in " ".join(cfg.argv())
+    one = _config(Topology(nodes=parse_numa("1G")))
+    one.ram_dir = Path("/snap")
+    argv = " ".join(one.argv())
+    assert "-numa" not in argv and "-machine memory-backend=mem0" in argv
+    assert one.ram_files() == [Path("/snap/ram0")]
