@@ -152,15 +152,26 @@ def locked(k: str) -> Iterator[Snapshot | None]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ram_dir() -> Path:
+def _free_mb(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize >> 20
+
+
+def ram_dir(mem_mb: int) -> Path | None:
     """A fresh directory for the RAM files of a guest that will make a snapshot (removed by
-    its VM's stop(); one left by a killed harness is removed by the next one)."""
-    base = SHM if SHM.is_dir() and os.access(SHM, os.W_OK) else paths.cache_dir()
-    for old in base.glob("ksm-harness-ram-*"):
-        pid = old.name.split("-")[3]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"ksm-harness-ram-{os.getpid()}-", dir=base))
+    its VM's stop(); one left by a killed harness is removed by the next one): in /dev/shm,
+    else in the cache; None when neither has room for all of the guest's RAM (a guest whose
+    RAM file hits a full filesystem dies of SIGBUS; a container's /dev/shm is often 64 MB)."""
+    for base in (SHM, paths.cache_dir()):
+        if not (base.is_dir() and os.access(base, os.W_OK)):
+            continue
+        for old in base.glob("ksm-harness-ram-*"):
+            pid = old.name.split("-")[3]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        if _free_mb(base) >= mem_mb + 256:
+            return Path(tempfile.mkdtemp(prefix=f"ksm-harness-ram-{os.getpid()}-", dir=base))
+    return None
 
 
 def copy_ram(files: list[Path], snap: Snapshot) -> None:

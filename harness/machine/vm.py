@@ -192,7 +192,12 @@ class VM:
             return
         if self._ram_dir is not None:  # a new QEMU starts with zeroed RAM, as with -m
             shutil.rmtree(self._ram_dir, ignore_errors=True)
-        self._ram_dir = snapshot.ram_dir()
+        self._ram_dir = snapshot.ram_dir(cfg.topology.mem_mb)
+        if self._ram_dir is None:
+            self.log("ksm-harness: no snapshot will be saved: neither /dev/shm nor the cache "
+                     f"has {cfg.topology.mem_mb} MiB free for the guest's RAM")
+            self.snapshot_key = None
+            return
         cfg.ram_dir, cfg.ram_shared = self._ram_dir, True
 
     def wait_ready(self) -> VM:

@@ -49,6 +49,14 @@ def test_a_dead_harness_ram_files_are_removed_and_a_live_ones_kept(tmp_path: Pat
     for d in (dead, live):
         d.mkdir()
         (d / "ram0").write_text("x")
-    mine = snapshot.ram_dir()
-    assert mine.parent == tmp_path and mine.is_dir()
+    mine = snapshot.ram_dir(64)
+    assert mine is not None and mine.parent == tmp_path and mine.is_dir()
     assert not dead.exists() and live.exists()
+
+
+def test_no_ram_files_where_the_guests_ram_would_not_fit(tmp_path: Path, monkeypatch) -> None:
+    # a guest whose RAM file hits a full filesystem dies of SIGBUS: no snapshot instead
+    monkeypatch.setattr(snapshot, "SHM", tmp_path)
+    monkeypatch.setattr(snapshot.paths, "cache_dir", lambda: tmp_path)
+    assert snapshot.ram_dir(snapshot._free_mb(tmp_path) + 1) is None
+    assert not list(tmp_path.iterdir())
