@@ -198,10 +198,9 @@ def save(snap: Snapshot, command: Callable[..., Any], *, ram: list[Path], disk: 
             shutil.copyfile(disk, snap.disk)
             shutil.copyfile(initrd, snap.initrd)
             snap.console.write_text(console_text + "\n")
-            for path, private in ((snap.initrd, None), (snap.client_key, keys[0]),
-                                  (snap.host_key, keys[1])):
-                if private is not None:
-                    path.write_bytes(private)
+            snap.client_key.write_bytes(keys[0])
+            snap.host_key.write_bytes(keys[1])
+            for path in (snap.initrd, snap.client_key, snap.host_key):  # secrets
                 os.chmod(path, 0o600)
     finally:
         command("cont")

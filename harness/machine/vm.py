@@ -180,7 +180,6 @@ class VM:
                 snap.remove()
                 self.restored = None
                 self.config = self._prepare()
-        self._ram_for_saving(self.config)
         self.timings["prepare"] = time.monotonic() - t0
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
@@ -190,7 +189,7 @@ class VM:
         snapshot's migration stream can leave RAM out (snapshot.py)."""
         if self.snapshot_key is None or self.restored is not None:
             return
-        if self._ram_dir is not None:  # a new QEMU starts with zeroed RAM, as with -m
+        if self._ram_dir is not None:  # the files of the QEMU this one replaces
             shutil.rmtree(self._ram_dir, ignore_errors=True)
         self._ram_dir = snapshot.ram_dir(cfg.topology.mem_mb)
         if self._ram_dir is None:
@@ -236,6 +235,7 @@ class VM:
         raise VMError("no free port for SSH forwarding after 5 tries")
 
     def _spawn(self, cfg: QemuConfig) -> None:
+        self._ram_for_saving(cfg)  # every new QEMU of a cold boot: fresh, zeroed RAM files
         argv = cfg.argv()
         (self.dir / "qemu-cmdline.txt").write_text(" ".join(argv) + "\n")
         self.t_spawn = time.monotonic()
@@ -325,7 +325,6 @@ class VM:
         self._kill()
         self.restored = None
         self.config = self._prepare()
-        self._ram_for_saving(self.config)
         self.config.ssh_port = self.port = _free_port()
         self.console_log.unlink(missing_ok=True)
         self._spawn(self.config)
@@ -359,7 +358,6 @@ class VM:
         """Kill this QEMU and start it again on a fresh SSH port (same files)."""
         assert self.config is not None
         self._kill()
-        self._ram_for_saving(self.config)
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
 
