@@ -77,10 +77,7 @@ class Monitor:
         self._classifier = StreamClassifier()
         self.current: TestWindow | None = None
         assert vm.console is not None
-        # Lines before the monitor attached (the boot) are classified first.
-        for line in vm.console.lines:
-            self._feed(line)
-        vm.console.add_listener(self._feed)
+        vm.console.add_listener(self._feed)  # the boot's lines first, none lost between
 
     def _feed(self, line: str) -> None:
         with self._lock:
@@ -119,7 +116,7 @@ class Monitor:
         """Every report not claimed yet that starts before ``before_line`` (all of them when
         None), as findings; allowed categories are claimed and dropped."""
         reports = self.flush()
-        out = []
+        mine = []
         with self._lock:
             while self._claimed < len(reports):
                 r = reports[self._claimed]
@@ -127,10 +124,13 @@ class Monitor:
                     break
                 self._claimed += 1
                 if r.category not in allow:
-                    console = self.vm.console
-                    arrived = console.arrived(r.start_line) if console else None
-                    out.append(report_finding(r, phase, arrived))
-        return out
+                    mine.append(r)
+        # The console's lock is taken only after ours is released: its reader thread holds
+        # the console's lock while it feeds us (taking ours), so the other order deadlocks
+        # the run (seen in CI: a claim while sysrq output streamed in).
+        console = self.vm.console
+        return [report_finding(r, phase, console.arrived(r.start_line) if console else None)
+                for r in mine]
 
     # --- per-test windows -----------------------------------------------------------------
     def _kmsg(self, what: str, test: str) -> str:

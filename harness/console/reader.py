@@ -46,7 +46,12 @@ class Console:
 
     # --- reading -------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
+        """Call ``fn`` with every line so far, then with each new line, from the reader
+        thread while it holds this console's lock (so a waiter that sees a line knows every
+        listener has seen it): ``fn`` must not wait on this console."""
         with self._cond:
+            for line in self.lines:
+                fn(line)
             self._listeners.append(fn)
 
     def _reader(self) -> None:

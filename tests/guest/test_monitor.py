@@ -15,11 +15,20 @@ from tests.helpers import REPO
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
     junit = tmp_path_factory.mktemp("monitor") / "junit.xml"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(REPO / "tox.ini"), "--rootdir", str(REPO),
-         "-p", "no:cacheprovider", "-q", f"--junitxml={junit}",
-         str(REPO / "tests/guest/data/monitor_cases.py")],
-        cwd=REPO, capture_output=True, text=True, timeout=1500)
+    argv = [sys.executable, "-m", "pytest", "-c", str(REPO / "tox.ini"), "--rootdir", str(REPO),
+            "-p", "no:cacheprovider", "-q", "-s", f"--junitxml={junit}",
+            # a case that outlives this dumps every thread's stack: a hang's evidence
+            "-o", "faulthandler_timeout=240",
+            str(REPO / "tests/guest/data/monitor_cases.py")]
+    try:  # the cases take ~2 min here, ~2.5 min with both cores busy
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \
+            else (exc.stdout or "")
+        err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) \
+            else (exc.stderr or "")
+        pytest.fail(f"the monitor's cases did not finish in 900 s; their output:\n{out[-6000:]}"
+                    f"\n--- stderr (stacks dumped by faulthandler) ---\n{err[-20000:]}")
     assert junit.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, tuple[str, str]] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
