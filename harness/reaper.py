@@ -23,7 +23,7 @@ from harness.paths import runs_root
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _teardowns: dict[int, Callable[[], None]] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: SIGTERM may land while the main thread holds it
 _installed = False
 
 
