@@ -13,7 +13,7 @@ from harness.guestsys import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
 from harness.ksm.guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
-from harness.workloads import CheckUnavailable
+from harness.workloads import CheckUnavailable, Workload
 
 # A race scenario tries this often to reach its precondition (each try costs a merge and an
 # unmerge under TCG: keep it small, the suite's budget is 10 minutes).
@@ -84,6 +84,14 @@ def require_nodes(ksm_guest: KsmGuest, count: int) -> list[int]:
         pytest.skip(f"needs {count} NUMA nodes, the guest has {len(ksm_guest.nodes)}: boot "
                     f"with --numa {count}")
     return ksm_guest.nodes
+
+
+def on_nodes(w: Workload, region: str) -> tuple[int, int]:
+    """(pages on node 0, pages on node 1) of a workload's region, from move_pages(nodes=NULL);
+    every page must be present and on one of the two."""
+    n = w.nodes(region)
+    assert not n.errors and n.other == 0, f"{w.name}/{region}: pages not present? {n}"
+    return n.node0, n.node1
 
 
 def xfail_mark(bug_id: str, release: str, banner: str = "",

@@ -2,6 +2,7 @@
 
 - ``ksm_guest`` (module): the module's guest, checked for KSM, with the workloads uploaded once
   and KSM's boot-time knob values recorded.
+- ``two_nodes``: skips a test whose guest has fewer than two NUMA nodes.
 - ``ksm`` (test): a :class:`harness.ksm.Ksm` for that guest. Before the test: nothing merged,
   knobs at their boot values, then fast scanning (pages_to_scan=10000, sleep_millisecs=0),
   smart_scan=0 where the kernel has it (6.7+; ``scan_mode``: a test with @SCAN_MODES runs
@@ -43,6 +44,7 @@ from harness.ksm import (
 from harness.ksm.guest import KsmGuest
 from harness.pytest_plugin.ksm import (
     apply_scan_mode,
+    require_nodes,
     require_scan_mode,
     skip_unless,
     xfail_mark,
@@ -58,6 +60,13 @@ def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
         guest = KsmGuest(vm)
     yield guest
     guest.close()
+
+
+@pytest.fixture
+def two_nodes(ksm_guest: KsmGuest) -> None:
+    """Skips the test, with the reason, on a guest with fewer than two NUMA nodes (a
+    module's ``pytestmark = pytest.mark.usefixtures("two_nodes")``)."""
+    require_nodes(ksm_guest, 2)
 
 
 @pytest.fixture

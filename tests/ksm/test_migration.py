@@ -32,22 +32,13 @@ from harness.access.remote import Runner
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
 from harness.ksm.guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
-from harness.pytest_plugin.ksm import exercise_race, require_nodes, skip_unless
+from harness.pytest_plugin.ksm import exercise_race, on_nodes, skip_unless
 from harness.workloads import Workload
 
 ROUTES = ("move_pages", "mbind", "migrate_pages")
 
 
-@pytest.fixture(autouse=True)
-def two_nodes(ksm_guest: KsmGuest) -> None:
-    require_nodes(ksm_guest, 2)
-
-
-def where(w: Workload, region: str) -> tuple[int, int]:
-    """(pages on node 0, pages on node 1), from move_pages(nodes=NULL)."""
-    n = w.nodes(region)
-    assert not n.errors and n.other == 0, f"{w.name}/{region}: pages not present? {n}"
-    return n.node0, n.node1
+pytestmark = pytest.mark.usefixtures("two_nodes")
 
 
 def migrate(w: Workload, region: str, to: int, route: str, attempts: int = 5) -> int:
@@ -66,7 +57,7 @@ def migrate(w: Workload, region: str, to: int, route: str, attempts: int = 5) ->
             w.migrate(1 - to, to)
         else:
             raise ValueError(f"no route {route!r}")
-        on = where(w, region)
+        on = on_nodes(w, region)
         if on[to] == pages:
             return call
         moved = w.moved(region)
@@ -137,7 +128,7 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload, 
                         what=f"mac={mac}: C merged on node 0 after the KSM pages moved")
         for route, a in movers.items():
             # 1: C merged onto A's KSM page, on node 1; 0: C has its own KSM page on node 0.
-            assert (where(a, route), where(c, route)) == ((0, n), (0, n) if mac else (n, 0)), \
+            assert (on_nodes(a, route), on_nodes(c, route)) == ((0, n), (0, n) if mac else (n, 0)), \
                 f"mac={mac}, {route}: C's pages on the wrong node"
             b.alloc(route, n, content[route], node=1)  # the new node: onto A's moved page
             b.madvise(route, "merge")
@@ -145,7 +136,7 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload, 
         ksm.wait_counts(layout.expected(merge_across_nodes=across),
                         what=f"mac={mac}: B merged on node 1")
         for route in ROUTES:  # with the counters: B maps A's KSM page, none other
-            assert where(b, route) == (0, n), f"mac={mac}, {route}: B's pages"
+            assert on_nodes(b, route) == (0, n), f"mac={mac}, {route}: B's pages"
         for w in (*movers.values(), b, c):
             w.verify()
         ksm.set("run", RUN_UNMERGE, timeout=300)
@@ -169,7 +160,7 @@ def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload, ksm_guest
     a.kpf_save("r")
     known_bug("mbind-ksm-page-node")
     a.mbind("r", 1, move_all=True)
-    on, moved = where(a, "r"), a.moved("r")
+    on, moved = on_nodes(a, "r"), a.moved("r")
     assert on == (0, n), \
         (f"mbind(MPOL_BIND node 1, MPOL_MF_MOVE_ALL) by a task on CPU {cpu} (node 0) left "
          f"A's KSM page on node 0 ({'migrated there' if moved['changed'] else 'not moved'}): "
@@ -253,7 +244,7 @@ def compaction_moves_ksm_pages(ksm: Ksm, sh: Runner, f: Workload, a: Workload, b
     ksm.wait_counts(layout.expected(merge_across_nodes=across),
                     what=f"mac={mac}: C merged on both nodes after compaction")
     assert c.pageflags("p")["ksm"] == m, f"mac={mac}: C did not merge on node {node}"
-    assert where(c, "q") == ((0, m) if mac else (m, 0)), f"mac={mac}: C's pages of node 0"
+    assert on_nodes(c, "q") == ((0, m) if mac else (m, 0)), f"mac={mac}: C's pages of node 0"
     assert c.pageflags("q")["ksm"] == (m if mac else 0), f"mac={mac}: C's pages of node 0"
     for w in (a, b, c):
         w.verify()

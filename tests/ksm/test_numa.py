@@ -29,21 +29,11 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.ksm.guest import KsmGuest
 from harness.ksm.race import Interval, RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import exercise_race, require_nodes
+from harness.pytest_plugin.ksm import exercise_race, on_nodes
 from harness.workloads import Workload
 
-
-@pytest.fixture(autouse=True)
-def two_nodes(ksm_guest: KsmGuest) -> None:
-    require_nodes(ksm_guest, 2)
-
-
-def where(w: Workload, region: str) -> tuple[int, int]:
-    n = w.nodes(region)
-    assert not n.errors and n.other == 0, f"{w.name}/{region}: pages not present? {n}"
-    return n.node0, n.node1
+pytestmark = pytest.mark.usefixtures("two_nodes")
 
 
 def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +50,7 @@ def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None
     ksm.wait_counts(layout.expected(merge_across_nodes=True), what="with merge_across_nodes=1")
     assert ksm.exact_counters()["pages_shared"] == 1
     assert a.pageflags("r")["ksmpfns"] == b.pageflags("r")["ksmpfns"] == 1
-    on = {where(a, "r"), where(b, "r")}
+    on = {on_nodes(a, "r"), on_nodes(b, "r")}
     assert on in ({(100, 0)}, {(0, 100)}), f"A and B map one KSM page, on one node: {on}"
     a.verify()
     b.verify()
@@ -78,7 +68,7 @@ def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(merge_across_nodes=False), what="with merge_across_nodes=0")
     assert ksm.exact_counters()["pages_shared"] == 2
-    assert where(a, "r") == (100, 0) and where(b, "r") == (0, 100), "merged across nodes"
+    assert on_nodes(a, "r") == (100, 0) and on_nodes(b, "r") == (0, 100), "merged across nodes"
     a.verify()
     b.verify()
 
@@ -233,7 +223,7 @@ def move_all(w: Workload, region: str, node: int, timeout: float = 60.0) -> None
     pages = w.regions[region]
     while True:
         result = w.move(region, node, move_all=True)
-        on = where(w, region)[node]
+        on = on_nodes(w, region)[node]
         if on == pages:
             return
         if time.monotonic() > deadline:
@@ -263,7 +253,7 @@ def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload) -> None:  # type: 
     expected = dict(pages_shared=3, pages_sharing=3 * (n - 1), pages_unshared=0,
                     pages_volatile=0, stable_node_chains=1, stable_node_dups=2)
     ksm.wait_counts(expected, what="after A's KSM page moved to node 1 and C came on node 0")
-    assert (where(a, "r"), where(b, "r"), where(c, "r")) == ((0, n), (0, n), (n, 0)), \
+    assert (on_nodes(a, "r"), on_nodes(b, "r"), on_nodes(c, "r")) == ((0, n), (0, n), (n, 0)), \
         "a page merged across nodes"
     for w in (a, b, c):
         w.verify()
@@ -272,11 +262,11 @@ def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload) -> None:  # type: 
     move_all(c, "r", 1)
     expected.update(stable_node_dups=3)
     ksm.wait_counts(expected, what="after C's KSM page moved to node 1")
-    assert where(c, "r") == (0, n)
+    assert on_nodes(c, "r") == (0, n)
     move_all(a, "r", 0)
     expected.update(stable_node_dups=2)
     ksm.wait_counts(expected, what="after A's KSM page moved back to node 0")
-    assert (where(a, "r"), where(b, "r"), where(c, "r")) == ((n, 0), (0, n), (0, n))
+    assert (on_nodes(a, "r"), on_nodes(b, "r"), on_nodes(c, "r")) == ((n, 0), (0, n), (0, n))
     for w in (a, b, c):
         w.verify()
         assert w.pageflags("r")["ksmpfns"] == 1
