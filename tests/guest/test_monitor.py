@@ -20,15 +20,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, s
             # a case that outlives this dumps every thread's stack: a hang's evidence
             "-o", "faulthandler_timeout=240",
             str(REPO / "tests/guest/data/monitor_cases.py")]
-    try:  # the cases take ~2 min here, ~2.5 min with both cores busy
+    try:  # the cases take ~2 min here, ~2.2 min with both cores busy
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \
-            else (exc.stdout or "")
-        err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) \
-            else (exc.stderr or "")
-        pytest.fail(f"the monitor's cases did not finish in 900 s; their output:\n{out[-6000:]}"
-                    f"\n--- stderr (stacks dumped by faulthandler) ---\n{err[-20000:]}")
+        pytest.fail(f"the monitor's cases did not finish in 900 s; their output:\n"
+                    f"{_text(exc.stdout)[-6000:]}\n--- stderr (stacks dumped by faulthandler)"
+                    f" ---\n{_text(exc.stderr)[-20000:]}")
     assert junit.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, tuple[str, str]] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -43,6 +40,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, s
 
 
 TIMES: dict[str, float] = {}
+
+
+def _text(data: bytes | str | None) -> str:
+    """What a timed-out child printed (bytes on POSIX, even with text=True)."""
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 @pytest.fixture(scope="module")

@@ -162,7 +162,7 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
             group.reclaim()  # B's KSM pages to zram; part of them faulted back
             flags = {r: b.pageflags(r) for r in ("n0", "n1")}
             swapped = flags["n0"]["swapped"] + flags["n1"]["swapped"]
-            if swapped == 0:  # a precondition (seen once in ~30 runs, cause not known yet)
+            if swapped == 0:  # a precondition (seen once in ~90 runs, cause not known yet)
                 stat = group.keyed("memory.stat")
                 raise RaceNotExercised(
                     f"memory.reclaim swapped none of B's pages out (B/n0 {flags['n0']}, "
