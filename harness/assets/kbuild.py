@@ -143,17 +143,29 @@ class Toolchain:
     why: str                   # one line for the progress output
 
 
+def _executable(path: Path) -> bool:
+    """A file we can run, links followed: a compiler link left behind by an uninstalled
+    ccache (or pointing at nothing) is no compiler."""
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def toolchain(where: Path, links: Path = CCACHE_LINKS) -> Toolchain:
     """Use ccache without changing the compiler command line the tree was built with: Kbuild
     rebuilds every object whose command line changed, so CC="ccache gcc" on a tree built with
     plain gcc costs a full rebuild. ccache's compiler links on PATH keep "gcc" as it is."""
     env = dict(os.environ)
-    have = shutil.which("ccache") is not None
+    have = shutil.which("ccache", path=env.get("PATH")) is not None
     used = tree_compiler(where)
     if used is not None and used.split()[0] == "ccache":
-        return Toolchain([f"CC={used}"], env, True,
-                         f"the tree was built with CC=\"{used}\": keeping it")
-    if have and (links / "gcc").exists():
+        if have:
+            return Toolchain([f"CC={used}"], env, True,
+                             f"the tree was built with CC=\"{used}\": keeping it")
+        # make would die on "ccache: not found"; a full rebuild is slow but right
+        plain = " ".join(used.split()[1:]) or "gcc"
+        return Toolchain([f"CC={plain}"], env, False,
+                         f"the tree was built with CC=\"{used}\" but there is no ccache: "
+                         f"CC={plain} (every object is rebuilt)")
+    if have and _executable(links / "gcc"):
         env["PATH"] = f"{links}:{env.get('PATH', '')}"
         what = f"the tree was built with {used!r}" if used else "no build yet"
         return Toolchain([], env, True, f"{what}: compiler unchanged, ccache through {links} "

@@ -140,14 +140,33 @@ def test_progress_lines_carry_elapsed_time_and_the_last_make_line(tmp_path: Path
     assert len(lines) == n  # stopped means stopped
 
 
+def _fake_ccache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A ``ccache`` on a PATH of its own (never the host's: it may have none) and a links
+    directory whose ``gcc`` points at it, as Debian's /usr/lib/ccache does."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    ccache = bindir / "ccache"
+    ccache.write_text("#!/bin/sh\nexec \"$@\"\n")
+    ccache.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    links = tmp_path / "ccache-links"
+    links.mkdir()
+    (links / "gcc").symlink_to(ccache)
+    return ccache, links
+
+
+def _built_with(tree: Path, cc: str) -> Path:
+    (tree / "init").mkdir(parents=True, exist_ok=True)
+    (tree / "init" / ".main.o.cmd").write_text(
+        f"savedcmd_init/main.o := {cc} -Wp,-MMD,init/.main.o.d -c -o init/main.o x.c\n")
+    return tree
+
+
 def test_a_tree_built_with_plain_gcc_keeps_its_command_line(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # CC="ccache gcc" on a tree built with gcc would change every object's command line and
     # rebuild everything; ccache's compiler links on PATH keep "gcc" as it is.
-    links = tmp_path / "ccache-links"
-    links.mkdir()
-    (links / "gcc").symlink_to("/usr/bin/ccache")
-    monkeypatch.setattr(build.shutil, "which", lambda name: f"/usr/bin/{name}")
+    _, links = _fake_ccache(tmp_path, monkeypatch)
     tree = tmp_path / "tree"
     (tree / "init").mkdir(parents=True)
     (tree / "init" / ".main.o.cmd").write_text(
@@ -155,11 +174,38 @@ def test_a_tree_built_with_plain_gcc_keeps_its_command_line(tmp_path: Path,
     tc = build.toolchain(tree, links)
     assert tc.make_args == [] and tc.env["PATH"].startswith(f"{links}:") and tc.ccache
     assert "compiler unchanged" in tc.why
-    (tree / "init" / ".main.o.cmd").write_text(
-        "savedcmd_init/main.o := ccache gcc -Wp,-MMD,init/.main.o.d -c -o init/main.o x.c\n")
-    tc = build.toolchain(tree, links)
-    assert tc.make_args == ["CC=ccache gcc"]  # built with it: keep it
+    tc = build.toolchain(_built_with(tree, "ccache gcc"), links)
+    assert tc.make_args == ["CC=ccache gcc"] and tc.ccache  # built with it: keep it
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     assert build.tree_compiler(fresh) is None
     assert build.toolchain(fresh, links).make_args == []
+
+
+def test_a_link_to_a_missing_ccache_is_not_used(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # ccache uninstalled, its links left behind: putting them on PATH would make "gcc" fail
+    ccache, links = _fake_ccache(tmp_path, monkeypatch)
+    (links / "gcc").unlink()
+    (links / "gcc").symlink_to(tmp_path / "gone" / "ccache")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    tc = build.toolchain(fresh, links)
+    assert (tc.make_args, tc.ccache, tc.why) == ([], False, "no ccache: plain make")
+    assert str(links) not in tc.env["PATH"].split(":")
+    # a link that resolves, but no ccache on PATH: not used either
+    (links / "gcc").unlink()
+    (links / "gcc").symlink_to(ccache)
+    ccache.unlink()
+    tc = build.toolchain(fresh, links)
+    assert not tc.ccache and str(links) not in tc.env["PATH"].split(":")
+
+
+def test_a_tree_built_with_ccache_builds_without_it_when_it_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CC="ccache gcc" without ccache ends make at the first object ("ccache: not found")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    tree = _built_with(tmp_path / "tree", "ccache gcc")
+    tc = build.toolchain(tree, tmp_path / "no-links")
+    assert tc.make_args == ["CC=gcc"] and not tc.ccache
+    assert "no ccache" in tc.why and "rebuilt" in tc.why
