@@ -411,9 +411,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_junit_check(args)
         if args.cmd == "selftest":
             # ours: host tests, the harness on real guests, and the KSM suite itself on the
-            # default kernel (it must pass there, or the product is broken)
+            # default kernel (it must pass there, or the product is broken), with its
+            # self-checks (tests marked selfcheck, which `run` leaves out)
             from harness.pytest_plugin import session
-            return session.run(args.rest, ["tests/unit", "tests/guest", "tests/ksm"])
+            return session.run(["--selfchecks", *args.rest],
+                               ["tests/unit", "tests/guest", "tests/ksm"])
     except HarnessError as exc:
         print(f"ksm-harness: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,7 +8,10 @@
   report directory with reproducers and summary.html).
 
 Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture) and
-``host`` (pure host test). ``-m 'not guest'`` runs only what needs no QEMU.
+``host`` (pure host test). ``-m 'not guest'`` runs only what needs no QEMU. ``selfcheck``:
+a check of the harness itself inside the KSM suite (a race forced off must end as "race not
+exercised"); deselected unless ``--selfchecks`` is given, which ``selftest`` does, so a
+user's run never reports them.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ MARKERS = (
     "slow: long soak (opt-in)",
     "allow_kernel(*categories): kernel reports of these categories (e.g. OOM) do not fail "
     "the test",
+    "selfcheck: checks the harness, not the kernel; runs only with --selfchecks (selftest)",
 )
 
 
@@ -40,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--ksm-seed", type=int, default=None,
                 help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
                      "a failure prints the seed to rerun with)")
+    g.addoption("--selfchecks", action="store_true",
+                help="also run the harness's self-checks among the scenarios (tests marked "
+                     "selfcheck); `ksm-harness selftest` gives it")
     g.addoption("--keep-runs", action="store_true",
                 help="keep each VM's run directory (overlay, initrd) after the run")
     r = parser.getgroup("ksm-harness-report", "ksm-harness reports")
@@ -63,3 +70,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Self-checks leave a user's run (before --shard slices it: see sharding)."""
+    if config.getoption("selfchecks"):
+        return
+    checks = [item for item in items if item.get_closest_marker("selfcheck")]
+    if checks:
+        items[:] = [item for item in items if not item.get_closest_marker("selfcheck")]
+        config.hook.pytest_deselected(items=checks)
