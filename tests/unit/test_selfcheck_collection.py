@@ -1,6 +1,7 @@
 """Self-checks of the harness (tests marked ``selfcheck``: a race forced off must end as "race
-not exercised") run in ``selftest`` and never in a user's ``run``. Checked on the verbs' own
-argument path with ``--collect-only``: nothing boots."""
+not exercised", our ksm_tests fixes apply to the real source) run in ``selftest`` and never
+in a user's ``run``. Checked on the verbs' own argument path with ``--collect-only``: nothing
+boots."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +12,7 @@ from tests.helpers import harness_cmd
 SELF_CHECKS = {
     "tests/ksm/test_numa.py::test_forks_after_unmerge_are_race_not_exercised",
     "tests/ksm/test_swap.py::test_ksm_page_in_swapcache_when_run2_passes[forced_off]",
+    "tests/ksm/test_selftests.py::test_our_fixes_apply_once_to_the_real_source",
 }
 
 
