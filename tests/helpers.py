@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from harness import deps
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -19,6 +24,14 @@ def run_harness(*args: str, env: dict[str, str] | None = None, timeout: float = 
                 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(harness_cmd(*args), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def require_tool(name: str) -> None:
+    """Skip a host test that runs the host's real ``name`` (e.g. make on a fake kernel tree)
+    where it is not installed: a fresh machine lacks what the harness installs only when a
+    verb needs it (make for `build`). Probing by running it would raise instead."""
+    if shutil.which(name) is None:
+        pytest.skip(f"{name} is not installed (Debian package {deps.TOOLS.get(name, name)})")
 
 
 def children_named(pid: int, name: str) -> list[int]:

@@ -2,7 +2,6 @@
 config check; no kernel tree, no VM."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from harness.assets import kbuild as build
 from harness.results.model import Result, load_results
 from harness.runs import bisect as b
+from tests.helpers import require_tool
 
 DATA = Path(__file__).parent / "data" / "results"
 
@@ -87,6 +87,7 @@ def test_first_bad_commit_from_git_output() -> None:
 
 
 def test_step_with_a_failed_build_skips(tmp_path: Path) -> None:
+    require_tool("git")
     def broken(*a: object, **k: object) -> None:
         raise build.BuildError("build failed (exit 2)")
     v = b.step(tmp_path, "merge", bad=BAD_SIG, report_dir=tmp_path, build_fn=broken,
@@ -95,6 +96,7 @@ def test_step_with_a_failed_build_skips(tmp_path: Path) -> None:
 
 
 def test_step_stops_at_the_first_matching_run(tmp_path: Path) -> None:
+    require_tool("git")
     seen: list[Path] = []
 
     def run(tree: Path, scenario: str, out: Path) -> list[Result]:
@@ -107,6 +109,7 @@ def test_step_stops_at_the_first_matching_run(tmp_path: Path) -> None:
 
 
 def test_bisect_refuses_a_non_git_tree(tmp_path: Path) -> None:
+    require_tool("git")
     with pytest.raises(b.BisectError, match="not a git work tree"):
         b.bisect(tmp_path, "v1", "v2", "merge", report_dir=tmp_path)
 
@@ -146,8 +149,7 @@ def test_configure_names_options_that_did_not_land(tmp_path: Path) -> None:
         "olddefconfig:\n\tgrep -v NUMA_EMU .config > .c; mv .c .config\n")
     frag = tmp_path / "frag.config"
     frag.write_text("CONFIG_KSM=y\nCONFIG_NUMA_EMU=y\n")
-    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("no make")
+    require_tool("make")
     with pytest.raises(build.ConfigError, match=r"CONFIG_NUMA_EMU=y \(have not set\)"):
         build.configure(tmp_path, frag, log=lambda m: None)
 
@@ -155,8 +157,7 @@ def test_configure_names_options_that_did_not_land(tmp_path: Path) -> None:
 def test_configure_keeps_the_trees_config_unless_defconfig(tmp_path: Path) -> None:
     """A bisect step must build with the config of the first build (the developer's), not a
     fresh defconfig; --defconfig replaces it; --slim merges the slim fragment too."""
-    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("no make")
+    require_tool("make")
     (tmp_path / "Kconfig").write_text("")
     (tmp_path / "Makefile").write_text(
         "defconfig:\n\tprintf 'CONFIG_FROM_DEFCONFIG=y\\n' > .config\nolddefconfig:\n")

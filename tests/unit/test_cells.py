@@ -14,6 +14,7 @@ from harness.console.findings import Category, Finding
 from harness.errors import HarnessError
 from harness.results.model import Outcome, Result, results_document
 from harness.runs import cells as cell_runs
+from tests.helpers import require_tool
 
 TESTS = [f"tests/ksm/test_{m}.py::test_{t}" for m in ("merge", "numa") for t in "abc"][:5]
 
@@ -215,6 +216,8 @@ def test_plan_formats(tmp_path: Path, kernels: list[str]) -> None:
 def test_kernel_facts_of_a_build_tree(tmp_path: Path) -> None:
     """A tree's git commit and its compiler (CONFIG_CC_VERSION_TEXT) reach the results."""
     import subprocess
+
+    require_tool("git")
 
     from harness.assets import kernel
     tree = tmp_path / "linux"

@@ -2,7 +2,6 @@
 --kernel, the build cache key, the flavour configure step on a fake tree."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from harness.assets import kbuild as build
 from harness.assets import kernel as kernel_mod
 from harness.assets import source
 from harness.errors import KernelError
+from tests.helpers import require_tool
 
 
 @pytest.mark.parametrize("spec,series,flavour", [
@@ -103,8 +103,7 @@ def _fake_tree(tmp_path: Path, allnoconfig: str) -> Path:
 
 
 def test_flavour_configure_starts_from_allnoconfig_out_of_tree(tmp_path: Path) -> None:
-    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("no make")
+    require_tool("make")
     tree = _fake_tree(tmp_path, "CONFIG_FROM_ALLNO=y\\n")
     out = tmp_path / "out"
     config = build.configure(tree, log=lambda m: None, flavour="debug", out=out)
@@ -115,8 +114,7 @@ def test_flavour_configure_starts_from_allnoconfig_out_of_tree(tmp_path: Path) -
 
 
 def test_flavour_configure_names_the_fragment_of_a_lost_option(tmp_path: Path) -> None:
-    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
-        pytest.skip("no make")
+    require_tool("make")
     tree = _fake_tree(tmp_path, "")
     (tree / "Makefile").write_text((tree / "Makefile").read_text().replace(
         "olddefconfig:\n",
