@@ -7,8 +7,9 @@
 - ``reporting``: a Result record per test, and the files CI reads (JUnit, JSON, KTAP,
   report directory with reproducers and summary.html).
 
-Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture) and
-``host`` (pure host test). ``-m 'not guest'`` runs only what needs no QEMU. ``selfcheck``:
+Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture, and by
+tests/conftest.py to tests/guest/, whose tests boot QEMU through the CLI) and ``host`` (pure
+host test, with a cache of its own: tests/conftest.py). ``-m 'not guest'`` runs only what needs no QEMU. ``selfcheck``:
 a check of the harness itself inside the KSM suite (a race forced off must end as "race not
 exercised"); deselected unless ``--selfchecks`` is given, which ``selftest`` does, so a
 user's run never reports them.
