@@ -9,10 +9,11 @@
 
 Markers: ``guest`` (needs a VM; added automatically to tests using a VM fixture, and by
 tests/conftest.py to tests/guest/, whose tests boot QEMU through the CLI) and ``host`` (pure
-host test, with a cache of its own: tests/conftest.py). ``-m 'not guest'`` runs only what needs no QEMU. ``selfcheck``:
-a check of the harness itself inside the KSM suite (a race forced off must end as "race not
-exercised"); deselected unless ``--selfchecks`` is given, which ``selftest`` does, so a
-user's run never reports them.
+host test, with a cache of its own: tests/conftest.py). ``-m 'not guest'`` runs only what
+needs no QEMU. ``selfcheck``: a check of the harness itself inside the KSM suite (a race
+forced off must end as "race not exercised", our ksm_tests fixes apply to the real source);
+deselected unless ``--selfchecks`` is given, which ``selftest`` does, so a user's run never
+reports them.
 """
 from __future__ import annotations
 
