@@ -40,6 +40,7 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     cache = tmp_path_factory.mktemp("cache")
     env = {**os.environ, "KSM_HARNESS_CACHE": str(cache), "COLUMNS": "200"}
     cmds = {verb: harness_cmd(*args, "--help") for verb, args in VERBS.items()}
+    cmds["verbs"] = harness_cmd("--help")
     cmds["pytest"] = [sys.executable, "-m", "pytest", "--help"]  # in the empty cache dir
     procs = {name: subprocess.Popen(cmd, cwd=REPO if name != "pytest" else cache, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -50,6 +51,8 @@ def options(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
         assert proc.returncode == 0, f"{cmds[name]}: {stderr}"
         out[name] = _help_options(stdout)
         assert "--help" in out[name], name
+        if name == "verbs":  # the verb column of the top-level help
+            out[name] = set(re.findall(r"^    (\S+)", stdout, flags=re.M))
     out["run"] |= out.pop("pytest")  # run accepts every pytest option
     return out
 
@@ -90,6 +93,13 @@ def test_commands_are_found() -> None:
     assert ("run", "--x --kernel K") in _commands("`ksm-harness run --x --kernel K; y`")
 
 
+def test_every_verb_shown_exists(options: dict[str, set[str]]) -> None:
+    assert {"boot", "run", "selftest", "bisect-step"} <= options["verbs"]
+    shown = set(re.findall(r"ksm-harness ([a-z][\w-]*)", README.read_text()))
+    assert {"run", "boot", "bisect"} <= shown and shown <= options["verbs"], (
+        f"README names verbs ksm-harness does not have: {shown - options['verbs']}")
+
+
 def test_every_option_shown_with_a_verb_exists(options: dict[str, set[str]]) -> None:
     wrong = [f"{verb}: {opt}" for verb, args in _commands(README.read_text())
              for opt in OPTION.findall(args)
@@ -98,7 +108,7 @@ def test_every_option_shown_with_a_verb_exists(options: dict[str, set[str]]) -> 
 
 
 def test_every_option_in_the_readme_exists_somewhere(options: dict[str, set[str]]) -> None:
-    known = set().union(*options.values()) | NOT_OURS
+    known = set().union(*(o for name, o in options.items() if name != "verbs")) | NOT_OURS
     unknown = sorted(set(OPTION.findall(README.read_text())) - known)
     assert not unknown, f"README mentions options no verb has: {unknown}"
 
