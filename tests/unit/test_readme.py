@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from harness.kernel_bugs import KNOWN_BUGS, parse_version
 from tests.helpers import REPO, harness_cmd
 
 README = REPO / "README.md"
@@ -124,3 +125,13 @@ def test_docs_the_readme_points_to_exist() -> None:
         if "<" not in path and "*" not in path:
             assert (REPO / path).exists(), f"README points to {path}, which does not exist"
 
+
+
+def test_known_bugs_per_debian_kernel_match_the_table() -> None:
+    # the README names which known bugs Debian's kernels have; harness.kernel_bugs decides
+    text = " ".join(README.read_text().split())
+    m = re.search(r"Debian's 6\.1 has (.*?); Debian's 6\.12 (.*?)\.", text)
+    assert m, "README: the sentence naming the known bugs of Debian's 6.1 and 6.12 is gone"
+    for named, upstream in ((m.group(1), "6.1.192"), (m.group(2), "6.12.117")):
+        have = {b.id for b in KNOWN_BUGS.values() if b.affects(parse_version(upstream))}
+        assert set(re.findall(r"`([\w-]+)`", named)) == have, upstream
