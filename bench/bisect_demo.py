@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from figures import record  # bench/figures.py, beside this file
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
 SCENARIO = "test_lone_page_beyond_the_cap_stays_unshared"
@@ -155,16 +157,19 @@ def main() -> int:
                   if line.startswith("first bad commit:")), None)
     steps = sorted((args.report_dir / "bisect").glob("*/verdict.json"),
                    key=lambda p: p.stat().st_mtime)
-    print(f"\nfirst build (defconfig + fragment, ccache cold or warm): {first_build:.0f}s")
+    out = [f"first build (defconfig + fragment, ccache cold or warm): {first_build:.0f}s"]
     for v in steps:
         d = json.loads(v.read_text())
         subject = git(tree, "show", "-s", "--format=%s", d["commit"])
-        print(f"  step {d['commit'][:12]} {d['verdict']:>4} {d['seconds']:>6.0f}s  {subject}")
-    print(f"bisect (bad end recorded + {len(steps) - 1} steps): {bisect_s:.0f}s")
+        out.append(f"  step {d['commit'][:12]} {d['verdict']:>4} {d['seconds']:>6.0f}s  "
+                   f"{subject}")
+    out.append(f"bisect (bad end recorded + {len(steps) - 1} steps): {bisect_s:.0f}s")
     ok = r.returncode == 0 and found is not None and " ".join(found) == REGRESSION
-    print(f"found the injected commit: {'yes' if ok else 'NO'}"
+    out.append(f"found the injected commit: {'yes' if ok else 'NO'}")
+    print("\n" + "\n".join(out)
           + ("" if r.returncode == 0 else f" (ksm-harness bisect exit {r.returncode}:\n"
              + r.stderr[-3000:] + ")"))
+    record("bisect_demo", out, kernel=f"{tree} (demo-good..demo-bad)", accel="auto")
     return 0 if ok else 1
 
 

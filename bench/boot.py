@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from figures import record  # noqa: E402  (bench/figures.py, beside this file)
+
 from harness import paths  # noqa: E402
 from harness import spec as spec_mod  # noqa: E402
 from harness.assets import image  # noqa: E402
@@ -103,23 +105,28 @@ def main() -> int:
         vng = [end_to_end(["vng", "--disable-kvm", "--run", str(spec.kernel.boot_image),
                            "--exec", "true"]) for _ in range(args.boots)]
 
-    print(f"accelerator: {spec.accel.describe()}")
-    print(f"kernel: {spec.kernel.describe()}; topology: {spec.topology.describe()}")
-    print(f"QEMU start -> first SSH command, cold boot: {stats(cold)}")
-    print(f"QEMU start -> first SSH command, restored:  {stats(warm)}")
-    print(f"restored / cold (medians): {statistics.median(warm) / statistics.median(cold):.2f}")
-    print(f"QEMU start -> guest ready marker, cold:     {stats(console)}")
+    out: list[str] = []
+    out.append(f"accelerator: {spec.accel.describe()}")
+    out.append(f"kernel: {spec.kernel.describe()}; topology: {spec.topology.describe()}")
+    out.append(f"QEMU start -> first SSH command, cold boot: {stats(cold)}")
+    out.append(f"QEMU start -> first SSH command, restored:  {stats(warm)}")
+    out.append(f"restored / cold (medians): "
+               f"{statistics.median(warm) / statistics.median(cold):.2f}")
+    out.append(f"QEMU start -> guest ready marker, cold:     {stats(console)}")
     medians = [statistics.median(steps[s]) for s in RESTORE_STEPS]
-    print("restored, where it goes (medians): " + ", ".join(
+    out.append("restored, where it goes (medians): " + ", ".join(
         f"{RESTORE_STEPS[s]} {m - (medians[i - 1] if i else 0.0):.2f}s"
         for i, (s, m) in enumerate(zip(RESTORE_STEPS, medians))))
-    print(f"`ksm-harness boot -- true`, end to end:     {stats(ours)}")
+    out.append(f"`ksm-harness boot -- true`, end to end:     {stats(ours)}")
     if vng:
-        print(f"`vng --disable-kvm --run VMLINUX --exec true`: {stats(vng)}; ours / vng "
-              f"(medians): {statistics.median(ours) / statistics.median(vng):.2f}")
+        out.append(f"`vng --disable-kvm --run VMLINUX --exec true`: {stats(vng)}; ours / vng "
+                   f"(medians): {statistics.median(ours) / statistics.median(vng):.2f}")
     else:
-        print("virtme-ng: not installed (pip install virtme-ng) - not compared")
-    print(f"guest image, cached: {cached:.2f}s" + (f"; cold build: {build:.1f}s" if build else ""))
+        out.append("virtme-ng: not installed (pip install virtme-ng) - not compared")
+    out.append(f"guest image, cached: {cached:.2f}s"
+               + (f"; cold build: {build:.1f}s" if build else ""))
+    print("\n".join(out))
+    record("boot", out, kernel=spec.kernel.describe(), accel=spec.accel.describe())
     return 0
 
 

@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from figures import from_results, record  # bench/figures.py, beside this file
 from suite import outcome_summary, run_suite  # bench/suite.py, beside this file
 
 from harness.results.model import Result
@@ -61,20 +62,24 @@ def main(argv: list[str]) -> int:
     clean_wall, broken_wall = runs["clean"][0], runs["broken"][0]
     failed = sorted((r for r in runs["broken"][2] if r.failed),
                     key=lambda r: verdict_time(r) or 0.0)
-    print(f"\nbroken kernel: {len(failed)} tests failed")
+    out = [f"broken kernel: {len(failed)} tests failed"]
     latencies = []
     for r in failed:
         lat = report_latency(r)
         if lat is not None:
             latencies.append(lat)
         shown = f"{lat:5.1f}s after the report" if lat is not None else "  (no kernel report)"
-        print(f"  {shown}  {r.nodeid.split('/')[-1]}: {r.title}")
+        out.append(f"  {shown}  {r.nodeid.split('/')[-1]}: {r.title}")
     if latencies:
-        print(f"report -> verdict: first {latencies[0]:.1f}s, worst {max(latencies):.1f}s "
-              f"(goal: first under 5 s)")
+        out.append(f"report -> verdict: first {latencies[0]:.1f}s, worst {max(latencies):.1f}s "
+                   f"(goal: first under 5 s)")
     ratio = broken_wall / clean_wall if clean_wall else float("inf")
-    print(f"suite: clean {clean_wall:.1f}s, broken {broken_wall:.1f}s, ratio {ratio:.2f} "
-          f"({'within' if ratio <= 2 else 'OVER'} the 2x goal)")
+    out.append(f"suite: clean {clean_wall:.1f}s, broken {broken_wall:.1f}s, ratio {ratio:.2f} "
+               f"({'within' if ratio <= 2 else 'OVER'} the 2x goal)")
+    print("\n" + "\n".join(out))
+    kernel, accel = from_results(runs["broken"][2])
+    record("broken_kernel", out, kernel=f"clean {args.clean}, broken {args.broken} ({kernel})",
+           accel=accel)
     return 0 if failed else 1  # a broken kernel that fails nothing is the finding
 
 

@@ -142,13 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cases = load_corpus(directory)
     s = score(cases)
-    print(f"corpus: {directory} ({len(cases)} logs: {s.crash_logs} crash, {s.clean_logs} clean)")
-    print(f"recall: {s.crash_logs - len(s.missed)}/{s.crash_logs} = {s.recall:.1%}"
-          + (f"  missed: {' '.join(s.missed)}" if s.missed else ""))
-    print(f"false positives: {len(s.false_positives)}/{s.clean_logs}"
-          + (f"  {' '.join(s.false_positives)}" if s.false_positives else ""))
-    print(f"culprit function agreement: {s.frame_ok}/{s.frame_total} = {s.frame_agreement:.1%}")
-    print(f"time: {s.seconds * 1000 / max(len(cases), 1):.2f} ms/log")
+    summary = [
+        f"corpus: {directory} ({len(cases)} logs: {s.crash_logs} crash, {s.clean_logs} clean)",
+        f"recall: {s.crash_logs - len(s.missed)}/{s.crash_logs} = {s.recall:.1%}"
+        + (f"  missed: {' '.join(s.missed)}" if s.missed else ""),
+        f"false positives: {len(s.false_positives)}/{s.clean_logs}"
+        + (f"  {' '.join(s.false_positives)}" if s.false_positives else ""),
+        f"culprit function agreement: {s.frame_ok}/{s.frame_total} = {s.frame_agreement:.1%}",
+        f"time: {s.seconds * 1000 / max(len(cases), 1):.2f} ms/log",
+    ]
+    print("\n".join(summary))
+    # imported here: tests/unit/test_classify.py loads this file for score() alone, from a
+    # path where bench/ is not importable
+    from figures import record  # bench/figures.py, beside this file
+    record("classify_corpus", summary, kernel="none (host only)", accel="none (host only)",
+           command=args)
     print("\ncategory confusion (corpus TYPE -> our category of the first report):")
     for (want, got), n in sorted(s.confusion.items()):
         print(f"  {want:<40} {got:<16} {n}")

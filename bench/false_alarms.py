@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from figures import from_results, record  # noqa: E402  (bench/figures.py, beside this file)
+
 from harness.pytest_plugin import session  # noqa: E402
 from harness.results.model import Result, load_results  # noqa: E402
 
@@ -52,16 +54,18 @@ def main(argv: list[str] | None = None) -> int:
             if r.failed:
                 failed[r.nodeid].append(r.title)
     total = sum(len(r) for r in runs)
-    print(f"\n{args.runs} runs, {total} test runs, kernel {args.kernel or 'default'}, "
-          f"{min(seconds, default=0):.0f}-{max(seconds, default=0):.0f}s a run")
+    out = [f"{args.runs} runs, {total} test runs, kernel {args.kernel or 'default'}, "
+           f"{min(seconds, default=0):.0f}-{max(seconds, default=0):.0f}s a run"]
     if not failed:
-        print("no test failed in any run")
-        return 0
+        out.append("no test failed in any run")
     for nodeid, titles in sorted(failed.items(), key=lambda kv: -len(kv[1])):
-        print(f"{len(titles)}/{args.runs}  {nodeid}")
+        out.append(f"{len(titles)}/{args.runs}  {nodeid}")
         for title in sorted(set(titles)):
-            print(f"        {titles.count(title)}x {title}")
-    return 1
+            out.append(f"        {titles.count(title)}x {title}")
+    print("\n" + "\n".join(out))
+    kernel, accel = from_results(r for results in runs for r in results)
+    record("false_alarms", out, kernel=kernel, accel=accel)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from figures import from_results, record  # noqa: E402  (bench/figures.py, beside this file)
+
 from harness.pytest_plugin import session  # noqa: E402
 from harness.results.model import Result, load_results  # noqa: E402
 
@@ -54,7 +56,8 @@ def outcome_summary(results: list[Result]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    print(f"suite: host load average at start: {load()}", flush=True)
+    load_start = load()
+    print(f"suite: host load average at start: {load_start}", flush=True)
     wall, status, results = run_suite(argv)
 
     split: dict[str, float] = defaultdict(float)
@@ -75,14 +78,19 @@ def main(argv: list[str]) -> int:
     for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:7.1f}s  {module}")
     counted = sum(split.values()) or 1.0
-    print("\nwhere the time goes: " + ", ".join(
-        f"{k} {v:.0f}s ({100 * v / counted:.0f}%)" for k, v in split.items()))
-    print(f"\nsuite: {len(results)} tests ({outcome_summary(results)}); pytest exit status "
-          f"{status}")
-    print(f"suite: host load average at end: {load()}")
     goals = "; ".join(f"{'within' if wall <= g else 'OVER'} the {g / 60:.0f}-minute goal"
                       for g in GOALS)
-    print(f"suite: wall time {wall:.1f}s ({wall / 60:.1f} min): {goals}")
+    summary = [
+        "where the time goes: " + ", ".join(
+            f"{k} {v:.0f}s ({100 * v / counted:.0f}%)" for k, v in split.items()),
+        f"suite: {len(results)} tests ({outcome_summary(results)}); pytest exit status "
+        f"{status}",
+        f"suite: host load average at start: {load_start}; at end: {load()}",
+        f"suite: wall time {wall:.1f}s ({wall / 60:.1f} min): {goals}",
+    ]
+    print("\n" + "\n".join(summary))
+    kernel, accel = from_results(results)
+    record("suite", summary, kernel=kernel, accel=accel)
     return status
 
 

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from figures import record  # noqa: E402  (bench/figures.py, beside this file)
+
 from harness import paths  # noqa: E402
 from harness import spec as spec_mod  # noqa: E402
 from harness.access.remote import GuestBroken  # noqa: E402
@@ -73,9 +75,12 @@ def main() -> int:
         took = [one(spec, run_dir, i) for i in range(args.tries)]
     finally:
         remove_run_dir(run_dir)
-    print(f"report on the console -> wait ended: median {statistics.median(took):.2f}s "
-          f"(min {min(took):.2f}, max {max(took):.2f}, n={len(took)}); the wait's deadline: "
-          f"600 s")
+    line = (f"report on the console -> wait ended: median {statistics.median(took):.2f}s "
+            f"(min {min(took):.2f}, max {max(took):.2f}, n={len(took)}); the wait's deadline: "
+            f"600 s")
+    print(line)
+    record("verdict_latency", [line], kernel=spec.kernel.describe(),
+           accel=spec.accel.describe())
     return 0
 
 

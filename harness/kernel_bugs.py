@@ -142,3 +142,60 @@ def affected(bug_id: str, release: str, banner: str = "") -> KernelBug | None:
     """The bug when this kernel is known to have it, else None."""
     bug = KNOWN_BUGS[bug_id]
     return bug if bug.affects(kernel_version(release, banner)) else None
+
+
+# The table in docs/kernel-bugs.md is generated from KNOWN_BUGS, never written by hand, so
+# the documented versions are the ones the xfail gate uses (tests/unit/test_kernel_bugs.py
+# fails when the committed file is stale).
+REGENERATE = "python -m harness.kernel_bugs --markdown > docs/kernel-bugs.md"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _affected_range(bug: KernelBug) -> str:
+    if not bug.fixed_in:
+        return f"{bug.introduced} and every later release (no fix known)"
+    text = f"{bug.introduced} up to the fix; fixed in {', '.join(bug.fixed_in)}"
+    if bug.fixed_unknown:
+        text += (f"; {', '.join(bug.fixed_unknown)}: fixed at a release not known here, "
+                 "no excuse claimed")
+    return text
+
+
+def markdown() -> str:
+    """docs/kernel-bugs.md: every known bug, the versions that have it, its fix."""
+    lines = [
+        "# Known kernel bugs",
+        "",
+        f"Generated from `harness/kernel_bugs.py` by `{REGENERATE}`; do not edit by hand.",
+        "",
+        "A test that checks one of these bugs is a strict expected failure (xfail) on the",
+        "affected versions only. Elsewhere it must pass, and a kernel that carries the fix",
+        "shows an XPASS, which fails the run: update the table in `harness/kernel_bugs.py`.",
+        "The upstream version of a Debian kernel is read from its banner (`/proc/version`).",
+        "",
+        "| id | bug | affected versions | fix | evidence |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for bug in KNOWN_BUGS.values():
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            f"`{bug.id}`", bug.summary, _affected_range(bug), bug.fix, bug.evidence)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--markdown"]:
+        print("python -m harness.kernel_bugs: give --markdown (prints docs/kernel-bugs.md); "
+              f"got {' '.join(args) or 'nothing'}", file=sys.stderr)
+        return 2
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,6 +7,7 @@ import pytest
 from harness import kernel_bugs
 from harness.kernel_bugs import kernel_version
 from harness.pytest_plugin.ksm import xfail_mark
+from tests.helpers import REPO
 
 pytest_plugins = ["pytester"]
 
@@ -69,6 +70,7 @@ def test_stable_lines_with_an_unknown_fix_release_get_no_excuse() -> None:
 
 GATED_TEST = """
 from harness.pytest_plugin.ksm import xfail_mark
+from tests.helpers import REPO
 
 def test_it(request):
     mark = xfail_mark("ksm-fork-counters", "{release}")
@@ -89,3 +91,23 @@ def test_the_mark_applied_in_a_test(pytester: pytest.Pytester, release: str,
     pytester.makepyfile(GATED_TEST.format(release=release, outcome=body_passes))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(**{outcome: 1})
+
+
+def test_docs_kernel_bugs_is_generated_from_the_table() -> None:
+    committed = (REPO / "docs" / "kernel-bugs.md").read_text()
+    assert committed == kernel_bugs.markdown(), (
+        f"docs/kernel-bugs.md is out of date with harness/kernel_bugs.py; regenerate it: "
+        f"{kernel_bugs.REGENERATE}")
+
+
+def test_markdown_has_a_row_per_bug_with_its_fix() -> None:
+    rows = [line for line in kernel_bugs.markdown().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(kernel_bugs.KNOWN_BUGS)
+    for row, bug in zip(rows, kernel_bugs.KNOWN_BUGS.values()):
+        assert row.startswith(f"| `{bug.id}` |") and bug.fix.split()[0] in row
+
+
+def test_renderer_refuses_other_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert kernel_bugs.main(["--html"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--markdown" in err
