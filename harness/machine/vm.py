@@ -5,14 +5,12 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paramiko
 import pexpect
 
 from harness import paths, reaper
@@ -26,6 +24,7 @@ from harness.machine import snapshot
 from harness.machine.accel import Accel
 from harness.machine.qemu import GUEST_SYSCTLS, QemuConfig
 from harness.machine.qmp import QMP, QMPError
+from harness.machine.restore import Restore
 from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
@@ -71,9 +70,7 @@ class VM:
         self._reaper_key: int | None = None
         self.config: QemuConfig | None = None
         self.stopped = False  # stop() was called: QEMU's exit is ours, not a crash
-        self.snapshot_key: str | None = None
-        self.restored: snapshot.Snapshot | None = None  # the snapshot this guest started from
-        self._ram_dir: Path | None = None  # RAM files of a guest that makes a snapshot
+        self.restore = Restore(log)  # snapshots: started from one, or saving one
 
     # --- preparation ------------------------------------------------------------------
     def _prepare(self) -> QemuConfig:
@@ -109,25 +106,13 @@ class VM:
         files["disks.list"] = ("".join(f"{s}\n" for s in cfg.disk_serials()).encode(), 0o644)
         initramfs.compose(spec.kernel, files, cfg.initrd)
         if spec.snapshots:
-            secret = ("authorized_keys", "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub")
-            self.snapshot_key = snapshot.key(
-                cfg.argv(), self.dir, {n: v for n, (v, _) in files.items() if n not in secret})
+            self.restore.keyed(cfg.argv(), self.dir, files)
         return cfg
 
-    def _use_snapshot(self, cfg: QemuConfig, snap: snapshot.Snapshot) -> None:
-        """Start this VM from ``snap``: its own overlay of the saved disk, the saved initrd
-        (the machine must match the saved one), the saved boot at the top of the log."""
-        # the saved guest's sshd knows only the keys it was booted with
-        self._client_key = keys.load(snap.client_key.read_bytes())
-        self._host_key = keys.load(snap.host_key.read_bytes())
-        (self.dir / "root-overlay.qcow2").unlink(missing_ok=True)
-        image.overlay(snap.disk, self.dir / "root-overlay.qcow2")
-        cfg.initrd = snap.initrd
-        cfg.ram_dir, cfg.ram_shared = snap.dir, False  # the saved RAM, copy-on-write
-        # the stream is loaded once QMP has set x-ignore-shared (_wait_restored)
-        cfg.extra_args = [*cfg.extra_args, "-incoming", "defer"]
-        self.console_log.write_bytes(snap.console.read_bytes())
-        self.restored = snap
+    @property
+    def restored(self) -> snapshot.Snapshot | None:
+        """The snapshot this guest started from (None: it booted)."""
+        return self.restore.restored
 
     def dry_run(self) -> list[str]:
         cfg = self._prepare()
@@ -169,35 +154,13 @@ class VM:
         """Prepare files and start QEMU without waiting. Call from the main thread: the
         kernel kills QEMU when the thread that forked it exits (PR_SET_PDEATHSIG)."""
         t0 = time.monotonic()
-        self.config = self._prepare()
-        snap = snapshot.find(self.snapshot_key) if self.snapshot_key else None
-        if snap is not None:
-            try:
-                self._use_snapshot(self.config, snap)
-            except (OSError, ValueError, paramiko.SSHException) as exc:  # unreadable keys
-                self.log(f"ksm-harness: the snapshot is unusable ({exc}); booting cold and "
-                         "saving a new one")
-                snap.remove()
-                self.restored = None
-                self.config = self._prepare()
+        self.config, logins = self.restore.configure(
+            self._prepare, self.dir / "root-overlay.qcow2", self.console_log)
+        if logins is not None:
+            self._client_key, self._host_key = logins
         self.timings["prepare"] = time.monotonic() - t0
         self.config.ssh_port = self.port = _free_port()
         self._spawn(self.config)
-
-    def _ram_for_saving(self, cfg: QemuConfig) -> None:
-        """A cold boot that will save a snapshot keeps its RAM in shared files, so that the
-        snapshot's migration stream can leave RAM out (snapshot.py)."""
-        if self.snapshot_key is None or self.restored is not None:
-            return
-        if self._ram_dir is not None:  # the files of the QEMU this one replaces
-            shutil.rmtree(self._ram_dir, ignore_errors=True)
-        self._ram_dir = snapshot.ram_dir(cfg.topology.mem_mb)
-        if self._ram_dir is None:
-            self.log("ksm-harness: no snapshot will be saved: neither /dev/shm nor the cache "
-                     f"has {cfg.topology.mem_mb} MiB free for the guest's RAM")
-            self.snapshot_key = None
-            return
-        cfg.ram_dir, cfg.ram_shared = self._ram_dir, True
 
     def wait_ready(self) -> VM:
         """Wait for the guest's ready marker and a working SSH login."""
@@ -207,16 +170,15 @@ class VM:
                 self._wait_restored()
                 return self
             except VMError as exc:  # a stale or broken snapshot: boot cold, once
-                self.log(f"ksm-harness: could not start from the snapshot ({exc}); booting "
-                         "cold and saving a new one")
-                self.restored.remove()
+                self.restore.give_up(exc)
                 self._cold_again()
         crashes = 0
         for attempt in range(5):
             try:
                 self._wait_ready()
-                if self.snapshot_key is not None:
-                    self._save_snapshot(self.snapshot_key)
+                self.restore.save(self.qmp, self.config, self.console,
+                                  self.dir / "root-overlay.qcow2",
+                                  (self._keys[0].private_openssh, self._keys[1].private_openssh))
                 return self
             except VMError as exc:
                 if "host forwarding" in str(exc) and attempt < 4:
@@ -235,7 +197,7 @@ class VM:
         raise VMError("no free port for SSH forwarding after 5 tries")
 
     def _spawn(self, cfg: QemuConfig) -> None:
-        self._ram_for_saving(cfg)  # every new QEMU of a cold boot: fresh, zeroed RAM files
+        self.restore.ram_for_saving(cfg)  # every new QEMU of a cold boot: fresh RAM files
         argv = cfg.argv()
         (self.dir / "qemu-cmdline.txt").write_text(" ".join(argv) + "\n")
         self.t_spawn = time.monotonic()
@@ -293,19 +255,7 @@ class VM:
         try:
             qmp.connect(10)
             self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
-            assert self.restored is not None
-            snapshot.load(self.restored, qmp.command)
-            status = qmp.status()
-            while status in ("inmigrate", "prelaunch") and time.monotonic() < deadline:
-                if self.alive():
-                    break
-                time.sleep(0.02)
-                status = qmp.status()
-            if status not in ("paused", "running", "postmigrate"):
-                raise VMError(f"the saved guest did not load (QEMU status {status}; "
-                              f"{self.alive() or 'running'}): {self.console.tail(5)}")
-            if status != "running":
-                qmp.command("cont")
+            self.restore.load(qmp, deadline, self.alive, self.console)
         except QMPError as exc:
             raise VMError(f"QMP while loading the saved guest: {exc}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
@@ -323,36 +273,10 @@ class VM:
     def _cold_again(self) -> None:
         """Give up the restore: a new QEMU that boots the kernel (same run directory)."""
         self._kill()
-        self.restored = None
         self.config = self._prepare()
         self.config.ssh_port = self.port = _free_port()
         self.console_log.unlink(missing_ok=True)
         self._spawn(self.config)
-
-    def _save_snapshot(self, key: str) -> None:
-        """Save the ready guest for later VMs of the same key (pause, migrate to a file,
-        copy the disk and initrd, resume); a failure only costs the speed-up."""
-        if self.qmp is None or self.console is None or self.config is None:
-            return
-        t0 = time.monotonic()
-        with snapshot.locked(key) as snap:
-            if snap is None:
-                return
-            try:
-                status = snapshot.save(
-                    snap, self.qmp.command, ram=self.config.ram_files(),
-                    disk=self.dir / "root-overlay.qcow2", initrd=self.config.initrd,
-                    console_text=self.console.text(),
-                    keys=(self._keys[0].private_openssh, self._keys[1].private_openssh))
-            except (QMPError, OSError, subprocess.CalledProcessError) as exc:
-                self.log(f"ksm-harness: no snapshot saved: {exc}")
-                return
-            if status != "completed":
-                self.log(f"ksm-harness: no snapshot saved: migration {status}")
-                return
-            size = sum(p.stat().st_blocks * 512 for p in snap.dir.iterdir()) >> 20
-        self.log(f"ksm-harness: saved the ready guest ({size} MiB, {time.monotonic() - t0:.1f}s):"
-                 " later guests of this kernel and topology start from it")
 
     def _respawn(self) -> None:
         """Kill this QEMU and start it again on a fresh SSH port (same files)."""
@@ -407,9 +331,7 @@ class VM:
             (self.dir / name).unlink(missing_ok=True)
         for disk in self.dir.glob("disk-*.raw"):
             disk.unlink(missing_ok=True)
-        if self._ram_dir is not None:
-            shutil.rmtree(self._ram_dir, ignore_errors=True)
-            self._ram_dir = None
+        self.restore.cleanup()
 
     def __enter__(self) -> VM:
         return self.start() if self.child is None else self

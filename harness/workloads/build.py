@@ -30,28 +30,46 @@ class BuildError(HarnessError):
 # ---- building ----
 
 def build(cache_dir: Path, sources: Path = WORKLOADS_DIR) -> Path:
-    """Compile every ``sources/*.c`` statically into ``cache_dir``; return ksmwork's path.
+    """Compile the programs of ``sources`` statically into ``cache_dir``; return ksmwork's path.
 
-    Binaries are kept under a key made of the sources, the flags and the gcc version, so they
-    are rebuilt only when one of those changes."""
+    Binaries are kept under a key made of the sources (every ``*.c`` and ``*.h``), the flags
+    and the gcc version, so they are rebuilt only when one of those changes."""
     return build_all(cache_dir, sources)[MAIN_PROGRAM]
 
 
 def build_all(cache_dir: Path, sources: Path = WORKLOADS_DIR) -> dict[str, Path]:
-    """Like :func:`build`, returning every program by name (the .c file's stem)."""
+    """Like :func:`build`, returning every program by name (see :func:`programs`)."""
     c_files = sorted(sources.glob("*.c"))
     if not c_files:
         raise BuildError(f"no workload sources (*.c) in {sources}")
     gcc = _require_gcc()
-    out_dir = Path(cache_dir) / f"workloads-{_build_key(gcc, c_files)}"
+    key = _build_key(gcc, sorted([*c_files, *sources.glob("*.h")]))
+    out_dir = Path(cache_dir) / f"workloads-{key}"
     out_dir.mkdir(parents=True, exist_ok=True)
     built = {}
-    for src in c_files:
-        target = out_dir / src.stem
+    for name, units in programs(c_files).items():
+        target = out_dir / name
         if not _is_executable(target):
-            _compile(gcc, src, target)
-        built[src.stem] = target
+            _compile(gcc, units, target)
+        built[name] = target
     return built
+
+
+def programs(c_files: list[Path]) -> dict[str, list[Path]]:
+    """Program name -> its translation units, ``NAME.c`` first. ``A_B.c`` is a part of
+    program ``A`` (linked into it, one file per command family) when ``A.c`` exists, else a
+    program of its own; with several such prefixes the shortest one owns it."""
+    stems = {src.stem for src in c_files}
+
+    def owner(stem: str) -> str:
+        parts = stem.split("_")
+        return next((prefix for prefix in ("_".join(parts[:i]) for i in range(1, len(parts)))
+                     if prefix in stems), stem)
+
+    found: dict[str, list[Path]] = {}
+    for src in sorted(c_files, key=lambda p: (owner(p.stem) != p.stem, p.name)):
+        found.setdefault(owner(src.stem), []).append(src)
+    return found
 
 
 def install(guest: Runner, cache_dir: Path, guest_dir: str = GUEST_DIR) -> tuple[str, str]:
@@ -77,13 +95,13 @@ def _require_gcc() -> str:
     return gcc
 
 
-def _build_key(gcc: str, c_files: list[Path]) -> str:
+def _build_key(gcc: str, files: list[Path]) -> str:
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True,
                              check=False, timeout=30).stdout
     digest = hashlib.sha256()
     digest.update(version.encode())
     digest.update(" ".join(CFLAGS).encode())
-    for src in c_files:
+    for src in files:
         digest.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -92,20 +110,26 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _compile(gcc: str, src: Path, target: Path) -> None:
+def _own_header(name: str | None, units: list[Path]) -> bool:
+    """Whether a header gcc did not find is one of ours (``#include "name"``), not libc's."""
+    return name is not None and any(f'#include "{name}"' in src.read_text() for src in units)
+
+
+def _compile(gcc: str, units: list[Path], target: Path) -> None:
     # Compile to a temporary name and rename: concurrent builds never see half a binary.
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([gcc, *CFLAGS, "-o", tmp, str(src)], capture_output=True,
-                                text=True, check=False, timeout=300)
+        result = subprocess.run([gcc, *CFLAGS, "-o", tmp, *map(str, units)],
+                                capture_output=True, text=True, check=False, timeout=300)
         if result.returncode != 0:
             text = result.stderr + result.stdout
-            if re.search(r"fatal error: \S+\.h: No such file|cannot find -lc\b", text):
+            missing = re.search(r"fatal error: (\S+\.h): No such file|cannot find -lc\b", text)
+            if missing and not _own_header(missing.group(1), units):
                 raise MissingPackageError(
-                    f"C headers or static libc missing to build {src.name}: {APT_INSTALL}")
+                    f"C headers or static libc missing to build {target.name}: {APT_INSTALL}")
             tail = " | ".join(text.strip().splitlines()[-5:])
-            raise BuildError(f"gcc failed on {src}: {tail}")
+            raise BuildError(f"gcc failed on {units[0]}: {tail}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     finally:

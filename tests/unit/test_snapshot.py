@@ -3,9 +3,13 @@ restored guest this run's (no VM: the guest side is checked in tests/guest/test_
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from harness.assets import keys
+from harness.errors import VMError
 from harness.machine import snapshot
+from harness.machine.restore import Restore
 
 
 def argv(run: Path, port: int, kernel: str = "/k/vmlinux") -> list[str]:
@@ -60,3 +64,85 @@ def test_no_ram_files_where_the_guests_ram_would_not_fit(tmp_path: Path, monkeyp
     monkeypatch.setattr(snapshot.paths, "cache_dir", lambda: tmp_path)
     assert snapshot.ram_dir(snapshot._free_mb(tmp_path) + 1) is None
     assert not list(tmp_path.iterdir())
+
+
+# ---- one VM's use of snapshots (harness/machine/restore.py), without QEMU ----
+
+class _Config:
+    """The parts of a QemuConfig that the RAM-file choice touches."""
+
+    def __init__(self, mem_mb: int) -> None:
+        self.topology = SimpleNamespace(mem_mb=mem_mb)
+        self.ram_dir: Path | None = None
+        self.ram_shared = False
+
+
+def _saved(root: Path, key: str, client_key: bytes) -> snapshot.Snapshot:
+    snap = snapshot.Snapshot(root / key)
+    snap.dir.mkdir(parents=True)
+    for path in (snap.state, snap.disk, snap.initrd, snap.console, snap.ram(0)):
+        path.write_text("x")
+    snap.client_key.write_bytes(client_key)
+    snap.host_key.write_bytes(client_key)
+    assert snap.complete()
+    return snap
+
+
+def test_an_unusable_snapshot_is_removed_and_the_vm_prepared_again(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setattr(snapshot, "root", lambda: tmp_path)
+    logged: list[str] = []
+    restore = Restore(logged.append)
+    restore.key = "k1"
+    snap = _saved(tmp_path, "k1", b"not a key")
+    prepared: list[object] = []
+
+    def prepare() -> Any:
+        prepared.append(object())
+        return prepared[-1]
+
+    cfg, logins = restore.configure(prepare, tmp_path / "overlay.qcow2", tmp_path / "console.log")
+    assert logins is None and restore.restored is None
+    assert cfg is prepared[1] and len(prepared) == 2  # prepared again, from scratch
+    assert not snap.dir.exists() and "the snapshot is unusable" in logged[0]
+    # no snapshot at all: prepared once, booted cold, nothing logged
+    cfg, logins = restore.configure(prepare, tmp_path / "overlay.qcow2", tmp_path / "console.log")
+    assert logins is None and cfg is prepared[2] and len(logged) == 1
+
+
+def test_a_failed_restore_removes_its_snapshot(tmp_path: Path) -> None:
+    logged: list[str] = []
+    restore = Restore(logged.append)
+    restore.restored = _saved(tmp_path, "k2", b"x")
+    restore.give_up(VMError("the saved guest did not load"))
+    assert restore.restored is None and not (tmp_path / "k2").exists()
+    assert "could not start from the snapshot (the saved guest did not load)" in logged[0]
+
+
+def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch) -> None:
+    made: list[Path] = []
+
+    def ram_dir(mem_mb: int) -> Path | None:
+        if mem_mb > 100:
+            return None
+        made.append(tmp_path / f"ram-{len(made)}")
+        made[-1].mkdir()
+        return made[-1]
+
+    monkeypatch.setattr(snapshot, "ram_dir", ram_dir)
+    logged: list[str] = []
+    restore = Restore(logged.append)
+    cfg: Any = _Config(64)
+    restore.ram_for_saving(cfg)
+    assert cfg.ram_dir is None and not made  # no key: no snapshot to save
+    restore.key = "k3"
+    restore.ram_for_saving(cfg)
+    assert (cfg.ram_dir, cfg.ram_shared) == (made[0], True)
+    restore.ram_for_saving(cfg)  # a new QEMU of the same cold boot: fresh files
+    assert cfg.ram_dir == made[1] and not made[0].exists()
+    restore.cleanup()
+    assert not made[1].exists()
+    big: Any = _Config(4096)
+    restore.ram_for_saving(big)
+    assert big.ram_dir is None and restore.key is None  # no room: no snapshot will be saved
+    assert "no snapshot will be saved" in logged[0]

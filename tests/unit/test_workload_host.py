@@ -21,6 +21,7 @@ import pytest
 from harness import workloads as wl
 from harness.errors import MissingPackageError
 from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadTimeout
+from harness.workloads.build import programs
 from harness.workloads.protocol import refusal
 from tests.fakes import LocalSpawner
 
@@ -89,9 +90,38 @@ def test_build_is_cached_by_content(binary: Path, tmp_path: Path) -> None:
     assert again == binary and os.access(binary, os.X_OK)
     src = tmp_path / "src"
     shutil.copytree(wl.WORKLOADS_DIR, src, ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "ksmwork.c").write_text((src / "ksmwork.c").read_text() + "\n/* changed */\n")
-    changed = wl.build(binary.parent.parent, src)
-    assert changed != binary and changed.parent != binary.parent
+    seen = {binary.parent}
+    for name in ("ksmwork.c", "ksmwork_numa.c", "ksmwork.h"):  # main, a part, the header
+        (src / name).write_text((src / name).read_text() + "\n/* changed */\n")
+        changed = wl.build(binary.parent.parent, src)
+        assert changed.parent not in seen, f"{name} changed but the binary was not rebuilt"
+        seen.add(changed.parent)
+
+
+def test_a_program_is_its_file_and_its_parts() -> None:
+    names = ["b_x.c", "ksmwork_race.c", "a_b_c.c", "ksmwork.c", "a.c", "a_b.c", "ksm_y.c"]
+    found = programs([Path(n) for n in names])
+    assert {k: [p.name for p in v] for k, v in found.items()} == {
+        "a": ["a.c", "a_b.c", "a_b_c.c"], "b_x": ["b_x.c"],  # no b.c: a program of its own
+        "ksm_y": ["ksm_y.c"], "ksmwork": ["ksmwork.c", "ksmwork_race.c"]}
+
+
+def test_parts_and_header_are_linked_into_their_program(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    (tmp_path / "prog.h").write_text("int answer(void);\n")
+    (tmp_path / "prog.c").write_text('#include <stdio.h>\n#include "prog.h"\n'
+                                     'int main(void) { printf("%d\\n", answer()); return 0; }\n')
+    (tmp_path / "prog_part.c").write_text('#include "prog.h"\nint answer(void) { return 42; }\n')
+    (tmp_path / "other.c").write_text("int main(void) { return 3; }\n")
+    built = wl.build_all(tmp_path / "cache", tmp_path)
+    assert set(built) == {"prog", "other"}
+    assert subprocess.run([built["prog"]], capture_output=True, text=True,
+                          timeout=10).stdout == "42\n"
+    assert subprocess.run([built["other"]], timeout=10).returncode == 3
+    (tmp_path / "prog.h").unlink()  # our own header missing: a build error, not a package
+    with pytest.raises(wl.BuildError, match="prog.h"):
+        wl.build_all(tmp_path / "cache", tmp_path)
 
 
 def test_build_without_gcc_names_the_packages(tmp_path: Path,
