@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import options
 from harness.console.findings import normalize
 from harness.errors import HarnessError
 from harness.results import junit
@@ -37,22 +36,6 @@ class Column:
     cell: str | None = None             # the cell id (harness.cells)
     facts: dict[str, str] = field(default_factory=dict)  # release, commit, compiler, host
     dirs: list[Path] = field(default_factory=list)       # its report directories
-
-
-def wanted(argv: list[str]) -> bool:
-    """Matrix mode: more than one --kernel or --numa, or a --baseline."""
-    kernels, numas, baseline, _ = split_args(argv)
-    return len(kernels) > 1 or len(numas) > 1 or baseline is not None
-
-
-def split_args(argv: list[str]) -> tuple[list[str], list[str], str | None, list[str]]:
-    """(kernels, topologies, baseline, the other pytest arguments)."""
-    try:
-        found, rest = options.split_repeated(argv)
-    except ValueError as exc:
-        raise HarnessError(str(exc)) from None
-    baseline = found["baseline"][-1] if found["baseline"] else None
-    return found["kernel"], found["numa"], baseline, rest
 
 
 def label_for(results: list[Result], kernel: str | None, numa: str | None,
