@@ -94,3 +94,13 @@ def check(argv: list[str]) -> argparse.Namespace | None:
     if complaint:
         raise HarnessError(f"run: {complaint} (see ksm-harness run --help)")
     return ns
+
+
+def main(argv: list[str]) -> int:
+    """``ksm-harness run``: one pytest run, or cells and shards (harness.runs.cells)."""
+    from harness.runs import cells as cell_runs
+    if check(argv) is None:
+        return 0  # help printed
+    if cell_runs.wanted(argv):
+        return cell_runs.run(argv)
+    return session.run(argv, ["tests/ksm"])
