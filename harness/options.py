@@ -1,6 +1,8 @@
-"""The guest options, declared once. The same declarations feed argparse (``boot``), pytest's
+"""The options, declared once. The guest options feed argparse (``boot``, ``run``), pytest's
 options (``run``, ``selftest``, plain pytest), the matrix's split of its argument list and a
-reproducer's argument list, so an option is added, renamed or documented in one place.
+reproducer's argument list; the run-level options feed ``run --help`` and pytest; so an
+option is added, renamed or documented in one place. (A report file's option is declared with
+its writer: harness.results.writers.)
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ class Option:
     env: str | None = None         # environment variable giving the default
     matrix: bool = False           # may repeat: one column of the matrix per value
     reproduce: bool = True         # part of a failing test's re-run command
+    switch: bool = False           # takes no value: present or not
+    group: str = "guest"           # where ``run --help`` and pytest's help list it
 
     @property
     def flag(self) -> str:
@@ -33,6 +37,8 @@ class Option:
         return self.default
 
     def kwargs(self) -> dict[str, Any]:
+        if self.switch:
+            return {"dest": self.dest, "help": self.help, "action": "store_true"}
         kw: dict[str, Any] = {"dest": self.dest, "help": self.help,
                               "default": self.default_value()}
         if self.metavar:
@@ -44,6 +50,8 @@ class Option:
         return kw
 
 
+DEFAULT_NUMA = "2"  # two nodes of 1 GiB and 1 CPU: the smallest machine where NUMA matters
+
 VM_OPTIONS: tuple[Option, ...] = (
     Option("kernel", "bzImage, vmlinux or kernel build tree, or debian[:PACKAGE] (default: "
            "Debian's linux-image-amd64, fetched with apt-get download)", metavar="KERNEL",
@@ -51,7 +59,7 @@ VM_OPTIONS: tuple[Option, ...] = (
     Option("modules", "module tree for --kernel (DIR/lib/modules/<release> or that dir)",
            metavar="DIR"),
     Option("numa", "NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or MEM[:CPUS] per "
-           "node, comma separated, e.g. 512M:1,1536M:1", default="2", metavar="SPEC",
+           "node, comma separated, e.g. 512M:1,1536M:1", default=DEFAULT_NUMA, metavar="SPEC",
            matrix=True),
     Option("accel", "auto probes KVM with a short deadline and falls back to TCG",
            default="auto", choices=("auto", "kvm", "tcg")),
@@ -66,7 +74,21 @@ VM_OPTIONS: tuple[Option, ...] = (
            default="auto", choices=("auto", "off"), reproduce=False),
 )
 
-BY_FLAG = {o.flag: o for o in VM_OPTIONS}
+# Options of a whole run (``ksm-harness run``, pytest), not of a guest.
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("ksm_seed", "seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
+           "a failure prints the seed to rerun with)", type=int, metavar="N",
+           group="selection"),
+    Option("keep_runs", "keep each VM's run directory (overlay, initrd) after the run",
+           switch=True, group="reports"),
+    Option("report_dir", "results.json, failures with reproducers and console logs, and "
+           "summary.html of a run with guest tests (default: results/)", metavar="DIR",
+           group="reports"),
+    Option("shard", "run the I-th of N contiguous slices of the selected tests (1-based)",
+           metavar="I/N", group="cells"),
+)
+
+BY_FLAG = {o.flag: o for o in VM_OPTIONS + RUN_OPTIONS}
 
 
 def add_to_argparse(parser: argparse.ArgumentParser | Any, title: str = "guest") -> None:
@@ -75,10 +97,11 @@ def add_to_argparse(parser: argparse.ArgumentParser | Any, title: str = "guest")
         group.add_argument(o.flag, **o.kwargs())
 
 
-def add_to_pytest(group: Any) -> None:
-    """``group`` is a pytest OptionGroup (typed loosely: only the plugin imports pytest)."""
-    for o in VM_OPTIONS:
-        group.addoption(o.flag, **o.kwargs())
+def add_to_pytest(groups: Callable[[str], Any], opts: Iterable[Option]) -> None:
+    """Each option into its pytest OptionGroup, ``groups(o.group)`` (typed loosely: only the
+    plugin imports pytest)."""
+    for o in opts:
+        groups(o.group).addoption(o.flag, **o.kwargs())
 
 
 def values(source: Any) -> dict[str, Any]:
