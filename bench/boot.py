@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import paths  # noqa: E402
+from harness import options, paths  # noqa: E402
 from harness import spec as spec_mod  # noqa: E402
 from harness.assets import image  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boots", type=int, default=5)
     ap.add_argument("--cold", action="store_true", help="also time a cold image build")
-    ap.add_argument("--numa", default="2")
+    ap.add_argument("--numa", default=options.DEFAULT_NUMA)
     ap.add_argument("--kernel")
     ap.add_argument("--append", default="", help="extra kernel command line")
     args = ap.parse_args()
