@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -52,27 +52,44 @@ class Option:
 
 DEFAULT_NUMA = "2"  # two nodes of 1 GiB and 1 CPU: the smallest machine where NUMA matters
 
-VM_OPTIONS: tuple[Option, ...] = (
-    Option("kernel", "bzImage, vmlinux or kernel build tree, or debian[:PACKAGE] (default: "
-           "Debian's linux-image-amd64, fetched with apt-get download)", metavar="KERNEL",
-           env="KSM_HARNESS_KERNEL", matrix=True),
-    Option("modules", "module tree for --kernel (DIR/lib/modules/<release> or that dir)",
-           metavar="DIR"),
-    Option("numa", "NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or MEM[:CPUS] per "
-           "node, comma separated, e.g. 512M:1,1536M:1", default=DEFAULT_NUMA, metavar="SPEC",
-           matrix=True),
-    Option("accel", "auto probes KVM with a short deadline and falls back to TCG",
-           default="auto", choices=("auto", "kvm", "tcg")),
-    Option("append", "extra kernel command line, e.g. --append 'transparent_hugepage=always'",
-           default="", metavar="ARGS"),
-    Option("swap_disk", "add a swap disk (serial 'swap'), e.g. 512M", metavar="SIZE"),
-    Option("image", "use this base qcow2 image instead of the recipe's", metavar="QCOW2"),
-    Option("boot_timeout", "seconds to wait for the guest (default 180 under TCG, 60 under "
-           "KVM)", default=0.0, type=float, metavar="S", reproduce=False),
-    Option("snapshot", "auto: the first guest of a kernel and topology is saved once ready, "
-           "later ones start from it (about 1 s instead of a boot); off: boot every guest",
-           default="auto", choices=("auto", "off"), reproduce=False),
-)
+def _guest(help: str, default: Any = None, **declared: Any) -> Any:
+    """A guest option as a field of GuestOptions: the field is its name and type, ``declared``
+    the rest of its Option (typed Any for the field's default, as dataclasses.field is)."""
+    return field(default=default, metadata={"option": dict(help=help, default=default,
+                                                           **declared)})
+
+
+@dataclass
+class GuestOptions:
+    """The guest options, each declared once as a typed field; ``VM_OPTIONS`` is read from
+    these fields, and harness.spec.Options (what a VM is built from) extends this class."""
+    kernel: str | None = _guest(
+        "bzImage, vmlinux or kernel build tree, or debian[:PACKAGE] (default: Debian's "
+        "linux-image-amd64, fetched with apt-get download)", metavar="KERNEL",
+        env="KSM_HARNESS_KERNEL", matrix=True)  # None: Debian's default
+    modules: str | None = _guest(
+        "module tree for --kernel (DIR/lib/modules/<release> or that dir)", metavar="DIR")
+    numa: str = _guest(
+        "NUMA nodes: a count (2 = two nodes of 1 GiB and 1 CPU), or MEM[:CPUS] per node, comma "
+        "separated, e.g. 512M:1,1536M:1", DEFAULT_NUMA, metavar="SPEC", matrix=True)
+    accel: str = _guest("auto probes KVM with a short deadline and falls back to TCG", "auto",
+                        choices=("auto", "kvm", "tcg"))
+    append: str = _guest("extra kernel command line, e.g. --append "
+                         "'transparent_hugepage=always'", "", metavar="ARGS")
+    swap_disk: str | None = _guest("add a swap disk (serial 'swap'), e.g. 512M", metavar="SIZE")
+    image: str | None = _guest("use this base qcow2 image instead of the recipe's",
+                               metavar="QCOW2")
+    boot_timeout: float = _guest(
+        "seconds to wait for the guest (default 180 under TCG, 60 under KVM)", 0.0, type=float,
+        metavar="S", reproduce=False)  # 0: chosen from the accelerator
+    snapshot: str = _guest(
+        "auto: the first guest of a kernel and topology is saved once ready, later ones start "
+        "from it (about 1 s instead of a boot); off: boot every guest", "auto",
+        choices=("auto", "off"), reproduce=False)
+
+
+VM_OPTIONS: tuple[Option, ...] = tuple(Option(f.name, **f.metadata["option"])
+                                       for f in fields(GuestOptions))
 
 # Options of a whole run (``ksm-harness run``, pytest), not of a guest.
 RUN_OPTIONS: tuple[Option, ...] = (
