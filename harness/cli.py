@@ -131,7 +131,8 @@ def _junit_check(p: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class Verb:
     help: str
-    run: str  # "module:function", imported when the verb runs (boot's imports are heavy)
+    # "module:function", imported only when the verb runs (boot's imports are heavy)
+    run: str | Callable[..., int]
     # its arguments; None: passed through untouched (to triage, pytest) as a list
     declare: Callable[[argparse.ArgumentParser], None] | None = None
 
@@ -145,7 +146,7 @@ VERBS: dict[str, Verb] = {
     "run": Verb("run the KSM scenario suite (pytest options pass through)",
                 "harness.runs.runargs:main"),
     "selftest": Verb("run ksm-harness's own tests (host, guest, and the KSM suite on the "
-                     "default kernel)", "harness.cli:selftest"),
+                     "default kernel)", selftest),
     "build": Verb("configure (the tree's .config or defconfig, + guest-images/kernel.config, "
                   "checked) and build a kernel tree; or build Debian's linux-source into the "
                   "cache (--source)", "harness.runs.build:main", _build),
@@ -206,6 +207,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def handler(verb: Verb) -> Callable[..., int]:
+    if callable(verb.run):
+        return verb.run
     module, _, name = verb.run.partition(":")
     fn: Callable[..., int] = getattr(importlib.import_module(module), name)
     return fn

@@ -11,6 +11,7 @@ from harness import cells, options
 from harness.errors import HarnessError
 from harness.pytest_plugin import session
 from harness.results import writers
+from harness.runs import cells as cell_runs
 
 DESCRIPTION = """\
 Run the KSM scenario suite (tests/ksm) in QEMU guests.
@@ -93,7 +94,6 @@ def check(argv: list[str]) -> argparse.Namespace | None:
 
 def main(argv: list[str]) -> int:
     """``ksm-harness run``: one pytest run, or cells and shards (harness.runs.cells)."""
-    from harness.runs import cells as cell_runs
     if check(argv) is None:
         return 0  # help printed
     if cell_runs.wanted(argv):
