@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from figures import record  # noqa: E402  (bench/figures.py, beside this file)
 
-from harness import paths  # noqa: E402
+from harness import options, paths  # noqa: E402
 from harness import spec as spec_mod  # noqa: E402
 from harness.assets import image  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boots", type=int, default=5)
     ap.add_argument("--cold", action="store_true", help="also time a cold image build")
-    ap.add_argument("--numa", default="2")
+    ap.add_argument("--numa", default=options.DEFAULT_NUMA)
     ap.add_argument("--kernel")
     ap.add_argument("--append", default="", help="extra kernel command line")
     args = ap.parse_args()

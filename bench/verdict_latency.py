@@ -69,7 +69,7 @@ def main() -> int:
     p.add_argument("--tries", type=int, default=3)
     p.add_argument("--kernel", default=None)
     args = p.parse_args()
-    spec = spec_mod.build(spec_mod.Options.of(kernel=args.kernel, numa="2"))
+    spec = spec_mod.build(spec_mod.Options.of(kernel=args.kernel))
     run_dir = paths.new_run_dir("bench")
     try:
         took = [one(spec, run_dir, i) for i in range(args.tries)]

@@ -21,8 +21,8 @@ from typing import Any
 from harness.assets import kernel as kernel_mod
 from harness.errors import HarnessError
 from harness.machine.topology import Node, canonical_numa, parse_numa
+from harness.options import DEFAULT_NUMA
 
-DEFAULT_NUMA = "2"
 SHARDS_ENV = "KSM_HARNESS_SHARDS"  # a Kubernetes Indexed Job's completions (its shard count)
 
 

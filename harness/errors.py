@@ -26,6 +26,11 @@ class VMError(HarnessError):
     """QEMU could not start, or the guest never became reachable."""
 
 
+class PortTaken(VMError):
+    """QEMU could not set up the SSH port forwarding: the host port was taken meanwhile (a
+    new QEMU on another port is the cure, not a failure)."""
+
+
 _WRITE_ERRNOS = {"ENOSPC", "EACCES", "EROFS", "EDQUOT", "EPERM", "EFBIG", "ENOTDIR", "EEXIST"}
 
 

@@ -18,17 +18,9 @@ from harness.machine.vm import VMSpec
 
 
 @dataclass
-class Options:
-    """The guest options' values (declared, with defaults and help, in harness.options)."""
-    kernel: str | None               # path or debian[:PACKAGE]; None = Debian's default
-    modules: str | None
-    numa: str
-    accel: str
-    append: str                      # extra kernel command line
-    swap_disk: str | None            # e.g. "512M": adds a disk with serial "swap"
-    image: str | None                # a prebuilt qcow2 instead of the recipe's
-    boot_timeout: float              # 0: choose from the accelerator
-    snapshot: str                    # auto: start guests from a saved one; off: boot
+class Options(options.GuestOptions):
+    """The guest options' values (each declared, typed, in harness.options.GuestOptions), and
+    what a caller adds to the kernel command line."""
     extra_cmdline: list[str] = field(default_factory=list)
 
     @classmethod

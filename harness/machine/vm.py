@@ -19,7 +19,7 @@ from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
 from harness.assets import image, initramfs, keys
 from harness.assets.kernel import Kernel
 from harness.console.reader import Console, ConsoleTimeout
-from harness.errors import VMError
+from harness.errors import PortTaken, VMError
 from harness.machine import snapshot
 from harness.machine.accel import Accel
 from harness.machine.qemu import GUEST_SYSCTLS, QemuConfig
@@ -181,7 +181,7 @@ class VM:
                                   (self._keys[0].private_openssh, self._keys[1].private_openssh))
                 return self
             except VMError as exc:
-                if "host forwarding" in str(exc) and attempt < 4:
+                if isinstance(exc, PortTaken) and attempt < 4:
                     self._respawn()  # the port was taken meanwhile: try another
                     continue
                 sig = self.child.signalstatus if self.child is not None else None
@@ -227,7 +227,7 @@ class VM:
         except ConsoleTimeout as exc:
             tail = self.console.tail(25)
             if "host forwarding" in tail:
-                raise VMError("host forwarding rule failed") from None
+                raise PortTaken("host forwarding rule failed") from None
             raise VMError(f"guest did not boot: {exc.what} after {exc.timeout:.1f}s "
                           f"[{self.spec.accel.name}]; console tail:\n{tail}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn

@@ -20,6 +20,7 @@ from __future__ import annotations
 import pytest
 
 from harness import options
+from harness.results import writers
 
 pytest_plugins = [
     "harness.pytest_plugin.fixtures",
@@ -41,26 +42,17 @@ MARKERS = (
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("ksm-harness", "ksm-harness guest options")
-    options.add_to_pytest(g)
-    g.addoption("--ksm-seed", type=int, default=None,
-                help="seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
-                     "a failure prints the seed to rerun with)")
-    g.addoption("--selfchecks", action="store_true",
-                help="also run the harness's self-checks among the scenarios (tests marked "
-                     "selfcheck); `ksm-harness selftest` gives it")
-    g.addoption("--keep-runs", action="store_true",
-                help="keep each VM's run directory (overlay, initrd) after the run")
-    r = parser.getgroup("ksm-harness-report", "ksm-harness reports")
-    r.addoption("--results-json", metavar="PATH", default=None,
-                help="write per-test results (outcome, findings, title, properties) as JSON")
-    r.addoption("--ktap", metavar="PATH", default=None, help="write KTAP results")
-    r.addoption("--report-dir", metavar="DIR", default=None,
-                help="reproducers, console logs and summary.html of a run with guest tests "
-                     "(default: results/)")
-    c = parser.getgroup("ksm-harness-cells", "ksm-harness cells and shards")
-    c.addoption("--shard", metavar="I/N", default=None,
-                help="run the I-th of N contiguous slices of the selected tests (1-based)")
+    groups = {"guest": parser.getgroup("ksm-harness", "ksm-harness guest options")}
+    groups["selection"] = groups["guest"]
+    groups["reports"] = parser.getgroup("ksm-harness-report", "ksm-harness reports")
+    groups["cells"] = c = parser.getgroup("ksm-harness-cells", "ksm-harness cells and shards")
+    options.add_to_pytest(groups.__getitem__,
+                          options.VM_OPTIONS + options.RUN_OPTIONS + writers.OPTIONS)
+    # ours, not a user's: `ksm-harness selftest` gives it (tests marked selfcheck)
+    groups["guest"].addoption("--selfchecks", action="store_true",
+                              help="also run the harness's self-checks among the scenarios "
+                                   "(tests marked selfcheck); `ksm-harness selftest` gives it")
+    # set by `ksm-harness run` for the child pytest of each cell, not by people
     c.addoption("--cell-position", metavar="c/C", default="0/1",
                 help="this cell's place among the C cells a sharded run splits (0-based; "
                      "set by `ksm-harness run`)")

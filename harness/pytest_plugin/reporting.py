@@ -1,7 +1,8 @@
 """A :class:`Result` record per test, folded from its phases' reports (findings travel on
 each report as data, see ``watch``), and at the end of the run the files CI reads: JUnit
-(``--junitxml``, written by harness.results.junit in place of pytest's writer), ``--results-json``,
-``--ktap``, and the report directory (results.json, failures with reproducers, summary.html).
+(``--junitxml``, written by harness.results.junit in place of pytest's writer), every file of
+harness.results.writers (``--results-json``, ``--ktap``, ``--markdown``, ...), and the report
+directory (results.json, failures with reproducers, summary.html).
 Under xdist only the controller records and writes.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harness.errors import HarnessError
 from harness.guest import Guest
 from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY
-from harness.results import html, junit, ktap, reproducer
+from harness.results import html, junit, reproducer, writers
 from harness.results.model import Outcome, Result, results_document
 from harness.version import harness_version
 
@@ -198,12 +199,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if PYTEST_JUNIT in config.stash:
             plugin, logfile = config.stash[PYTEST_JUNIT]
             plugin.logfile = logfile
+    writers.write_all(lambda name: config.getoption(name, None), writers.Run(results, doc))
     jpath = config.getoption("results_json")
-    if jpath:
-        _write(Path(jpath), json.dumps(doc, indent=1) + "\n")
-    kpath = config.getoption("ktap")
-    if kpath:
-        _write(Path(kpath), ktap.render(results))
     rdir = config.getoption("report_dir")
     if rdir or any("kernel_release" in r.properties for r in results):
         out = Path(rdir or "results")

@@ -114,14 +114,13 @@ def _open_windows(item: pytest.Item, phase: str) -> None:
 def _stuck_process(guest: Guest, excinfo: BaseException | None) -> str:
     """For a workload that did not answer: whether it was stuck or only slow (its counters
     over a second, its kernel stack), asked while the guest may still answer."""
-    found = re.search(r"\(pid (\d+)\)", str(excinfo)) if isinstance(excinfo, WorkloadTimeout) \
-        else None
-    if found is None:
+    pid = excinfo.pid if isinstance(excinfo, WorkloadTimeout) else None
+    if pid is None:
         return ""
     try:
-        return guestsys.process_progress(guest.vm, int(found.group(1))) + "\n"
+        return guestsys.process_progress(guest.vm, pid) + "\n"
     except Exception as exc:  # evidence is best effort: the hang verdict stands without it
-        return f"pid {found.group(1)}: no answer from the guest ({type(exc).__name__})\n"
+        return f"pid {pid}: no answer from the guest ({type(exc).__name__})\n"
 
 
 def _with_holders(guest: Guest, found: list[Finding]) -> list[Finding]:

@@ -10,6 +10,7 @@ text every finding (ranked) and the traceback.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.results.model import Outcome, Result
 
 XSD = Path(__file__).with_name("junit-10.xsd")
@@ -121,3 +123,21 @@ def validate(path: Path) -> list[str]:
     if r.returncode == 0:
         return []
     return [line for line in r.stderr.splitlines() if line and not line.endswith("validates")]
+
+
+def check(args: argparse.Namespace) -> int:
+    """``ksm-harness junit-check XML...``: each file valid or not (with xmllint's complaints);
+    1 when any is not."""
+    bad = 0
+    for f in args.files:
+        if not Path(f).is_file():
+            raise HarnessError(f"{f}: no such file")
+        try:
+            errors = validate(Path(f))
+        except FileNotFoundError as exc:
+            raise HarnessError(str(exc)) from None
+        print(f"{f}: {'valid' if not errors else 'INVALID'} (junit-10.xsd)")
+        for e in errors:
+            print(f"  {e}")
+        bad += bool(errors)
+    return 1 if bad else 0

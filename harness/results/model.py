@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.console.findings import Category, Finding, rank
+from harness.console.findings import Category, Finding, rank, signature
 
 RESULTS_VERSION = 2
 
@@ -62,6 +62,11 @@ class Result:
     @property
     def kernel_report(self) -> Finding | None:
         return next((f for f in self.findings if f.is_kernel_report), None)
+
+    def signature(self) -> tuple[str, str] | None:
+        """The top finding's (category, normalized title): two failures with the same one
+        failed for the same reason (what the matrix's baseline and bisect compare)."""
+        return signature(self.top) if self.top else None
 
     @property
     def duration(self) -> float:

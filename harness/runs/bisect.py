@@ -13,6 +13,7 @@ in tests/unit/data/results/.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -236,3 +237,23 @@ def bisect(tree: Path, good: str, bad_rev: str, scenario: str, runs: int = 1,
             print("  " + "\n  ".join(line.splitlines()[:25]))
     return 0
 
+
+
+def main(args: argparse.Namespace) -> int:
+    """``ksm-harness bisect`` and ``bisect-step``."""
+    tree = Path(args.tree).expanduser()
+    if not tree.is_dir():
+        raise HarnessError(f"--tree {tree}: no such directory")
+    if args.runs < 1:
+        raise HarnessError("--runs must be at least 1")
+    if args.cmd == "bisect":
+        return bisect(tree, args.good, args.bad, args.scenario, args.runs,
+                      Path(args.report_dir), args.jobs)
+    # under `git bisect run` any status 1..127 but 125 means "bad": our own errors must abort
+    try:
+        sig = Signature.load(Path(args.signature)) if args.signature else None
+        return step(tree.resolve(), args.scenario, args.runs, sig, Path(args.report_dir),
+                    args.jobs).status
+    except Exception as exc:  # noqa: BLE001 -- never let a traceback read as "bad"
+        print(f"ksm-harness: bisect-step: {exc}", file=sys.stderr)
+        return ABORT

@@ -10,6 +10,7 @@ one unsharded run (harness.runs.matrix).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -248,6 +249,10 @@ def columns_of(files: list[Path], whole_plan: bool = True
     return columns, problems
 
 
+def merge_main(args: argparse.Namespace) -> int:
+    return merge([Path(d) for d in args.dirs], args.baseline, Path(args.out))
+
+
 def merge(paths: list[Path], baseline: str | None, out: Path) -> int:
     """``ksm-harness merge DIR...``: the matrix of every results file under the DIRs."""
     base = matrix.load_baseline(Path(baseline)) if baseline else None
@@ -262,6 +267,15 @@ def merge(paths: list[Path], baseline: str | None, out: Path) -> int:
 
 
 # --- plan --------------------------------------------------------------------------------
+
+def plan_main(args: argparse.Namespace) -> int:
+    """``ksm-harness plan``: the cells of --kernel x --numa, in --format."""
+    plan = cells.plan(args.kernel or [], args.numa or [], args.modules)
+    argv = [a for k in args.kernel or [] for a in ("--kernel", k)] + \
+        [a for n in args.numa or [] for a in ("--numa", n)]
+    print(plan_output(plan, args.format, argv, args.runner_tag))
+    return 0
+
 
 def plan_output(plan: list[cells.Cell], fmt: str, argv: list[str], tag: str | None) -> str:
     """The cells as text, JSON, a GitHub Actions matrix or a GitLab child pipeline."""

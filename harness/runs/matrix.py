@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import options
-from harness.console.findings import normalize
+from harness.console.findings import Category, Finding
 from harness.errors import HarnessError
 from harness.results import junit
 from harness.results.model import Outcome, Result
 
 SHORT = {Outcome.PASSED: "pass", Outcome.FAILED: "FAIL", Outcome.ERROR: "ERROR",
          Outcome.SKIPPED: "skip", Outcome.XFAILED: "xfail", Outcome.XPASSED: "XPASS"}
-FAILED = ("failed", "error")
 
 
 @dataclass
@@ -37,22 +35,6 @@ class Column:
     cell: str | None = None             # the cell id (harness.cells)
     facts: dict[str, str] = field(default_factory=dict)  # release, commit, compiler, host
     dirs: list[Path] = field(default_factory=list)       # its report directories
-
-
-def wanted(argv: list[str]) -> bool:
-    """Matrix mode: more than one --kernel or --numa, or a --baseline."""
-    kernels, numas, baseline, _ = split_args(argv)
-    return len(kernels) > 1 or len(numas) > 1 or baseline is not None
-
-
-def split_args(argv: list[str]) -> tuple[list[str], list[str], str | None, list[str]]:
-    """(kernels, topologies, baseline, the other pytest arguments)."""
-    try:
-        found, rest = options.split_repeated(argv)
-    except ValueError as exc:
-        raise HarnessError(str(exc)) from None
-    baseline = found["baseline"][-1] if found["baseline"] else None
-    return found["kernel"], found["numa"], baseline, rest
 
 
 def label_for(results: list[Result], kernel: str | None, numa: str | None,
@@ -87,11 +69,16 @@ def table(columns: list[Column], new: set[tuple[str, str]] = frozenset()) -> str
     return "\n".join(lines)
 
 
-Before = dict[str, tuple[str, str]]  # nodeid -> (outcome, normalized top title)
+Before = dict[str, Result]  # nodeid -> the baseline's record
 
 
 def _before(tests: dict[str, Any]) -> Before:
-    return {n: (d["outcome"], normalize(d.get("title") or "")) for n, d in tests.items()}
+    """A matrix.json column's tests as records: outcome and top finding (its category and
+    title are all a signature needs)."""
+    return {n: Result(n, Outcome(d["outcome"]),
+                      [Finding(Category.of(d["category"]), d.get("title") or "")]
+                      if d.get("category") else [])
+            for n, d in tests.items()}
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
@@ -105,7 +92,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
                 "by_kernel": {_kernel_key(c.get("kernel"), c.get("numa")): _before(c["tests"])
                               for c in doc["columns"] if c.get("kernel")}}
     if isinstance(doc, dict) and "tests" in doc:
-        return {"single": _before({t["nodeid"]: t for t in doc["tests"]})}
+        return {"single": {t["nodeid"]: Result.from_dict(t) for t in doc["tests"]}}
     raise HarnessError(f"--baseline {path}: neither a results file nor a matrix.json")
 
 
@@ -120,8 +107,9 @@ def _strip_numa(label: str) -> str:
 
 def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[tuple[str, str]]:
     """(column label, nodeid) of failures the baseline did not have: a test that did not fail
-    there, or that fails now with another top title (numbers and addresses aside: a new
-    oops in a test that used to fail on a counter is new). Without a baseline every failure
+    there, or that fails now with another signature (Result.signature(), as bisect compares:
+    category and title, numbers and addresses aside; a new oops in a test that used to fail
+    on a counter is new). Without a baseline every failure
     is new; a test the baseline did not run counts as new when it fails; a column the
     baseline does not know by label (kernel release) is compared with the baseline column of
     the same --kernel argument (a nightly tree rebuilt at a new commit has a new release
@@ -139,7 +127,7 @@ def new_failures(columns: list[Column], baseline: dict[str, Any] | None) -> set[
             if not r.failed:
                 continue
             was = before.get(nodeid) if before is not None else None
-            if was is None or was[0] not in FAILED or was[1] != normalize(r.title):
+            if was is None or not was.failed or was.signature() != r.signature():
                 new.add((c.label, nodeid))
     return new
 

@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 from harness import cells, options
 from harness.errors import HarnessError
 from harness.pytest_plugin import session
+from harness.results import writers
+from harness.runs import cells as cell_runs
 
 DESCRIPTION = """\
 Run the KSM scenario suite (tests/ksm) in QEMU guests.
@@ -48,31 +50,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     p.add_argument("--help-pytest", action="store_true",
                    help="show pytest's own options (all of them work with run)")
-    g = p.add_argument_group("guest")
+    groups = {name: p.add_argument_group(name) for name in ("guest", "selection")}
     for o in options.VM_OPTIONS:
         kw: dict[str, Any] = o.kwargs()
         if o.matrix:
             kw.update(action="append", default=None, help=kw["help"] + "; repeat: one cell each")
-        g.add_argument(o.flag, **kw)
-    s = p.add_argument_group("selection")
+        groups["guest"].add_argument(o.flag, **kw)
+    s = groups["selection"]
     s.add_argument("-k", metavar="EXPR", dest="keyword",
                    help="pytest -k expression over scenario names, e.g. 'merge and not numa' "
                         "(the same -k as bisect's)")
     s.add_argument("-m", metavar="MARKEXPR", dest="markexpr", help="pytest -m marker expression")
-    s.add_argument("--ksm-seed", type=int, metavar="N",
-                   help="seed of the knob-chaos scenario (a failure prints the one to rerun)")
-    c = p.add_argument_group("cells, shards and the matrix")
+    c = groups["cells"] = p.add_argument_group("cells, shards and the matrix")
     c.add_argument("--cell", action="append", metavar="ID", help="run only this cell")
-    c.add_argument("--shard", metavar="I/N", help="run the I-th of N slices (1-based)")
     c.add_argument("--baseline", metavar="FILE",
                    help="a results.json or matrix.json: only new failures fail the run")
-    r = p.add_argument_group("reports")
+    r = groups["reports"] = p.add_argument_group("reports")
     r.add_argument("--junitxml", metavar="PATH", help="JUnit XML (Jenkins' junit-10.xsd)")
-    r.add_argument("--results-json", metavar="PATH", help="every result record as JSON")
-    r.add_argument("--ktap", metavar="PATH", help="KTAP version 1")
-    r.add_argument("--report-dir", metavar="DIR",
-                   help="results.json, summary.html, failures with reproducers (default results/)")
-    r.add_argument("--keep-runs", action="store_true", help="keep each VM's run directory")
+    for o in options.RUN_OPTIONS + writers.OPTIONS:
+        groups[o.group].add_argument(o.flag, **o.kwargs())
     return p
 
 
@@ -94,3 +90,12 @@ def check(argv: list[str]) -> argparse.Namespace | None:
     if complaint:
         raise HarnessError(f"run: {complaint} (see ksm-harness run --help)")
     return ns
+
+
+def main(argv: list[str]) -> int:
+    """``ksm-harness run``: one pytest run, or cells and shards (harness.runs.cells)."""
+    if check(argv) is None:
+        return 0  # help printed
+    if cell_runs.wanted(argv):
+        return cell_runs.run(argv)
+    return session.run(argv, ["tests/ksm"])

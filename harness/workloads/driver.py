@@ -156,8 +156,8 @@ class Workload:
             raise
         except CommandTimeout:
             self._unusable = f"'{line}' timed out"
-            raise WorkloadTimeout(f"workload '{self.name}' (pid {self.pid}) did not answer "
-                                  f"'{line}' within {timeout:.0f}s", self.name, line) from None
+            raise WorkloadTimeout(f"workload '{self.name}' (pid {self.pid}) did not answer '{line}' "
+                                  f"within {timeout:.0f}s", self.name, line, pid=self.pid) from None
         except (EOFError, OSError) as e:
             raise self._died(line, "", f"closed its output ({type(e).__name__})") from None
         reply = Reply(line, text)

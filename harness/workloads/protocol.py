@@ -88,7 +88,13 @@ class DataCorruption(WorkloadError):
 
 class WorkloadTimeout(WorkloadError):
     """No reply before the deadline; the workload is unusable afterwards (a late reply would
-    answer the wrong command)."""
+    answer the wrong command). ``pid``: the guest process that did not answer, when known
+    (the hang's evidence asks the guest about it)."""
+
+    def __init__(self, message: str, workload: str = "", command: str = "", reply: str = "",
+                 pid: int | None = None) -> None:
+        super().__init__(message, workload, command, reply)
+        self.pid = pid
 
 
 class WorkloadDied(WorkloadError):

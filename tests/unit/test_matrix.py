@@ -43,6 +43,27 @@ def test_known_failure_is_not_new() -> None:
         ("6.1.0-b", "tests/ksm/test_merge.py::test_merge_across_nodes_cycle")}
 
 
+@pytest.mark.parametrize("before,now,new", [
+    ("counter_mismatch", "counter_mismatch_other_count", False),  # numbers aside
+    ("bad_warning", "bad_warning_other_pid", False),
+    ("bad_warning", "unrelated_warning", True),                   # another function warns
+    ("counter_mismatch", "bad_warning", True),                    # a test that passed there
+    ("hung", "bad_warning", True),                                # another category
+])
+def test_a_failure_is_new_by_its_signature_as_bisect_sees_it(before: str, now: str,
+                                                             new: bool, tmp_path: Path) -> None:
+    from harness.runs import bisect
+    cols = [column(now, "6.1.0-a")]
+    as_matrix = tmp_path / "matrix.json"
+    as_matrix.write_text(json.dumps(matrix.matrix_document([column(before, "6.1.0-a")])))
+    for baseline in (DATA / f"{before}.json", as_matrix):  # a run's file, or a matrix's
+        assert bool(matrix.new_failures(cols, matrix.load_baseline(baseline))) is new
+    # the same verdict bisect gives a commit failing like ``now`` when ``before`` was bad
+    bad = bisect.signatures(next(r for r in column(before, "x").results.values() if r.failed))
+    assert (bisect.decide([list(cols[0].results.values())], bad[0]).status
+            != bisect.BAD) is new
+
+
 def test_matrix_baseline_compares_column_by_column(tmp_path: Path) -> None:
     old = [column("bad_warning", "6.1.0-a"), column("good", "6.1.0-b")]
     path = tmp_path / "matrix.json"

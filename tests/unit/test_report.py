@@ -77,6 +77,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     res = pytester.runpytest("-p", "harness.pytest_plugin.plugin", "--junitxml", str(out / "junit.xml"),
                              "--results-json", str(out / "results.json"),
                              "--ktap", str(out / "results.ktap"),
+                             "--markdown", str(out / "summary.md"),
                              "--report-dir", str(out / "report"))
     return res, out
 
@@ -141,6 +142,15 @@ def test_ktap(run) -> None:
     assert "# WARNING in ksm_scan_thread" in text
     assert any(line.startswith("not ok 2 test_fake.py::test_warns") for line in text)
     assert any(line.endswith("# SKIP no zram in this kernel") for line in text)
+
+
+def test_markdown_summary(run) -> None:
+    _, out = run
+    text = (out / "summary.md").read_text()
+    assert "**2 failed, 1 passed, 1 skipped**" in text
+    assert ("| <code>test_fake.py::test_warns</code> | failed | WARNING in ksm_scan_thread | "
+            "ksm_scan_thread |") in text
+    assert "(skipped): no zram in this kernel" in text
 
 
 def test_reproducer_and_summary(run) -> None:

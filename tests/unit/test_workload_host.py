@@ -329,8 +329,9 @@ def test_madvise_mlock_and_smaps(work: Workload) -> None:
 
 
 def test_timeout_names_the_command_and_retires_the_workload(work: Workload) -> None:
-    with pytest.raises(WorkloadTimeout, match="'sleep 3000' within 0s"):
+    with pytest.raises(WorkloadTimeout, match="'sleep 3000' within 0s") as hung:
         work.command("sleep 3000", timeout=0.3)
+    assert hung.value.pid == work.pid and work.pid is not None  # what the hang's evidence asks
     with pytest.raises(WorkloadError, match="timed out"):
         work.verify()
 
