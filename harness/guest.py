@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.access.remote import Process
-from harness.console.findings import Finding
+from harness.findings import Finding
 from harness.health import Monitor
 from harness.ksm.timeline import Sampler
 from harness.machine.vm import VM

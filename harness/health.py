@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.console.classify import Report, StreamClassifier
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.machine.qmp import QMPError
 
 if TYPE_CHECKING:

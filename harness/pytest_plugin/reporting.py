@@ -18,8 +18,8 @@ import pluggy
 import pytest
 
 from harness import cells, options, paths
-from harness.console.findings import Category, Finding
 from harness.errors import HarnessError
+from harness.findings import Category, Finding
 from harness.guest import Guest
 from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.console.findings import Category, Finding, rank
+from harness.findings import Category, Finding, rank
 
 RESULTS_VERSION = 2
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import options
-from harness.console.findings import normalize
 from harness.errors import HarnessError
+from harness.findings import normalize
 from harness.results import junit
 from harness.results.model import Outcome, Result
 

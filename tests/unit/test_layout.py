@@ -14,7 +14,7 @@ HARNESS = REPO / "harness"
 # Lower layers never import higher ones (a package or module name -> its layer).
 LAYERS = {
     "errors": 0, "paths": 0, "deps": 0, "options": 0, "reaper": 0, "version": 0,
-    "progress": 0,
+    "progress": 0, "findings": 0,
     "access": 1, "console": 1, "assets": 1,
     "machine": 2,
     "health": 3, "guest": 3, "ksm": 3, "guestsys": 3, "workloads": 3, "spec": 3,

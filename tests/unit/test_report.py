@@ -24,7 +24,7 @@ pytest_plugins = ["pytester"]
 # are set.
 FAKE_CONFTEST = '''
 import pytest
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.pytest_plugin.watch import FINDINGS
 
 @pytest.hookimpl(hookwrapper=True)
@@ -190,7 +190,7 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
 
 
 def test_ktap_timeout_and_error_directives() -> None:
-    from harness.console.findings import Category, Finding
+    from harness.findings import Category, Finding
     from harness.results import ktap
     from harness.results.model import Outcome, Result
     results = [
