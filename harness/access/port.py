@@ -13,8 +13,8 @@ from typing import Protocol
 
 from harness.access.remote import Process, Runner, Spawner
 
-__all__ = ["ControlError", "LineSource", "MachineControl", "Process", "Replaceable",
-           "Runner", "Spawner"]
+__all__ = ["ControlError", "GuestPort", "LineSource", "MachineControl", "Process",
+           "Replaceable", "Runner", "Spawner"]
 
 Listener = Callable[[str], None]
 
@@ -91,10 +91,7 @@ class Replaceable(Protocol):
     """A guest whose machine may be replaced by a fresh one after a fatal report or a hang
     (harness.guest.Guest); what was set up on the old machine is gone with it."""
 
-    @property
-    def generation(self) -> int:
-        """Counts the machines this guest has had."""
-        ...
+    generation: int  # counts the machines this guest has had
 
     def ensure_running(self) -> None:
         """Boot the successor of a retired machine (a no-op otherwise)."""
@@ -103,3 +100,8 @@ class Replaceable(Protocol):
     def gone_since(self, generation: int) -> bool:
         """The machine of ``generation`` was retired or replaced."""
         ...
+
+
+class GuestPort(Spawner, Replaceable, Protocol):
+    """A guest as KSM scenarios use it: commands, files and programs on a machine that may be
+    replaced between tests (harness.guest.Guest implements it)."""

@@ -3,6 +3,7 @@ guest's root shell on ttyS0 is the same: a POSIX shell reading lines from a tty)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -14,7 +15,7 @@ from harness.console.reader import Console
 
 
 @pytest.fixture
-def console(tmp_path: Path):  # type: ignore[no-untyped-def]
+def console(tmp_path: Path) -> Iterator[Console]:
     # no prompt: the guest's tty echoes the typed line after its prompt, this pty does not
     child = pexpect.spawn("/bin/sh", echo=False, timeout=None,
                           env={"PS1": "", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
