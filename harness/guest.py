@@ -5,20 +5,57 @@ fixtures) keep working across the replacement.
 A broken VM is retired at once (QEMU stopped when the test's verdict is made) and its
 successor booted only when something next uses the guest, usually the next test's set-up: the
 failing test's verdict does not wait for a boot, and its fixtures' teardowns, which have
-nothing to undo on a VM that is gone, ask :meth:`Guest.gone_since` and skip."""
+nothing to undo on a VM that is gone, ask :meth:`Guest.gone_since` and skip.
+
+Every use of the guest that needs the machine (a command, the console, QMP) goes through
+:attr:`Guest.vm`, which boots the successor of a retired VM first."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
-from harness.access.remote import Process
-from harness.console.findings import Finding
+from harness.access.port import ControlError, GuestPort
+from harness.access.remote import CommandResult, Process
+from harness.access.ssh import SSH
+from harness.console.reader import Console
+from harness.findings import Finding
 from harness.health import Monitor
-from harness.ksm.timeline import Sampler
-from harness.machine.vm import VM
+from harness.ksm.timeline import PhasedProcess, Sampler
+from harness.machine.qemu import QemuConfig
+from harness.machine.qmp import QMP, QMPError
+from harness.machine.vm import VM, VMSpec
 
 
-class Guest:
+class QemuControl:
+    """The machine control (harness.access.port.MachineControl) of one VM: liveness from its
+    QEMU process, run state and sysrq keys through QMP."""
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    def alive(self) -> str | None:
+        return self.vm.alive()
+
+    def status(self) -> str | None:
+        qmp = self.vm.qmp
+        if qmp is None:
+            return None
+        try:
+            return qmp.status()
+        except QMPError as exc:
+            raise ControlError(str(exc)) from None
+
+    def sysrq(self, key: str) -> None:
+        qmp = self.vm.qmp
+        if qmp is None:
+            raise ControlError("no QMP connection")
+        try:
+            qmp.sysrq(key)
+        except QMPError as exc:
+            raise ControlError(str(exc)) from None
+
+
+class Guest(GuestPort):
     def __init__(self, boot: Callable[[], VM], stop: Callable[[VM], None]) -> None:
         self._boot, self._stop = boot, stop
         self.broken: str | None = None   # why the VM must be replaced before the next test
@@ -30,7 +67,8 @@ class Guest:
     def _start(self) -> None:
         vm = self._boot()
         self._vm = vm
-        self._monitor = Monitor(vm)
+        assert vm.console is not None  # a booted VM has its console
+        self._monitor = Monitor(vm.console, vm, QemuControl(vm))
         if vm.ssh is not None:  # every wait on this guest ends on a fatal report
             vm.ssh.abort = self._monitor.fatal_reason
         # reports printed while booting go to the first test that uses this guest
@@ -71,25 +109,59 @@ class Guest:
         nothing to undo on it); never boots."""
         return self.retired or self.generation != generation
 
+    def close(self) -> None:
+        self._stop(self._vm)
+
+    # --- commands (harness.access.remote.Spawner) -------------------------------------------
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        return self.vm.run(cmd, timeout, check)
+
+    def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        self.vm.put(local, remote, mode)
+
+    def get(self, remote: str, local: Path) -> None:
+        self.vm.get(remote, local)
+
     def spawn(self, cmd: str, timeout: float = 30.0) -> Process:
         """Like VM.spawn; while a timeline sampler is attached, every line sent to the
         program (a workload command) is recorded as a phase."""
         proc = self.vm.spawn(cmd, timeout)
-        sampler = self.sampler
-        if sampler is not None:
-            send = proc.send_line
+        return proc if self.sampler is None else PhasedProcess(proc, self.sampler)
 
-            def send_and_mark(line: str) -> None:
-                sampler.phase(" ".join(line.split()[:2]))
-                send(line)
-            proc.send_line = send_and_mark  # type: ignore[method-assign]
-        return proc
+    def console_run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
+        """A command through the root shell on the serial console (the second channel)."""
+        return self.vm.console_run(cmd, timeout)
 
-    def close(self) -> None:
-        self._stop(self._vm)
+    # --- the machine ------------------------------------------------------------------------
+    def alive(self) -> str | None:
+        """None while QEMU runs, else why it is gone."""
+        return self.vm.alive()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # not set yet (a boot failed in __init__): no recursion
-            raise AttributeError(name)
-        # run, put, get, spawn, console, console_run, config, port, ssh, alive, ...
-        return getattr(self.vm, name)
+    @property
+    def console(self) -> Console | None:
+        return self.vm.console
+
+    @property
+    def console_log(self) -> Path:
+        return self.vm.console_log
+
+    @property
+    def spec(self) -> VMSpec:
+        return self.vm.spec
+
+    @property
+    def config(self) -> QemuConfig | None:
+        return self.vm.config
+
+    @property
+    def port(self) -> int:
+        """The host port forwarded to the guest's sshd."""
+        return self.vm.port
+
+    @property
+    def ssh(self) -> SSH | None:
+        return self.vm.ssh
+
+    @property
+    def qmp(self) -> QMP | None:
+        return self.vm.qmp

@@ -5,20 +5,21 @@ belongs to. Reporting stays out of here: callers get ``Finding`` records.
 Nothing is dropped: every kernel report is claimed exactly once, by the first window that
 closes after it was printed (a report between two tests, or during a fixture, goes to the
 next window to close, marked with when it was printed).
+
+The monitor knows the guest through ports (harness.access.port): the console's lines, a
+runner for the markers and the taint, and optionally the machine's control (liveness, sysrq).
+Its accounting (:meth:`Monitor.open_window`, :meth:`Monitor.close_window`, claims) needs only
+the lines, so it runs on a recorded console log too.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from harness.access.port import ControlError, LineSource, MachineControl, Runner
 from harness.console.classify import Report, StreamClassifier
-from harness.console.findings import Category, Finding
-from harness.machine.qmp import QMPError
-
-if TYPE_CHECKING:
-    from harness.machine.vm import VM
+from harness.findings import Category, Finding
 
 # Taint flags (Documentation/admin-guide/tainted-kernels.rst), bit -> letter, meaning.
 TAINT_FLAGS = {
@@ -65,10 +66,14 @@ def report_finding(r: Report, phase: str = "", arrived: float | None = None) -> 
 
 
 class Monitor:
-    """One per VM; fed by the console's reader thread."""
+    """One per VM; fed by the console's reader thread. Without a ``runner`` it only reads:
+    no markers are written and no taint is read (windows are what the caller opens)."""
 
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
+    def __init__(self, console: LineSource, runner: Runner | None = None,
+                 control: MachineControl | None = None) -> None:
+        self.console = console
+        self.runner = runner
+        self.control = control
         self.reports: list[Report] = []
         self._claimed = 0  # reports[:_claimed] belong to a window already
         self.fatal: Report | None = None  # the first report after which waits end
@@ -76,8 +81,7 @@ class Monitor:
         self._lock = threading.Lock()
         self._classifier = StreamClassifier()
         self.current: TestWindow | None = None
-        assert vm.console is not None
-        vm.console.add_listener(self._feed)  # the boot's lines first, none lost between
+        console.add_listener(self._feed)  # the boot's lines first, none lost between
 
     def _feed(self, line: str) -> None:
         with self._lock:
@@ -99,7 +103,7 @@ class Monitor:
             return f"the kernel reported: {fatal.title}"
         if self.fatal_open is not None:
             return f"the kernel is printing a {self.fatal_open} report"
-        return self.vm.alive()
+        return self.control.alive() if self.control is not None else None
 
     @property
     def broken(self) -> bool:
@@ -128,9 +132,7 @@ class Monitor:
         # The console's lock is taken only after ours is released: its reader thread holds
         # the console's lock while it feeds us (taking ours), so the other order deadlocks
         # the run (seen in CI: a claim while sysrq output streamed in).
-        console = self.vm.console
-        return [report_finding(r, phase, console.arrived(r.start_line) if console else None)
-                for r in mine]
+        return [report_finding(r, phase, self.console.arrived(r.start_line)) for r in mine]
 
     # --- per-test windows -----------------------------------------------------------------
     def _kmsg(self, what: str, test: str) -> str:
@@ -143,8 +145,10 @@ class Monitor:
         return MARK.format(what=what, test=test).replace("'", "").split(">", 1)[1][:60]
 
     def _taint(self) -> int | None:
+        if self.runner is None:
+            return None
         try:
-            r = self.vm.run("cat /proc/sys/kernel/tainted", timeout=20)
+            r = self.runner.run("cat /proc/sys/kernel/tainted", timeout=20)
             return int(r.stdout.strip()) if r.ok else None
         except Exception:
             return None
@@ -153,69 +157,86 @@ class Monitor:
         """Open a test's window: read the taint and mark START in the kernel log, in one
         command; the window starts at the START line once it came through the console, so
         everything the kernel printed before it (a fixture's set-up) is before the window."""
-        console = self.vm.console
-        assert console is not None
+        console = self.console
         start = console.mark()
         taint: int | None = None
-        try:
-            r = self.vm.run(f"cat /proc/sys/kernel/tainted; {self._kmsg('START', test)}",
-                            timeout=20)
-            words = r.stdout.split()
-            taint = int(words[0]) if r.ok and words and words[0].isdigit() else None
-            line = console.wait_for_line(self._mark_text("START", test), START_TIMEOUT, start)
-            start = line if line is not None else console.mark()
-        except Exception:
-            pass  # a dead guest shows up at end()
-        self.current = TestWindow(test, start, taint)
-        return self.current
+        if self.runner is not None:
+            try:
+                r = self.runner.run(f"cat /proc/sys/kernel/tainted; {self._kmsg('START', test)}",
+                                    timeout=20)
+                words = r.stdout.split()
+                taint = int(words[0]) if r.ok and words and words[0].isdigit() else None
+                line = console.wait_for_line(self._mark_text("START", test), START_TIMEOUT,
+                                             start)
+                start = line if line is not None else console.mark()
+            except Exception:
+                pass  # a dead guest shows up at end()
+        return self.open_window(test, start, taint)
 
     def end(self, window: TestWindow, allow: tuple[str, ...] = (),
             responsive: bool = True) -> list[Finding]:
         """Close the window: wait for the END marker to come through the console (so every
         earlier kernel line has), then collect reports and taint. ``responsive=False`` (a
         hung guest) skips what needs the guest to answer."""
-        console = self.vm.console
-        assert console is not None
-        responsive = responsive and self.vm.alive() is None
-        if responsive:
+        console, runner = self.console, self.runner
+        if responsive and runner is not None and \
+                (self.control is None or self.control.alive() is None):
             try:
-                self.vm.run(self._kmsg("END", window.name), timeout=20, check=True)
+                runner.run(self._kmsg("END", window.name), timeout=20, check=True)
                 window.answered = console.wait_for_line(
                     self._mark_text("END", window.name), END_TIMEOUT, window.start_line
                 ) is not None
             except Exception:
                 pass  # a hung or dying guest: the reports so far still count
-        window.end_line = console.mark()
-        window.findings += self.claim(window.start_line, allow, "before the test started")
-        window.findings += self.claim(window.end_line, allow)
+        self.close_window(window, console.mark(), allow)
         if window.answered:
-            after = self._taint()
-            before = window.taint_before
-            if after is not None and before is not None and after & ~before:
-                new = after & ~before
-                if not any(f.is_kernel_report for f in window.findings):
-                    window.findings.append(Finding(
-                        Category.TAINT, f"kernel tainted during the test: {taint_letters(new)}",
-                        f"/proc/sys/kernel/tainted {before} -> {after}: "
-                        f"newly set {taint_meaning(new)}"))
+            self.note_taint(window, self._taint())
+        return window.findings
+
+    def open_window(self, test: str, start_line: int, taint_before: int | None = None
+                    ) -> TestWindow:
+        """A test's window from console line ``start_line`` (its START marker)."""
+        self.current = TestWindow(test, start_line, taint_before)
+        return self.current
+
+    def close_window(self, window: TestWindow, end_line: int, allow: tuple[str, ...] = ()
+                     ) -> list[Finding]:
+        """Close ``window`` at console line ``end_line`` (past its END marker): it claims
+        every report not claimed yet that starts before that line."""
+        window.end_line = end_line
+        window.findings += self.claim(window.start_line, allow, "before the test started")
+        window.findings += self.claim(end_line, allow)
         self.current = None
         return window.findings
+
+    @staticmethod
+    def note_taint(window: TestWindow, after: int | None) -> None:
+        """A TAINT finding for taint bits set during the window that no report explains."""
+        before = window.taint_before
+        if after is not None and before is not None and after & ~before:
+            new = after & ~before
+            if not any(f.is_kernel_report for f in window.findings):
+                window.findings.append(Finding(
+                    Category.TAINT, f"kernel tainted during the test: {taint_letters(new)}",
+                    f"/proc/sys/kernel/tainted {before} -> {after}: "
+                    f"newly set {taint_meaning(new)}"))
 
     # --- hangs ----------------------------------------------------------------------------
     def hang_evidence(self, settle: float = 2.0, limit: float = 30.0) -> str:
         """sysrq w (blocked tasks), l (all CPUs' backtraces), m (memory) through the
         emulated keyboard, which works with userspace dead; the QMP status; the console."""
-        console = self.vm.console
-        assert console is not None
+        console = self.console
         start = console.mark()
         parts = []
         status = "unknown"
-        if self.vm.qmp is not None:
+        if self.control is not None:
             try:
-                status = self.vm.qmp.status()
-                for key in ("w", "l", "m"):
-                    self.vm.qmp.sysrq(key)
-            except QMPError as exc:
+                now = self.control.status()
+                if now is not None:  # None: the machine has no control channel (yet)
+                    status = now
+                    for key in ("w", "l", "m"):
+                        self.control.sysrq(key)
+            except ControlError as exc:
                 status = f"QMP failed: {exc}"
         # The console was silent through the hang, so first wait for the kernel's answer
         # to begin, then until it stops coming; both bounded.

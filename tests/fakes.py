@@ -49,6 +49,9 @@ class LocalProcess:
         except subprocess.TimeoutExpired:
             raise CommandTimeout("wait", timeout) from None
 
+    def stderr(self) -> str:
+        return ""  # not captured: the host test's own stderr shows it
+
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()

@@ -92,6 +92,11 @@ class Process(Protocol):
 
     def kill(self) -> None: ...
 
+    def stderr(self) -> str:
+        """What the program wrote to stderr so far, as far as it is known ('' if not):
+        diagnostics for a program that would not start."""
+        ...
+
 
 class Spawner(Runner, Protocol):
     def spawn(self, cmd: str, timeout: float = 30.0) -> Process:

@@ -28,11 +28,10 @@ class GuestShell:
     command cannot read the protocol), or in a subshell ``( ... )`` when it uses exit, cd, exec,
     set or trap (which would change or end the shared shell). A command past its timeout ends
     the shell (a new one starts with the next command). bash's builtin echo reports the errno
-    text of a failed write, so Ksm writes knobs with it (``echo_reports_errno``).
+    text of a failed write, so Ksm writes knobs with it.
     """
 
     MARK = "\x01KSMSH"
-    echo_reports_errno = True
 
     def __init__(self, spawner: Spawner, shell: str = "bash --noprofile --norc") -> None:
         self.spawner = spawner

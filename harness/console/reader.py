@@ -3,20 +3,19 @@
 The thread never stops reading (a full pty would stall the guest), writes every byte to the
 VM's console log, splits lines and hands each to listeners (the ready marker, the crash
 classifier). Waiting code blocks on a condition over the line list, with a deadline.
-The console also carries a root shell: the second channel when SSH is dead.
+The console also carries a root shell (harness.access.console_shell): the second channel
+when SSH is dead.
 """
 from __future__ import annotations
 
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
 
-from harness.access.remote import CommandResult, CommandTimeout
 from harness.paths import open_private
 
 Listener = Callable[[str], None]
@@ -169,30 +168,6 @@ class Console:
     def send(self, text: str) -> None:
         if not self.closed:
             self.child.send(text)
-
-    def run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
-        """Run a command through the console's root shell (no stderr split: it is a tty)."""
-        tag = uuid.uuid4().hex[:8]
-        start = self.mark()
-        t0 = time.monotonic()
-        # the quotes keep the shell's echo of this line from matching the markers
-        self.send(f"echo KSM''BEGIN{tag}; {cmd}; echo KSM''END{tag}:$?\n")
-        try:
-            self.wait_for(f"^KSMBEGIN{tag}$", timeout, start)
-            end = self.wait_for(f"KSMEND{tag}:(\\d+)", timeout - (time.monotonic() - t0), start)
-        except ConsoleTimeout:
-            raise CommandTimeout(f"(console) {cmd}", timeout) from None
-        with self._cond:
-            lines = self.lines[start:]
-        begin = next(i for i, line in enumerate(lines) if line == f"KSMBEGIN{tag}")
-        out = []
-        for line in lines[begin + 1:]:
-            if f"KSMEND{tag}:" in line:
-                out.append(line.split(f"KSMEND{tag}:")[0])
-                break
-            out.append(line)
-        stdout = "\n".join(x for x in out if x) + ("\n" if any(out) else "")
-        return CommandResult(cmd, int(end.group(1)), stdout, "", time.monotonic() - t0)
 
     def close(self) -> None:
         self._thread.join(timeout=2)

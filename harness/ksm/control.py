@@ -16,6 +16,7 @@ from harness.access.remote import (
     Spawner,
     quote,
 )
+from harness.access.shell import GuestShell
 from harness.ksm.model import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
@@ -169,7 +170,7 @@ class Ksm:
         # /bin/echo, not the shell's builtin: dash's echo reports every failed write as
         # "I/O error", coreutils' (and busybox's) print the errno text (EBUSY, EINVAL...).
         # bash's builtin does too: a GuestShell (bash) saves the fork+exec.
-        return "echo" if getattr(self.runner, "echo_reports_errno", False) else "/bin/echo"
+        return "echo" if isinstance(self.runner, GuestShell) else "/bin/echo"
 
     def _run(self, cmd: str, what: str, timeout: float) -> CommandResult:
         try:

@@ -1,9 +1,8 @@
 """A guest made ready for KSM scenarios (see :class:`KsmGuest`)."""
 from __future__ import annotations
 
-from typing import Any
-
 from harness import guestsys, paths, workloads
+from harness.access.port import GuestPort
 from harness.access.shell import GuestShell
 from harness.ksm import Ksm
 
@@ -14,9 +13,9 @@ class KsmGuest:
     monitor replaced a crashed or hung VM (the ``vm`` fixture's ``generation`` moved), the next
     :meth:`ensure` redoes all of it on the new VM."""
 
-    def __init__(self, vm: Any) -> None:
+    def __init__(self, vm: GuestPort) -> None:
         self.vm = vm  # SSH: one exec per command (~300 ms under TCG); spawns workloads
-        self.generation: object = None
+        self.generation: int | None = None  # of the VM the set-up below was done on
         self.sh: GuestShell = GuestShell(vm)  # ~10-50 ms a command: use this one
         self.binary = self.py_worker = ""
         self.boot_knobs: dict[str, str] = {}
@@ -25,10 +24,8 @@ class KsmGuest:
         self.ensure()
 
     def ensure(self) -> None:
-        running = getattr(self.vm, "ensure_running", None)
-        if running is not None:
-            running()  # a VM retired after the last test's verdict: boot its successor
-        generation = getattr(self.vm, "generation", 0)
+        self.vm.ensure_running()  # a VM retired after the last test's verdict: its successor
+        generation = self.vm.generation
         if generation == self.generation:
             return
         self.sh.close()
@@ -47,13 +44,12 @@ class KsmGuest:
     @property
     def current(self) -> int:
         """The generation of the VM now under this guest (fixtures note it at set-up)."""
-        return int(getattr(self.vm, "generation", 0))
+        return self.vm.generation
 
     def gone_since(self, generation: int) -> bool:
         """The VM a fixture set up on was retired after a fatal report or a hang: its
         teardown has nothing to undo (the next test gets a fresh VM)."""
-        gone = getattr(self.vm, "gone_since", None)
-        return bool(gone is not None and gone(generation))
+        return self.vm.gone_since(generation)
 
     def close(self) -> None:
         self.sh.close()

@@ -3,7 +3,7 @@
 One python3 in the guest reads the counters every ``interval`` and prints a line: one
 process for the whole test, because a fork/exec per sample would cost a third of a TCG CPU
 and disturb the very scanning we measure. Phases come from the workload commands the
-harness sent (see ``Guest.spawn``).
+harness sent: a program spawned while a sampler runs is a :class:`PhasedProcess`.
 """
 from __future__ import annotations
 
@@ -79,6 +79,31 @@ class Sampler:
             pass
         self._thread.join(timeout=6)
         return self.timeline
+
+
+class PhasedProcess:
+    """A guest program (harness.access.remote.Process) whose every line sent, a workload
+    command, is first recorded as a phase of the running test's timeline."""
+
+    def __init__(self, proc: Process, sampler: Sampler) -> None:
+        self.proc = proc
+        self.sampler = sampler
+
+    def send_line(self, line: str) -> None:
+        self.sampler.phase(" ".join(line.split()[:2]))
+        self.proc.send_line(line)
+
+    def read_line(self, timeout: float) -> str:
+        return self.proc.read_line(timeout)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def stderr(self) -> str:
+        return self.proc.stderr()
 
 
 def _shell_quote(text: str) -> str:

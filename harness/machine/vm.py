@@ -14,6 +14,7 @@ from pathlib import Path
 import pexpect
 
 from harness import paths, reaper
+from harness.access import console_shell
 from harness.access.remote import CommandResult
 from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
 from harness.assets import image, initramfs, keys
@@ -359,7 +360,7 @@ class VM:
 
     def console_run(self, cmd: str, timeout: float = 30.0) -> CommandResult:
         assert self.console is not None
-        return self.console.run(cmd, timeout)
+        return console_shell.run(self.console, cmd, timeout)
 
 
 def remove_run_dir(path: Path) -> None:

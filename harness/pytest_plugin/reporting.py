@@ -19,8 +19,9 @@ import pluggy
 import pytest
 
 from harness import cells, options, paths
-from harness.console.findings import Category, Finding
+from harness.assets.kernel import Kernel
 from harness.errors import HarnessError
+from harness.findings import Category, Finding
 from harness.guest import Guest
 from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY
@@ -77,11 +78,10 @@ def guest_properties(item: pytest.Item) -> list[tuple[str, str]]:
     return props
 
 
-def kernel_facts(k: Any) -> dict[str, str]:
-    """What a dashboard needs to know about the kernel a guest ran (harness.assets.kernel)."""
-    return {"release": k.release, "origin": getattr(k, "origin", ""), "path": str(k.path),
-            "banner": getattr(k, "banner", ""), "compiler": getattr(k, "compiler", ""),
-            "commit": getattr(k, "commit", ""), "config_hash": k.config_hash}
+def kernel_facts(k: Kernel) -> dict[str, str]:
+    """What a dashboard needs to know about the kernel a guest ran."""
+    return {"release": k.release, "origin": k.origin, "path": str(k.path), "banner": k.banner,
+            "compiler": k.compiler, "commit": k.commit, "config_hash": k.config_hash}
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,6 @@
 """The kernel health monitor around every phase of every guest test, and the one place where
 a phase's report gets its findings: the monitor's (kernel reports, taint, hangs, a lost VM)
-and what the test itself raised, ranked (harness.console.findings.rank), so the failure's
+and what the test itself raised, ranked (harness.findings.rank), so the failure's
 title is the cause and its consequences follow.
 
 A kernel report fails the test whatever the test did: it is never an expected failure and
@@ -20,7 +20,7 @@ import pytest
 
 from harness import guestsys
 from harness.access.remote import CommandTimeout, GuestBroken
-from harness.console.findings import Category, Finding, describe, rank
+from harness.findings import Category, Finding, describe, rank
 from harness.guest import Guest
 from harness.health import INTERRUPTED, TestWindow
 from harness.ksm import KsmError

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from harness.console.findings import Category
+from harness.findings import Category
 from harness.results.model import Outcome, Result
 from harness.results.reproducer import slug
 

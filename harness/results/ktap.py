@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from harness.console.findings import Category
+from harness.findings import Category
 from harness.results.model import Outcome, Result
 
 NOT_THE_KERNEL = frozenset({Category.BOOT, Category.SETUP, Category.INFRA, Category.VM_DEAD})

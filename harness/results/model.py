@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.console.findings import Category, Finding, rank, signature
+from harness.findings import Category, Finding, rank, signature
 
 RESULTS_VERSION = 2
 

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness import paths
-from harness.console.findings import Category, Finding, signature
 from harness.errors import HarnessError
+from harness.findings import Category, Finding, signature
 from harness.pytest_plugin import session
 from harness.results.model import Outcome, Result, load_results
 

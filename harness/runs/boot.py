@@ -33,7 +33,7 @@ def guest_failed(vm: VM, why: str) -> int:
     stderr, the console log kept, status 255."""
     from harness import health
     from harness.console.classify import classify_text
-    from harness.console.findings import rank
+    from harness.findings import rank
     vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
     try:
         text = vm.console_log.read_text(errors="replace")

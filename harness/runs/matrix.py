@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.console.findings import Category, Finding
 from harness.errors import HarnessError
+from harness.findings import Category, Finding
 from harness.results import junit
 from harness.results.model import Outcome, Result
 

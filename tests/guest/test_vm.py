@@ -66,7 +66,7 @@ def test_base_image_is_untouched(vm_factory, vm_spec) -> None:
     guest = vm_factory(topology=Topology(nodes=parse_numa("1")))
     guest.run("dd if=/dev/urandom of=/root/junk bs=1M count=16 && rm -rf /usr/share/zoneinfo "
               "&& sync", check=True, timeout=120)
-    guest.stop()
+    guest.close()
     assert _sha256(vm_spec.base_image) == before
 
 

@@ -10,7 +10,7 @@ from harness.access.background import Background
 from harness.access.remote import CommandTimeout, GuestBroken
 from harness.access.ssh import SSHProcess
 from harness.console.classify import StreamClassifier
-from harness.console.findings import Category
+from harness.findings import Category
 
 
 class SilentChannel:

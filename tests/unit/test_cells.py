@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness import cells
-from harness.console.findings import Category, Finding
 from harness.errors import HarnessError
+from harness.findings import Category, Finding
 from harness.results.model import Outcome, Result, results_document
 from harness.runs import cells as cell_runs
 from tests.helpers import require_tool

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.results import kcidb
 from harness.results.model import Outcome, Result, load_results
 from tests.helpers import run_harness

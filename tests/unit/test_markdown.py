@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.options import BY_FLAG
 from harness.results import markdown, writers
 from harness.results.model import Outcome, Result, results_document

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pexpect
 
@@ -23,8 +22,7 @@ def test_claims_while_reports_stream_in(tmp_path: Path) -> None:
     script = f"import sys\nfor i in range(4000): sys.stdout.write('{REPORT}')\n"
     child = pexpect.spawn(sys.executable, ["-c", script], echo=False, timeout=None)
     console = Console(child, tmp_path / "console.log")
-    vm = SimpleNamespace(console=console, alive=lambda: None)
-    monitor = Monitor(vm)  # type: ignore[arg-type]
+    monitor = Monitor(console)
     claimed: list[int] = []
 
     def claim_until_done() -> None:

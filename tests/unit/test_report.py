@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from harness.assets.kernel import Kernel
 from harness.guest import Guest
 from harness.pytest_plugin import reporting, watch
 from harness.results import junit, reproducer
@@ -24,7 +25,7 @@ pytest_plugins = ["pytester"]
 # are set.
 FAKE_CONFTEST = '''
 import pytest
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.pytest_plugin.watch import FINDINGS
 
 @pytest.hookimpl(hookwrapper=True)
@@ -185,7 +186,8 @@ def test_title_of() -> None:
 
 def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
     guest = Guest.__new__(Guest)
-    kernel = SimpleNamespace(path=Path("/k/vmlinux"), release="6.1.0-9", config_hash="c0ffee")
+    kernel = Kernel(path=Path("/k/vmlinux"), boot_image=tmp_path / "vmlinux", release="6.1.0-9",
+                    config={"CONFIG_KSM": "y"})
     spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
     guest._vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
@@ -193,14 +195,15 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
     guest.boot_seconds = 4.25  # booted for this test: reported once
     item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
     props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]
-    assert props["kernel_release"] == "6.1.0-9" and props["kernel_config_hash"] == "c0ffee"
+    assert props["kernel_release"] == "6.1.0-9"
+    assert props["kernel_config_hash"] == kernel.config_hash != "unknown"
     assert props["console_log"] == str(tmp_path / "console.log")
     assert props["accelerator"] == "tcg" and props["boot_seconds"] == "4.25"
     assert "boot_seconds" not in dict(reporting.guest_properties(item))
 
 
 def test_ktap_timeout_and_error_directives() -> None:
-    from harness.console.findings import Category, Finding
+    from harness.findings import Category, Finding
     from harness.results import ktap
     from harness.results.model import Outcome, Result
     results = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.console.findings import Category, Finding, rank
+from harness.findings import Category, Finding, rank
 from harness.results.model import Outcome, load_results
 from harness.runs import bisect, matrix
 
@@ -17,7 +17,7 @@ pytest_plugins = ["pytester"]
 
 CONFTEST = '''
 import pytest
-from harness.console.findings import Category, Finding
+from harness.findings import Category, Finding
 from harness.pytest_plugin.watch import FINDINGS
 
 @pytest.hookimpl(hookwrapper=True)

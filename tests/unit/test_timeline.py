@@ -52,3 +52,21 @@ def test_phase_labels_never_overlap() -> None:
         spans.setdefault(lane, []).append((x, end))
     assert placed[-1] == 0  # room again further right
     assert None in placed  # five labels within 16 px: one goes without (its line stays)
+
+
+def test_a_phased_process_records_each_command_then_sends_it() -> None:
+    # the program is a real one (cat answers each line); the sampler's samples do not
+    # matter here, its program ends at once
+    from harness.ksm.timeline import PhasedProcess, Sampler
+    from tests.fakes import LocalProcess
+    sampler = Sampler(lambda cmd: LocalProcess("true"))
+    proc = PhasedProcess(LocalProcess("cat"), sampler)
+    try:
+        proc.send_line("alloc a 100 same:1")
+        assert proc.read_line(10) == "alloc a 100 same:1"
+        proc.send_line("madvise a merge")
+        assert proc.read_line(10) == "madvise a merge"
+    finally:
+        proc.kill()
+        timeline = sampler.stop()
+    assert [label for _, label in timeline.phases] == ["alloc a", "madvise a"]

@@ -16,11 +16,11 @@ def test_b_runs_on_a_fresh_vm(vm):
 
 
 def test_c_frozen_qemu(vm):
-    os.kill(vm.child.pid, signal.SIGSTOP)  # the whole machine stops answering
+    os.kill(vm.vm.child.pid, signal.SIGSTOP)  # the whole machine stops answering
     try:
         vm.run("true", timeout=10)
     finally:
-        os.kill(vm.child.pid, signal.SIGCONT) if os.environ.get("KSM_TEST_CONT") else None
+        os.kill(vm.vm.child.pid, signal.SIGCONT) if os.environ.get("KSM_TEST_CONT") else None
 
 
 def test_d_d_state_hang(vm):
@@ -98,7 +98,7 @@ def test_h_warning_in_fixture_setup(vm, warns_in_setup):
 
 def test_i_warning_then_hang(vm):
     kmsg(vm, WARNING_LINES)
-    os.kill(vm.child.pid, signal.SIGSTOP)  # then the machine stops answering
+    os.kill(vm.vm.child.pid, signal.SIGSTOP)  # then the machine stops answering
     vm.run("true", timeout=10)
 
 
