@@ -19,6 +19,11 @@ from harness.workloads import CheckUnavailable, Workload
 # unmerge under TCG: keep it small, the suite's budget is 10 minutes).
 RACE_ATTEMPTS = 3
 
+# What a retried race attempt must undo (see exercise_race), put on the test's item by the
+# ``ksm`` fixture (the guest's KSM) and the ``workload`` fixture (the workloads it started).
+KSM_OF_TEST = pytest.StashKey[Ksm]()
+WORKLOADS_OF_TEST = pytest.StashKey[list[Workload]]()
+
 
 @contextmanager
 def skip_unless() -> Iterator[None]:
