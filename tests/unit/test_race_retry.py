@@ -20,7 +20,7 @@ from harness.access.shell import GuestShell
 from harness.ksm import EXACT_COUNTERS, RUN_UNMERGE, Ksm
 from harness.ksm.race import RaceNotExercised, RaceRecord
 from harness.pytest_plugin.ksm import KSM_OF_TEST, WORKLOADS_OF_TEST, exercise_race
-from harness.workloads import Workload
+from harness.workloads import Workload, WorkloadError
 from tests.fakes import LocalSpawner
 
 pytestmark = pytest.mark.host
@@ -94,8 +94,6 @@ def alive(w: Workload) -> bool:
     return w.exit_status is None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 8: a retry runs on top of the missed "
-                                      "attempt's workloads and merged pages")
 def test_a_retried_attempt_starts_from_nothing(request: pytest.FixtureRequest, binary: Path,
                                                ksm: FakeKernelKsm,
                                                started: list[Workload]) -> None:
@@ -127,3 +125,19 @@ def test_a_retried_attempt_starts_from_nothing(request: pytest.FixtureRequest, b
     assert [w.exit_status for w in started[1:]] == [0, 0, None]
     assert alive(earlier) and earlier.verify() == 16
 
+
+def test_corruption_seen_by_a_missed_attempt_is_a_failure(request: pytest.FixtureRequest,
+                                                          binary: Path, ksm: FakeKernelKsm,
+                                                          started: list[Workload]) -> None:
+    def attempt(i: int) -> RaceRecord:
+        w = Workload.start(LocalSpawner(), str(binary), name=f"W{i}")
+        started.append(w)
+        w.alloc("s", 4, "same:1")
+        w.corrupt("s", 2)
+        with pytest.raises(WorkloadError):
+            w.verify()  # it remembers: its exit status will be 1
+        raise RaceNotExercised("missed")
+
+    with pytest.raises(WorkloadError, match="W0 exited with status 1 after a missed race "
+                                            "attempt: the workload detected data corruption"):
+        exercise_race(request.node, "forks", attempt)
