@@ -137,7 +137,6 @@ def _sockets_without_timeout(tree: ast.AST) -> list[str]:
     return bad
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 1: paramiko calls without a deadline")
 def test_every_blocking_paramiko_call_is_inside_a_deadline() -> None:
     assert unbounded_calls(SSH_MODULE.read_text()) == []
 
@@ -227,7 +226,6 @@ def frozen_sshd() -> Iterator[tuple[int, paramiko.PKey, threading.Event]]:
         t.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 1: paramiko calls without a deadline")
 def test_a_command_to_a_guest_frozen_at_its_exec_request_ends_in_time(
         frozen_sshd: tuple[int, paramiko.PKey, threading.Event]) -> None:
     port, host_key, frozen = frozen_sshd
