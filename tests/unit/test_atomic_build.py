@@ -88,12 +88,10 @@ def fixed_tmp_names(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 4: assets build into fixed .tmp names")
 def test_no_asset_builds_into_a_fixed_tmp_name() -> None:
     assert [hit for path in sorted(ASSETS.glob("*.py")) for hit in fixed_tmp_names(path)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 4: assets build into fixed .tmp names")
 @pytest.mark.parametrize("module", ["initramfs", "kernel", "selftests"])
 def test_the_cached_builders_go_through_the_helper(module: str) -> None:
     source = (ASSETS / f"{module}.py").read_text()
