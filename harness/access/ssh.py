@@ -8,6 +8,7 @@ source for calls outside it): past its deadline the transport is closed, which w
 wait of paramiko's, and the call ends in :class:`SSHDeadline`."""
 from __future__ import annotations
 
+import itertools
 import logging
 import shlex
 import threading
@@ -57,6 +58,48 @@ class SSHDeadline(CommandTimeout):
         return str(self.args[0])
 
 
+class _Watchdog:
+    """One thread for every Deadline (a thread per call cost ~0.5 ms on a busy host): it
+    sleeps until the earliest armed deadline and runs the expiry of each one past due."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, expire: Callable[[], None]) -> int:
+        with self._cond:
+            key = next(self._keys)
+            self._armed[key] = (time.monotonic() + seconds, expire)
+            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+                self._thread = threading.Thread(target=self._run, name="ssh-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return key
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [k for k, (t, _) in self._armed.items() if t <= now]
+                expired = [self._armed.pop(k)[1] for k in due]
+                if not expired:
+                    first = min((t for t, _ in self._armed.values()), default=now + 60)
+                    self._cond.wait(first - now)
+                    continue
+            for expire in expired:  # outside the lock: closing a transport takes a while
+                expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
 class Deadline:
     """``with Deadline(...) as d:`` around every paramiko call that can block. A watchdog
     timer calls ``give_up`` (closing the transport: every blocked paramiko wait then
@@ -70,8 +113,7 @@ class Deadline:
         self._lock = threading.Lock()
         self._done = self._fired = False
         self._stuck = step
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._key = -1
         self._t0 = 0.0
 
     def _expire(self) -> None:
@@ -87,12 +129,12 @@ class Deadline:
 
     def __enter__(self) -> Deadline:
         self._t0 = time.monotonic()
-        self._timer.start()
+        self._key = _WATCHDOG.arm(self.seconds, self._expire)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._timer.cancel()
+        _WATCHDOG.disarm(self._key)
         with self._lock:
             self._done = True
             fired = self._fired
