@@ -51,7 +51,7 @@ class SSHDeadline(CommandTimeout):
         super().__init__(command, timeout)
         self.step = step
         last = f"; the console's last line: {console.strip()!r}" if console.strip() else ""
-        self.args = (f"no answer from the guest for {waited:.0f}s while {step} ({command}); "
+        self.args = (f"no answer from the guest for {waited:.1f}s while {step} ({command}); "
                      f"SSH connection closed to stop waiting{last}",)
 
     def __str__(self) -> str:
@@ -138,7 +138,9 @@ class Deadline:
         with self._lock:
             self._done = True
             fired = self._fired
-        if fired and (exc_type is None or issubclass(exc_type, Exception)):
+        # the kernel's verdict (GuestBroken) says more than "no answer": it stands
+        if fired and (exc_type is None or (issubclass(exc_type, Exception)
+                                           and not issubclass(exc_type, GuestBroken))):
             console = ""
             if self._console is not None:
                 try:
