@@ -151,6 +151,19 @@ class Deadline:
                               time.monotonic() - self._t0, console) from None
 
 
+def _timeout(cmd: str, timeout: float, console: Callable[[], str] | None) -> CommandTimeout:
+    """CommandTimeout for a command past its deadline, with the console's last line (what
+    the guest last said: a prompt, a stack trace, nothing since it froze)."""
+    exc = CommandTimeout(cmd, timeout)
+    try:
+        line = console().strip() if console is not None else ""
+    except Exception:  # noqa: BLE001 -- diagnostics only
+        line = ""
+    if line:
+        exc.args = (f"{exc.args[0]}; the console's last line: {line!r}",)
+    return exc
+
+
 def _closer(channel: paramiko.Channel) -> Callable[[], None]:
     """Give up on a channel's transport (every channel on it ends)."""
     def give_up() -> None:
@@ -302,7 +315,7 @@ class SSH:
                 return self.conn.transport.open_session(timeout=timeout)
         except paramiko.SSHException as exc:
             if "Timeout" in str(exc) or "timeout" in str(exc):
-                raise CommandTimeout(cmd, timeout) from None
+                raise _timeout(cmd, timeout, self.console) from None
             raise SSHUnavailable(f"cannot open an SSH channel: {exc}") from None
 
     def exec(self, cmd: str, timeout: float = 60.0, stdin: bytes | None = None
@@ -322,7 +335,7 @@ class SSH:
                     view = memoryview(stdin)
                     while view:
                         if time.monotonic() > deadline:
-                            raise CommandTimeout(cmd, timeout)
+                            raise _timeout(cmd, timeout, self.console)
                         try:
                             sent = chan.send(bytes(view[:32768]))
                         except TimeoutError:
@@ -334,7 +347,7 @@ class SSH:
                 stdout_eof = False
                 while not (stdout_eof and chan.exit_status_ready()):
                     if time.monotonic() > deadline:
-                        raise CommandTimeout(cmd, timeout)
+                        raise _timeout(cmd, timeout, self.console)
                     _check(self.abort, cmd)
                     if (not self.conn or not self.conn.transport
                             or not self.conn.transport.is_active()):
