@@ -1,13 +1,21 @@
 """SSH to the guest: fabric's Connection for the login, paramiko channels for commands and
 files, the guest's host key pinned, every step bounded by a deadline (a frozen guest must
-never block us: paramiko's own channel open and fabric's run wait forever there)."""
+never block us: paramiko's channel requests, exec_command among them, wait for the guest's
+answer with no timeout at all).
+
+Every paramiko call that can block runs inside :class:`Deadline` (a host test scans the
+source for calls outside it): past its deadline the transport is closed, which wakes every
+wait of paramiko's, and the call ends in :class:`SSHDeadline`."""
 from __future__ import annotations
 
+import itertools
 import logging
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 import paramiko
 from fabric import Connection
@@ -29,6 +37,141 @@ class SSHUnavailable(Exception):
     pass
 
 
+# Past a loop's own deadline (its checks come every 0.2 s), before the watchdog steps in.
+GRACE = 2.0
+SEND_TIMEOUT = 60.0  # a workload's command line: the guest takes it at once when alive
+
+
+class SSHDeadline(CommandTimeout):
+    """The guest did not answer a paramiko call within its deadline; the SSH connection was
+    closed to end the wait (a frozen or stopped guest)."""
+
+    def __init__(self, command: str, step: str, timeout: float, waited: float,
+                 console: str = "") -> None:
+        super().__init__(command, timeout)
+        self.step = step
+        last = f"; the console's last line: {console.strip()!r}" if console.strip() else ""
+        self.args = (f"no answer from the guest for {waited:.1f}s while {step} ({command}); "
+                     f"SSH connection closed to stop waiting{last}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Watchdog:
+    """One thread for every Deadline (a thread per call cost ~0.5 ms on a busy host): it
+    sleeps until the earliest armed deadline and runs the expiry of each one past due."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, expire: Callable[[], None]) -> int:
+        with self._cond:
+            key = next(self._keys)
+            self._armed[key] = (time.monotonic() + seconds, expire)
+            if self._thread is None or not self._thread.is_alive():  # first use, or forked
+                self._thread = threading.Thread(target=self._run, name="ssh-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return key
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [k for k, (t, _) in self._armed.items() if t <= now]
+                expired = [self._armed.pop(k)[1] for k in due]
+                if not expired:
+                    first = min((t for t, _ in self._armed.values()), default=now + 60)
+                    self._cond.wait(first - now)
+                    continue
+            for expire in expired:  # outside the lock: closing a transport takes a while
+                expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class Deadline:
+    """``with Deadline(...) as d:`` around every paramiko call that can block. A watchdog
+    timer calls ``give_up`` (closing the transport: every blocked paramiko wait then
+    returns or raises) once ``seconds`` have passed; the block then ends in SSHDeadline,
+    naming ``d.step``, whatever the interrupted call raised or returned."""
+
+    def __init__(self, command: str, seconds: float, give_up: Callable[[], None],
+                 step: str = "waiting", console: Callable[[], str] | None = None) -> None:
+        self.command, self.seconds, self.step = command, seconds, step
+        self._give_up, self._console = give_up, console
+        self._lock = threading.Lock()
+        self._done = self._fired = False
+        self._stuck = step
+        self._key = -1
+        self._t0 = 0.0
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._fired = True
+            self._stuck = self.step  # what blocked (the caller's cleanup may change step)
+        try:
+            self._give_up()
+        except Exception:  # noqa: BLE001 -- a half-dead transport: its waits end anyway
+            pass
+
+    def __enter__(self) -> Deadline:
+        self._t0 = time.monotonic()
+        self._key = _WATCHDOG.arm(self.seconds, self._expire)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        _WATCHDOG.disarm(self._key)
+        with self._lock:
+            self._done = True
+            fired = self._fired
+        # the kernel's verdict (GuestBroken) says more than "no answer": it stands
+        if fired and (exc_type is None or (issubclass(exc_type, Exception)
+                                           and not issubclass(exc_type, GuestBroken))):
+            console = ""
+            if self._console is not None:
+                try:
+                    console = self._console()
+                except Exception:  # noqa: BLE001 -- diagnostics only
+                    console = ""
+            raise SSHDeadline(self.command, self._stuck, self.seconds,
+                              time.monotonic() - self._t0, console) from None
+
+
+def _timeout(cmd: str, timeout: float, console: Callable[[], str] | None) -> CommandTimeout:
+    """CommandTimeout for a command past its deadline, with the console's last line (what
+    the guest last said: a prompt, a stack trace, nothing since it froze)."""
+    exc = CommandTimeout(cmd, timeout)
+    try:
+        line = console().strip() if console is not None else ""
+    except Exception:  # noqa: BLE001 -- diagnostics only
+        line = ""
+    if line:
+        exc.args = (f"{exc.args[0]}; the console's last line: {line!r}",)
+    return exc
+
+
+def _closer(channel: paramiko.Channel) -> Callable[[], None]:
+    """Give up on a channel's transport (every channel on it ends)."""
+    def give_up() -> None:
+        transport = channel.get_transport()
+        (transport or channel).close()
+    return give_up
+
+
 def _check(abort: Abort | None, cmd: str) -> None:
     why = abort() if abort is not None else None
     if why:
@@ -38,57 +181,71 @@ def _check(abort: Abort | None, cmd: str) -> None:
 class SSHProcess:
     """A guest program on its own channel, driven line by line (see remote.Process)."""
 
-    def __init__(self, channel: paramiko.Channel, cmd: str, abort: Abort | None = None
-                 ) -> None:
+    def __init__(self, channel: paramiko.Channel, cmd: str, abort: Abort | None = None,
+                 timeout: float = 30.0, console: Callable[[], str] | None = None) -> None:
         self.channel = channel
         self.cmd = cmd
         self.abort = abort
+        self.console = console
         self._buf = b""
-        channel.exec_command(cmd)
+        with self._deadline(timeout, "sending the exec request"):
+            channel.exec_command(cmd)
+
+    def _deadline(self, seconds: float, step: str) -> Deadline:
+        return Deadline(self.cmd, seconds, _closer(self.channel), step, self.console)
 
     def send_line(self, line: str) -> None:
-        self.channel.sendall((line + "\n").encode())
+        with self._deadline(SEND_TIMEOUT + GRACE, "sending it a line"):
+            self.channel.settimeout(SEND_TIMEOUT)
+            self.channel.sendall((line + "\n").encode())
 
     def read_line(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise CommandTimeout(self.cmd, timeout)
-            _check(self.abort, self.cmd)
-            self.channel.settimeout(min(left, 0.2))
-            try:
-                chunk = self.channel.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                if self._buf:
-                    line, self._buf = self._buf, b""
-                    return line.decode(errors="replace")
-                raise EOFError(self.cmd)
-            self._buf += chunk
+        with self._deadline(timeout + GRACE, "reading its output"):
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandTimeout(self.cmd, timeout)
+                _check(self.abort, self.cmd)
+                self.channel.settimeout(min(left, 0.2))
+                try:
+                    chunk = self.channel.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    if self._buf:
+                        line, self._buf = self._buf, b""
+                        return line.decode(errors="replace")
+                    raise EOFError(self.cmd)
+                self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode(errors="replace")
 
     def stderr(self) -> str:
         out = b""
-        while self.channel.recv_stderr_ready():
-            out += self.channel.recv_stderr(65536)
+        with self._deadline(10.0, "reading its stderr"):
+            while self.channel.recv_stderr_ready():
+                out += self.channel.recv_stderr(65536)
         return out.decode(errors="replace")
 
     def wait(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        while not self.channel.exit_status_ready():
-            if time.monotonic() > deadline:
-                raise CommandTimeout(self.cmd, timeout)
-            _check(self.abort, self.cmd)
-            if self.channel.recv_ready():
-                self._buf += self.channel.recv(65536)
-            time.sleep(0.01)
-        return self.channel.recv_exit_status()
+        with self._deadline(timeout + GRACE, "waiting for its exit"):
+            while not self.channel.exit_status_ready():
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(self.cmd, timeout)
+                _check(self.abort, self.cmd)
+                if self.channel.recv_ready():
+                    self._buf += self.channel.recv(65536)
+                time.sleep(0.01)
+            return self.channel.recv_exit_status()
 
     def kill(self) -> None:
-        self.channel.close()
+        try:
+            with self._deadline(10.0, "closing its channel"):
+                self.channel.close()
+        except SSHDeadline:
+            pass  # the transport was closed instead: the program lost its channel anyway
 
 
 class SSH:
@@ -99,6 +256,17 @@ class SSH:
         self.conn: Connection | None = None
         # set by whoever watches the guest (the health monitor): every wait checks it
         self.abort: Abort | None = None
+        # set by the VM: the console's last line, for the message of an SSHDeadline
+        self.console: Callable[[], str] | None = None
+
+    def _deadline(self, cmd: str, seconds: float, step: str) -> Deadline:
+        """A Deadline that gives up on this connection."""
+        conn = self.conn
+
+        def give_up() -> None:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+        return Deadline(cmd, seconds, give_up, step, self.console)
 
     def _new_connection(self, timeout: float) -> Connection:
         conn = Connection(self.host, user="root", port=self.port,
@@ -120,76 +288,86 @@ class SSH:
             why = alive() if alive else None
             if why:
                 raise SSHUnavailable(why)
-            conn = self._new_connection(min(5.0, max(1.0, end - time.monotonic())))
+            timeout = min(5.0, max(1.0, end - time.monotonic()))
+            conn = self._new_connection(timeout)
             try:
-                conn.open()
-                conn.transport.set_keepalive(5)
+                # fabric bounds each step of the login; the Deadline bounds their sum
+                with Deadline("(SSH login)", 3 * timeout + GRACE, conn.close, "logging in",
+                              self.console):
+                    conn.open()
+                    conn.transport.set_keepalive(5)
                 self.conn = conn
                 return
             except paramiko.BadHostKeyException as exc:
                 raise SSHUnavailable(f"guest host key mismatch: {exc}") from None
-            except (OSError, paramiko.SSHException, EOFError) as exc:
+            except (OSError, paramiko.SSHException, EOFError, SSHDeadline) as exc:
                 last = exc
-                conn.close()
+                _close(conn)
                 time.sleep(0.05)
         raise SSHUnavailable(f"no SSH login within {deadline:.0f}s ({last})")
 
     def _channel(self, timeout: float, cmd: str = "(a new SSH channel)") -> paramiko.Channel:
         if self.conn is None or self.conn.transport is None or not self.conn.transport.is_active():
             raise SSHUnavailable("not connected")
-        # open_session waits forever on a frozen guest unless given a deadline
+        # open_session has a timeout of its own; the Deadline is there for the rule
         try:
-            return self.conn.transport.open_session(timeout=timeout)
+            with self._deadline(cmd, timeout + GRACE, "opening a channel"):
+                return self.conn.transport.open_session(timeout=timeout)
         except paramiko.SSHException as exc:
             if "Timeout" in str(exc) or "timeout" in str(exc):
-                raise CommandTimeout(cmd, timeout) from None
+                raise _timeout(cmd, timeout, self.console) from None
             raise SSHUnavailable(f"cannot open an SSH channel: {exc}") from None
 
     def exec(self, cmd: str, timeout: float = 60.0, stdin: bytes | None = None
              ) -> tuple[int, bytes, bytes, float]:
-        """Run ``cmd``; every step (channel open, input, output, exit) within ``timeout``."""
+        """Run ``cmd``; every step (channel open, exec request, input, output, exit) within
+        ``timeout`` (SSHDeadline when a paramiko call blocked past it)."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         _check(self.abort, cmd)  # a broken guest may not even open a channel
         chan = self._channel(timeout, cmd)
-        try:
-            chan.settimeout(0.2)
-            chan.exec_command(cmd)
-            if stdin is not None:
-                view = memoryview(stdin)
-                while view:
+        with self._deadline(cmd, timeout + GRACE, "sending the exec request") as d:
+            try:
+                chan.settimeout(0.2)
+                chan.exec_command(cmd)
+                d.step = "sending its input"
+                if stdin is not None:
+                    view = memoryview(stdin)
+                    while view:
+                        if time.monotonic() > deadline:
+                            raise _timeout(cmd, timeout, self.console)
+                        try:
+                            sent = chan.send(bytes(view[:32768]))
+                        except TimeoutError:
+                            continue
+                        view = view[sent:]
+                chan.shutdown_write()
+                d.step = "waiting for its output and exit status"
+                out, err = bytearray(), bytearray()
+                stdout_eof = False
+                while not (stdout_eof and chan.exit_status_ready()):
                     if time.monotonic() > deadline:
-                        raise CommandTimeout(cmd, timeout)
-                    try:
-                        sent = chan.send(bytes(view[:32768]))
-                    except TimeoutError:
-                        continue
-                    view = view[sent:]
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            stdout_eof = False
-            while not (stdout_eof and chan.exit_status_ready()):
-                if time.monotonic() > deadline:
-                    raise CommandTimeout(cmd, timeout)
-                _check(self.abort, cmd)
-                if not self.conn or not self.conn.transport or not self.conn.transport.is_active():
-                    raise SSHUnavailable(f"SSH connection lost while running: {cmd}")
-                if stdout_eof:
-                    time.sleep(0.01)
-                else:
-                    try:
-                        chunk = chan.recv(65536)  # waits at most the channel's 0.2 s
-                        out += chunk
-                        stdout_eof = not chunk
-                    except TimeoutError:
-                        pass
+                        raise _timeout(cmd, timeout, self.console)
+                    _check(self.abort, cmd)
+                    if (not self.conn or not self.conn.transport
+                            or not self.conn.transport.is_active()):
+                        raise SSHUnavailable(f"SSH connection lost while running: {cmd}")
+                    if stdout_eof:
+                        time.sleep(0.01)
+                    else:
+                        try:
+                            chunk = chan.recv(65536)  # waits at most the channel's 0.2 s
+                            out += chunk
+                            stdout_eof = not chunk
+                        except TimeoutError:
+                            pass
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(65536)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            status = chan.recv_exit_status()
-        finally:
-            chan.close()
+                status = chan.recv_exit_status()
+            finally:
+                chan.close()
         return status, bytes(out), bytes(err), time.monotonic() - t0
 
     def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
@@ -215,9 +393,21 @@ class SSH:
 
     def spawn(self, cmd: str, timeout: float = 30.0) -> SSHProcess:
         _check(self.abort, cmd)
-        return SSHProcess(self._channel(timeout, cmd), cmd, self.abort)
+        return SSHProcess(self._channel(timeout, cmd), cmd, self.abort, timeout, self.console)
 
     def close(self) -> None:
         if self.conn is not None:
-            self.conn.close()
+            _close(self.conn)
             self.conn = None
+
+
+def _close(conn: Connection) -> None:
+    """Close a connection; one that cannot say goodbye in time loses its socket instead."""
+    def give_up() -> None:
+        if conn.transport is not None:
+            conn.transport.sock.close()
+    try:
+        with Deadline("(SSH close)", 10.0, give_up, "closing the connection"):
+            conn.close()
+    except SSHDeadline:
+        pass

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 from harness import deps
+from harness.assets.atomic import building
 from harness.assets.cpio import Archive
 from harness.assets.kernel import Kernel
 from harness.errors import KernelError
@@ -102,6 +103,13 @@ def kernel_part(kernel: Kernel) -> Path:
     out = cache_dir() / "initramfs" / f"{kernel.release}-{key}.cpio.gz"
     if out.exists():
         return out
+    with building(out) as tmp:
+        if tmp is not None:
+            tmp.write_bytes(_kernel_archive(kernel, mods, init))
+    return out
+
+
+def _kernel_archive(kernel: Kernel, mods: list[str], init: bytes) -> bytes:
     arc = Archive()
     for d in ("bin", "proc", "sys", "dev", "newroot", "modules", "ksm"):
         arc.dir(d)
@@ -115,11 +123,7 @@ def kernel_part(kernel: Kernel) -> Path:
         arc.file(f"modules/{name}", _read_module(src))
         names.append(name)
     arc.file("modules.list", "".join(f"{n}\n" for n in names).encode())  # none: empty
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(arc.to_bytes(compress=True))
-    tmp.replace(out)
-    return out
+    return arc.to_bytes(compress=True)
 
 
 def missing_boot_drivers(kernel: Kernel) -> list[str]:
@@ -164,19 +168,21 @@ def module_disk(kernel: Kernel) -> Path | None:
     out = cache_dir() / "module-disks" / f"{kernel.release}-{key}.ext4"
     if out.exists():
         return out
+    with building(out) as tmp:
+        if tmp is not None:
+            _make_module_disk(kernel, moddir, tmp)
+    return out
+
+
+def _make_module_disk(kernel: Kernel, moddir: Path, tmp: Path) -> None:
     if not (moddir / "modules.dep").exists() and shutil.which("depmod"):
         # a user's --modules tree straight from `make modules_install` may lack it
         subprocess.run(["depmod", "-b", str(moddir.parents[2]), kernel.release],
                        capture_output=True)
     size_mb = int(sum(f.stat().st_size for f in moddir.rglob("*") if f.is_file())
                   / 2**20 * 1.15) + 64
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
     r = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "ksm-modules", "-E", "root_owner=0:0",
                         "-d", str(moddir), str(tmp), f"{size_mb}M"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"mkfs.ext4 for the module disk failed: {r.stderr.strip()}")
-    tmp.replace(out)
-    return out

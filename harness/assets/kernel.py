@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import deps
+from harness.assets.atomic import building
 from harness.assets.kconfig import parse_config
 from harness.assets.kimage import (
     ELF_MAGIC,
@@ -154,10 +155,9 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path:
     elf = extract_vmlinux(data)
     if elf is None or not elf_has_pvh_note(elf):
         return path  # boot the bzImage itself: slower, but works
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(elf)
-    tmp.replace(out)
+    with building(out) as tmp:
+        if tmp is not None:
+            tmp.write_bytes(elf)
     return out
 
 

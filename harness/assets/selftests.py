@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness import paths
 from harness.access.remote import quote
+from harness.assets.atomic import building
 
 SOURCES = ("tools/testing/selftests/vm/ksm_tests.c", "tools/testing/selftests/vm/util.h",
            "tools/testing/selftests/kselftest.h", "include/vdso/")
@@ -87,7 +88,14 @@ def build_ksm_tests(series: str) -> Path:
     binary = root / f"ksm_tests-{_fingerprint(FIXES)}"
     if binary.is_file():
         return binary
-    root.mkdir(parents=True, exist_ok=True)
+    with building(binary) as tmp:  # two first runs: one builds, the other waits and uses it
+        if tmp is not None:
+            _build(series, root, tmp)
+    return binary
+
+
+def _build(series: str, root: Path, out: Path) -> None:
+    """Download, unpack, fix and compile ksm_tests into ``out``; then drop the sources."""
     for tool in ("apt-get", "dpkg-deb", "gcc"):
         if shutil.which(tool) is None:
             raise Unbuildable(f"{tool} is missing on the host")
@@ -125,17 +133,14 @@ def build_ksm_tests(series: str) -> Path:
     # the fixed copy sits next to the original, so its "../kselftest.h" and "util.h" resolve
     fixed = Path(SOURCES[0]).with_suffix(".harness.c")
     (src / fixed).write_text(apply_fixes((src / SOURCES[0]).read_text()))
-    tmp = root / "ksm_tests.tmp"
-    r = _run(["gcc", "-static", "-O2", "-I.", "-o", str(tmp), str(fixed), "-lnuma"], src)
+    r = _run(["gcc", "-static", "-O2", "-I.", "-o", str(out), str(fixed), "-lnuma"], src)
     if r.returncode != 0:
         raise Unbuildable(f"building ksm_tests failed: {r.stderr.strip()[-300:]}")
-    tmp.rename(binary)
     for done in (*debs, tarball, root / "unpacked"):  # ~280 MB no longer needed
         if done.is_dir():
             shutil.rmtree(done, ignore_errors=True)
         else:
             done.unlink(missing_ok=True)
-    return binary
 
 
 def parse_ktap(output: str) -> dict[str, str]:

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from harness.access.background import Background
 from harness.access.remote import Spawner, quote
-from harness.ksm.sysfs import KSM_DIR, KsmError, KsmWriteError
+from harness.ksm.control import Ksm
+from harness.ksm.model import (
+    EXACT_COUNTERS,
+    POLL_MAX,
+    ZERO_COUNTS,
+    count_mismatches,
+    describe_mismatches,
+)
+from harness.ksm.sysfs import KSM_DIR, RUN_MERGE, RUN_UNMERGE, KsmError, KsmWriteError
+from harness.workloads import DataCorruption, Workload, WorkloadError, WorkloadTimeout
 
 _STAMP = re.compile(r"\b(t0|t1|t|rc|wt0|wt1|wrc)=(-?\w+)")
 
@@ -167,3 +177,100 @@ def ksm_file(name: str, ksm_dir: str = KSM_DIR) -> str:
     if not re.fullmatch(r"[a-z_]+", name):
         raise ValueError(f"odd KSM file name {name!r}")
     return f"{ksm_dir}/{name}"
+
+
+class Afresh:
+    """Where a race scenario stood before its first attempt, and the way back there before
+    each retry: a missed attempt's workloads and merged pages would otherwise count in the
+    next attempt's expected counters (a false alarm: "pages_sharing is 10901, expected 5610").
+
+    Taken before the first attempt: the KSM ``run`` value, the exact counters, how many
+    workloads the test had started (``workloads`` is the test's own list, which grows).
+    :meth:`restore` stops every workload started since and the children forked since by the
+    earlier ones, unmerges everything (run=2), puts ``run`` back and waits, by polling the
+    counters, for the baseline: with ksmd merging before (run=1) the counters as they were
+    then (ksmd merges the earlier workloads again; unless the attempt ended one of them),
+    otherwise nothing merged."""
+
+    def __init__(self, ksm: Ksm, workloads: Sequence[Workload], timeout: float = 300.0) -> None:
+        self.ksm = ksm
+        self.workloads = workloads
+        self.timeout = timeout
+        self.kept = len(workloads)
+        self.had_children = [bool(w.children_pids) for w in workloads]
+        snap = ksm.exact_counters()
+        self.run = snap["run"]
+        self.baseline = ({n: snap[n] for n in EXACT_COUNTERS if n in snap}
+                         if self.run == RUN_MERGE else dict(ZERO_COUNTS))
+
+    def restore(self) -> str:
+        """Back to the state before the first attempt; one line saying what was undone.
+        A workload that hangs or reports corruption on its way out raises (that is a
+        finding, not a miss); so does a baseline not reached within the deadline."""
+        done = [f"stopped {w.name}" for w in self._stop(list(self.workloads[self.kept:]))]
+        for w, had in zip(self.workloads[:self.kept], self.had_children):
+            if w.children_pids and not had and w.exit_status is None:
+                self._check_exits(w.name + "'s children", w.children_exit(timeout=120))
+                done.append(f"{w.name}'s children exited")
+        self._unmerge()
+        if self.run != RUN_UNMERGE:
+            self.ksm.set("run", self.run)
+        done.append(f"run=2, then run={self.run}")
+        gone = [w.name for w in self.workloads[:self.kept] if w.exit_status is not None]
+        if self.run == RUN_MERGE and not gone:
+            self.ksm.wait_counts(self.baseline, what="back at the first attempt's baseline")
+            done.append("counters at the first attempt's baseline")
+        elif self.run == RUN_MERGE:
+            # the attempt ended workloads of the test's own, whose pages were part of the
+            # baseline: ksmd merges what the others hold, which the next attempt waits for
+            done.append(f"no baseline to wait for ({', '.join(gone)} ended by the attempt)")
+        else:
+            done.append("nothing merged")
+        return "; ".join(done)
+
+    def _stop(self, started: list[Workload]) -> list[Workload]:
+        """Ask each of a missed attempt's workloads to exit (kill it when it cannot)."""
+        stopped = []
+        for w in reversed(started):
+            if w.exit_status is not None:
+                continue
+            stopped.append(w)
+            if w.busy:  # a command begun by the attempt and never collected
+                try:
+                    w.finish(timeout=120)
+                except DataCorruption:
+                    raise
+                except WorkloadError:
+                    pass
+            try:
+                status = w.exit(timeout=120, check=False)
+            except (DataCorruption, WorkloadTimeout):  # a hang or corruption is a finding
+                w.kill()
+                raise
+            except WorkloadError:  # already dead (e.g. OOM-killed) or unusable
+                w.kill()
+                continue
+            self._check_exits(w.name, [status])
+        return stopped
+
+    @staticmethod
+    def _check_exits(what: str, statuses: list[int]) -> None:
+        if any(s == 1 for s in statuses):
+            raise WorkloadError(f"{what} exited with status 1 after a missed race attempt: "
+                                "the workload detected data corruption", what, "exit")
+
+    def _unmerge(self) -> None:
+        """run=2 until every counter is 0: a new run=2 also drops the stable nodes an
+        earlier one had to leave (pages of an mm exiting at that moment)."""
+        deadline = time.monotonic() + self.timeout
+        interval = 0.05
+        while True:
+            snap = self.ksm.unmerge_all(self.timeout)
+            left = count_mismatches(snap, ZERO_COUNTS)
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                raise KsmError(f"a retried race attempt cannot start from nothing: after "
+                               f"run=2 {describe_mismatches(left)} ({snap.summary()})")
+            time.sleep(interval)  # a poll interval: the exits' teardown is asynchronous
+            interval = min(interval * 1.5, POLL_MAX)

@@ -132,6 +132,10 @@ class VM:
         except (pexpect.ExceptionPexpect, ChildProcessError):
             return False
 
+    def _console_line(self) -> str:
+        """The console's last line (for the message of a command the guest froze under)."""
+        return self.console.tail(1) if self.console is not None else ""
+
     def alive(self) -> str | None:
         """None while QEMU runs, else why it is gone."""
         if self.child is None:
@@ -233,6 +237,7 @@ class VM:
                           f"[{self.spec.accel.name}]; console tail:\n{tail}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
+        self.ssh.console = self._console_line
         try:
             self.ssh.connect(max(5.0, spec.boot_timeout - (time.monotonic() - start)),
                              alive=self.alive)
@@ -261,6 +266,7 @@ class VM:
             raise VMError(f"QMP while loading the saved guest: {exc}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
+        self.ssh.console = self._console_line
         try:
             self.ssh.connect(max(5.0, deadline - time.monotonic()), alive=self.alive)
             self.timings["ssh_connected"] = time.monotonic() - self.t_spawn

@@ -12,12 +12,17 @@ from harness import kernel_bugs
 from harness.guestsys import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
 from harness.ksm.guest import KsmGuest
-from harness.ksm.race import RaceNotExercised, RaceRecord
+from harness.ksm.race import Afresh, RaceNotExercised, RaceRecord
 from harness.workloads import CheckUnavailable, Workload
 
 # A race scenario tries this often to reach its precondition (each try costs a merge and an
 # unmerge under TCG: keep it small, the suite's budget is 10 minutes).
 RACE_ATTEMPTS = 3
+
+# What a retried race attempt must undo (see exercise_race), put on the test's item by the
+# ``ksm`` fixture (the guest's KSM) and the ``workload`` fixture (the workloads it started).
+KSM_OF_TEST = pytest.StashKey[Ksm]()
+WORKLOADS_OF_TEST = pytest.StashKey[list[Workload]]()
 
 
 @contextmanager
@@ -114,9 +119,17 @@ def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRec
     outcome checked) or ``attempts`` tries all raised RaceNotExercised: then the test is
     skipped with "race not exercised: WHAT: REASON", never passed. Any other exception (a
     failed outcome, a kernel report) ends it at once. The measured overlap (or each miss) is
-    printed and kept as the test's ``race_overlap`` property."""
+    printed and kept as the test's ``race_overlap`` property.
+
+    Every retry starts from nothing: before it, the workloads the missed attempt started
+    are stopped, everything is unmerged and KSM is back where it was before the first
+    attempt (see :class:`harness.ksm.race.Afresh`; the ``ksm`` and ``workload`` fixtures
+    say what the test's KSM and workloads are)."""
     misses: list[str] = []
+    afresh = _afresh(node) if attempts > 1 else None
     for i in range(attempts):
+        if i and afresh is not None:
+            print(f"retry {i + 1}/{attempts} from nothing: {afresh.restore()}")
         try:
             record = attempt(i)
         except RaceNotExercised as miss:
@@ -131,6 +144,15 @@ def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRec
     reason = f"race not exercised: {what}: {misses[-1]} ({attempts} attempts)"
     _record(node, "; ".join([reason, *misses[:-1]]))
     pytest.skip(reason)
+
+
+def _afresh(node: pytest.Item) -> Afresh | None:
+    """The way back to the state before the first attempt; None for a test without the
+    ``ksm`` fixture (no KSM of its own to reset)."""
+    stash = getattr(node, "stash", None)
+    if stash is None or KSM_OF_TEST not in stash:
+        return None
+    return Afresh(stash[KSM_OF_TEST], stash.get(WORKLOADS_OF_TEST, []))
 
 
 def _record(node: pytest.Item, text: str) -> None:

@@ -43,6 +43,8 @@ from harness.ksm import (
 )
 from harness.ksm.guest import KsmGuest
 from harness.pytest_plugin.ksm import (
+    KSM_OF_TEST,
+    WORKLOADS_OF_TEST,
     apply_scan_mode,
     require_nodes,
     require_scan_mode,
@@ -89,9 +91,10 @@ def scan_mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ksm(ksm_guest: KsmGuest, scan_mode: str) -> Iterator[Ksm]:
+def ksm(ksm_guest: KsmGuest, scan_mode: str, request: pytest.FixtureRequest) -> Iterator[Ksm]:
     ksm_guest.ensure()
     k = Ksm(ksm_guest.sh)
+    request.node.stash[KSM_OF_TEST] = k  # a retried race attempt resets KSM through it
     require_scan_mode(k, scan_mode)
     boot = ksm_guest.boot_knobs
     # A clean start: nothing merged, the boot knob values (a previous test's restore failing
@@ -137,6 +140,7 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
     memory cgroup before it allocates anything). All are stopped after the test, before the
     ``ksm`` fixture restores KSM."""
     started: list[Workload] = []
+    request.node.stash[WORKLOADS_OF_TEST] = started  # a retried race attempt stops its own
 
     def start(python: bool = False, cgroup: MemCgroup | None = None,
               name: str | None = None) -> Workload:

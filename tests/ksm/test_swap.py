@@ -165,23 +165,15 @@ D_PAGES = 4096  # D: one content, present: run=2 has this much to break while th
 
 
 def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,  # type: ignore[no-untyped-def]
-                           previous: list[Workload] | None = None,
                            ) -> tuple[Workload, Workload, dict[str, int]]:
     """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
     pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
     before shows KSM + SwapCache). D keeps D_PAGES of one content merged and present.
-    fault_back: A touches its pages again first (the precondition forced off).
-    previous: the workloads of an earlier attempt, which exit first (a retried attempt
-    starts from nothing: their merged pages would otherwise count in this one's layout)."""
-    if previous:
-        while previous:
-            previous.pop().exit(timeout=120, check=False)
-        ksm.unmerge_all()
+    fault_back: A touches its pages again first (the precondition forced off). A retried
+    attempt starts from nothing (exercise_race stops an earlier attempt's workloads)."""
     a = workload(name=f"A{attempt}")
     b = workload(name=f"B{attempt}")
     d = workload(name=f"D{attempt}")
-    if previous is not None:
-        previous.extend((a, b, d))
     for w in (a, b):
         w.alloc("k", PAIRS, f"unique:{85 + attempt}")  # A's page i == B's page i
         w.madvise("k", "merge")
@@ -225,11 +217,8 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
     expects: it passes on that skip and fails on anything else."""
     sh = ksm_guest.sh
 
-    started: list[Workload] = []  # the last attempt's workloads (see ksm_pages_in_swapcache)
-
     def attempt(i: int) -> RaceRecord:
-        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off,
-                                              previous=started)
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off)
         assert_in_swapcache(before, "before run=2")
         swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
         vm_before = guestsys.vmstat(sh)
@@ -275,12 +264,10 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
     write's child took its t0), so the host's latency cannot let swapoff finish first."""
     sh = ksm_guest.sh
 
-    started: list[Workload] = []  # the last attempt's workloads (see ksm_pages_in_swapcache)
-
     def attempt(i: int) -> RaceRecord:
         if swap_disk not in guestsys.swaps(sh):
             guestsys.swapon(sh, swap_disk, priority=10)
-        a, d, before = ksm_pages_in_swapcache(ksm, workload, i, previous=started)
+        a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
         assert_in_swapcache(before, "before run=2 and swapoff")
         vm_before = guestsys.vmstat(sh)
         both = swapoff_during_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE,
