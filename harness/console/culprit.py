@@ -131,7 +131,7 @@ def _finish(p: _Pending) -> Report:
 
 def _by_source(p: _Pending, groups: dict[str, str], category: str, title: str,
                skip: re.Pattern[str] | None) -> tuple[str, str, re.Pattern[str] | None]:
-    src, fn = groups.get("src", ""), _clean(groups.get("fn", ""))
+    src, fn = groups.get("src", ""), _clean(groups.get("fn") or groups.get("sym", ""))
     for src_re, cat, ttl, skp in _BY_SOURCE:
         if src_re.search(src):
             return cat, ttl, skp
@@ -188,8 +188,8 @@ def _culprit(p: _Pending, texts: list[str], skip: re.Pattern[str] | None) -> str
     elif how == "irqsafe":
         at = next((i for i, t in enumerate(texts) if re.search(r"which became \S+-safe at:", t)), 0)
         cands = _stack(texts[at:], True) + _at_frames(texts)
-    elif how == "header" and p.match.groupdict().get("fn"):
-        cands = [_clean(p.match["fn"])]
+    elif how == "header" and (named := p.match.groupdict().get("fn") or p.match.groupdict().get("sym")):
+        cands = [_clean(named)]
     if how in ("header", "rip"):
         cands += [fn for t in texts if (fn := _rip_of(t))][:1]
         src = p.match.groupdict().get("src") or ""

@@ -50,6 +50,9 @@ _KINDS: tuple[_Kind, ...] = (
        how="header", direct=True),
     _k("kcsan", "KCSAN", rf"BUG: KCSAN: (?P<bug>.+?) in (?P<fn>{_SYM})", "KCSAN: {bug}",
        how="header", direct=True),
+    # A trapping UBSAN check (6.12 x86, arm64): handle_bug() names the check and the site.
+    _k("ubsan_trap", "UBSAN", rf"UBSAN: (?P<bug>.+?) at (?P<fn>{_SYM})\+0x", "UBSAN: {bug}",
+       how="header"),
     _k("ubsan", "UBSAN", r"UBSAN: (?P<bug>.+?) in \S+", "UBSAN: {bug}"),
     _k("null_deref", "NULL_DEREF", r"BUG: (?:unable to handle )?kernel NULL pointer dereference",
        "BUG: kernel NULL pointer dereference", how="rip", preamble=True),
@@ -62,9 +65,12 @@ _KINDS: tuple[_Kind, ...] = (
        "BUG: kernel NULL pointer dereference", how="rip", preamble=True),
     _k("arm_paging", "PAGING_REQUEST", r"Unable to handle kernel (?:paging request|\w+ (?:to|from))",
        "BUG: unable to handle kernel paging request", how="rip", preamble=True),
-    # die()'s banner: "[Oops: ][segment-related ]general protection fault[, probably for
-    # ...]: 0000 [#1]"; a user task's fault ("comm[pid] general protection fault ip:") is not one.
-    _k("gpf", "GPF", r"(?:Oops: )?(?:segment-related )?general protection fault[:,]",
+    # die()'s banner "<desc>: <err> [#<n>]" (6.10+: "Oops: " first), where <desc> is
+    # "[segment-related ]general protection fault" and, since 5.5, a hint about the address
+    # (", probably for non-canonical address 0x..", ", maybe for address 0x.."; some 5.4
+    # backports: " for non-canonical address 0x.."): any hint, so no wording is missed.  A
+    # user task's fault starts with its name ("comm[pid] general protection fault ip:").
+    _k("gpf", "GPF", r"(?:Oops: )?(?:segment-related )?general protection fault\b",
        "general protection fault", how="rip"),
     _k("stack_segment", "GPF", r"(?:Oops: )?stack segment: ", "stack segment fault", how="rip"),
     _k("stack_overflow", "PANIC", r"kernel stack overflow \(double-fault\)",
@@ -91,9 +97,10 @@ _KINDS: tuple[_Kind, ...] = (
        preamble=True, follow=("*",)),
     _k("vm_bug_on", "VM_BUG_ON", r"page dumped because: (?P<macro>VM_BUG_ON\w*)", "{macro}",
        how="rip", preamble=True),
+    # __warn(): "at <file>:<line> <caller>", or "at <caller>" without CONFIG_DEBUG_BUGVERBOSE.
     _k("warning_at", "WARNING",
-       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?P<src>[\w./+-]+:\d+)"
-       rf"(?: (?:at )?(?P<fn>{_SYM}))?", "WARNING", how="header"),
+       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?:(?P<src>[\w./+-]+:\d+)"
+       rf"(?: (?:at )?(?P<fn>{_SYM}))?|(?P<sym>{_SYM})\+0x)", "WARNING", how="header"),
     _k("deadlock", "LOCKDEP",
        r"(?:WARNING|INFO): (?:possible circular locking dependency|possible recursive locking"
        r"|possible irq lock inversion dependency) detected", "possible deadlock", how="at", gap=30,
@@ -125,6 +132,8 @@ _KINDS: tuple[_Kind, ...] = (
        "INFO: trying to register non-static key", skip=r"stack|lock|IRQ"),
     _k("spinlock", "LOCKDEP", r"BUG: spinlock (?P<what>.+?) on CPU", "BUG: spinlock {what}",
        skip=r"spin|_(?:un)?lock(?:_\w+)?$"),
+    _k("rwlock", "LOCKDEP", r"BUG: rwlock (?P<what>.+?) on CPU", "BUG: rwlock {what}",
+       skip=r"rwlock|_(?:read|write)_(?:un)?lock(?:_\w+)?$"),
     _k("atomic_sleep", "ATOMIC_SLEEP", r"BUG: sleeping function called from invalid context",
        "BUG: sleeping function called from invalid context"),
     _k("sched_atomic", "ATOMIC_SLEEP", r"BUG: scheduling while atomic",
@@ -133,7 +142,7 @@ _KINDS: tuple[_Kind, ...] = (
        r"BUG: using (?P<op>smp_processor_id|__this_cpu_\w+)\(\) in preemptible",
        "BUG: using {op}() in preemptible code",
        skip=r"preempt|debug_smp_processor_id|this_cpu"),
-    _k("wq_leak", "LOCKDEP", r"BUG: workqueue leaked lock or atomic",
+    _k("wq_leak", "LOCKDEP", r"BUG: workqueue leaked (?:lock or atomic|atomic, lock or RCU)",
        "BUG: workqueue leaked lock or atomic", how="last", stack=False),
     _k("wq_lockup", "HUNG_TASK", r"BUG: workqueue lockup", "BUG: workqueue lockup", how="none",
        stack=False, gap=3),
@@ -159,7 +168,7 @@ _KINDS: tuple[_Kind, ...] = (
        direct=True, preamble=True),
     _k("leaked_object", "MEMORY_LEAK", r"unreferenced object 0x[0-9a-f]+ \(size \d+\)",
        "memory leak", skip=_ALLOC_SKIP, direct=True, follow=("MEMORY_LEAK",)),
-    _k("stack_guard", "BUG", r"BUG: (?:TASK )?stack guard page was hit", "BUG: stack guard page was hit",
+    _k("stack_guard", "BUG", r"BUG: (?:\S+ )?stack guard page was hit", "BUG: stack guard page was hit",
        how="stall", preamble=True),
     _k("dentry_in_use", "BUG", r"BUG: Dentry .* still in use", "BUG: Dentry still in use",
        how="rip", preamble=True),
