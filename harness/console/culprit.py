@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harness.console import machinery as mc
 from harness.console.kinds import (
     _CONSEQUENCE,
     _INTERLEAVED,
@@ -78,13 +79,13 @@ class _Pending:
 # WARN/BUG sites that mean a known kind of bug; the culprit is their caller.
 _BY_SOURCE: tuple[tuple[re.Pattern[str], str, str, re.Pattern[str]], ...] = tuple(
     (re.compile(src), cat, title, re.compile(skip)) for src, cat, title, skip in (
-        (r"lib/list_debug\.c", "LIST_CORRUPTION", "BUG: corrupted list", r"list"),
-        (r"lib/refcount\.c", "REFCOUNT", "WARNING: refcount bug", r"refcount|kobject_"),
+        (r"lib/list_debug\.c", "LIST_CORRUPTION", "BUG: corrupted list", mc.pattern(mc.LIST)),
+        (r"lib/refcount\.c", "REFCOUNT", "WARNING: refcount bug", mc.pattern(mc.REFCOUNT)),
         (r"lib/debugobjects\.c", "WARNING", "WARNING: ODEBUG bug",
          r"debug_|rcu|hrtimer_|timer_|work_|percpu_|kmem_|slab_|kfree|vunmap|vfree|__free_"
          r"|kobject_|free_object"),
         (r"lib/kobject\.c", "WARNING", "WARNING: kobject bug", r"kobject_"),
-        (r"mm/usercopy\.c", "BUG", "BUG: bad usercopy", r"usercopy|__check|check_\w+_object"),
+        (r"mm/usercopy\.c", "BUG", "BUG: bad usercopy", mc.pattern(mc.USERCOPY)),
         (r"kernel/locking/lockdep\.c", "LOCKDEP", "WARNING: locking bug",
          r"lock_sock|release_sock"),
     ))

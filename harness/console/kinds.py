@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from harness.console import machinery as mc
 from harness.console.lines import _SYM, _Line
 
 # --- kinds of report ---------------------------------------------------------
@@ -38,8 +39,7 @@ def _k(name: str, category: str, regex: str, title: str, skip: str | None = None
 
 _OOPS_NAMES = frozenset({"kernel_bug", "warning_at", "oops", "invalid_opcode",
                          "internal_error", "stack_overflow"})
-_ALLOC_SKIP = (r"kmemleak|alloc|kmem|slab|mmap|create_object|idr_get|list_lru_init"
-               r"|kasprintf|pcpu_create|strn?dup|memdup")
+_ALLOC_SKIP = mc.pattern(mc.ALLOCATION)
 
 _KINDS: tuple[_Kind, ...] = (
     _k("kasan", "KASAN", rf"BUG: KASAN: (?P<bug>.+?)(?: in (?P<fn>{_SYM})| on address| at addr|$)",
@@ -89,11 +89,11 @@ _KINDS: tuple[_Kind, ...] = (
     _k("alignment_trap", "OOPS", r"Alignment trap: ", "Alignment trap", how="rip", preamble=True),
     _k("list_corruption", "LIST_CORRUPTION",
        r"(?:slab \S+ )?(?:__)?list_\w+ (?:corruption|double add)", "BUG: corrupted list",
-       how="rip", skip=r"list", preamble=True, follow=("*",)),
+       how="rip", skip=mc.pattern(mc.LIST), preamble=True, follow=("*",)),
     _k("refcount", "REFCOUNT", r"refcount_t: ", "WARNING: refcount bug", how="rip",
-       skip=r"refcount|kobject_", preamble=True, follow=("*",)),
+       skip=mc.pattern(mc.REFCOUNT), preamble=True, follow=("*",)),
     _k("usercopy", "BUG", r"(?i:usercopy: kernel memory (?:exposure|overwrite) attempt)",
-       "BUG: bad usercopy", how="rip", skip=r"usercopy|__check|check_\w+_object|virt_addr_valid",
+       "BUG: bad usercopy", how="rip", skip=mc.pattern(mc.USERCOPY),
        preamble=True, follow=("*",)),
     _k("vm_bug_on", "VM_BUG_ON", r"page dumped because: (?P<macro>VM_BUG_ON\w*)", "{macro}",
        how="rip", preamble=True),
@@ -131,9 +131,9 @@ _KINDS: tuple[_Kind, ...] = (
     _k("nonstatic_key", "LOCKDEP", r"INFO: trying to register non-static key",
        "INFO: trying to register non-static key", skip=r"stack|lock|IRQ"),
     _k("spinlock", "LOCKDEP", r"BUG: spinlock (?P<what>.+?) on CPU", "BUG: spinlock {what}",
-       skip=r"spin|_(?:un)?lock(?:_\w+)?$"),
+       skip=mc.pattern(mc.SPINLOCK)),
     _k("rwlock", "LOCKDEP", r"BUG: rwlock (?P<what>.+?) on CPU", "BUG: rwlock {what}",
-       skip=r"rwlock|_(?:read|write)_(?:un)?lock(?:_\w+)?$"),
+       skip=mc.pattern(mc.RWLOCK)),
     _k("atomic_sleep", "ATOMIC_SLEEP", r"BUG: sleeping function called from invalid context",
        "BUG: sleeping function called from invalid context"),
     _k("sched_atomic", "ATOMIC_SLEEP", r"BUG: scheduling while atomic",
@@ -159,11 +159,9 @@ _KINDS: tuple[_Kind, ...] = (
     _k("bad_rss", "BAD_RSS_COUNTER", r"BUG: Bad rss-counter state", "BUG: Bad rss-counter state",
        how="none", stack=False, gap=3),
     _k("bad_page_state", "BAD_PAGE_STATE", r"BUG: Bad page state", "BUG: Bad page state",
-       skip=r"bad_page|free_\w*page|free_unref|__free|free_pcp|folio_put|put_page|release_pages"
-       r"|page_cache_release|check_new_page|free_one_page|alloc_pages|get_page_from_freelist"
-       r"|rmqueue|prep_new_page|post_alloc_hook|page_expected_state"),
+       skip=mc.pattern(mc.BAD_PAGE)),
     _k("bad_page_map", "BAD_PAGE_MAP", r"BUG: Bad page map", "BUG: Bad page map",
-       skip=r"print_bad_p[tm]e|vm_normal_(?:page|folio)|zap_\w*pte|unmap_page_range"),
+       skip=mc.pattern(mc.BAD_PAGE_MAP)),
     _k("memory_leak", "MEMORY_LEAK", r"BUG: memory leak", "memory leak", skip=_ALLOC_SKIP,
        direct=True, preamble=True),
     _k("leaked_object", "MEMORY_LEAK", r"unreferenced object 0x[0-9a-f]+ \(size \d+\)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.console import machinery as mc
 from harness.console.classify import classify
 from harness.console.kinds import _KINDS, _match_header
 from harness.console.lines import _parse_line
@@ -100,3 +101,24 @@ def test_every_kind_has_its_printk() -> None:
     assert not have - set(KIND), "rows naming no kind"
     not_mainline = {"task_cant_die"}  # a linux-next hung_task.c patch syzbot's kernels carry
     assert set(KIND) - have - not_x86_printk - not_mainline == set()
+
+
+@pytest.mark.parametrize(("group", "chain"), [
+    # the frames between each report's printer and its caller, 4.19 and 6.12 names
+    ("LIST", ["__list_add_valid", "__list_add_valid_or_report", "__list_del_entry_valid",
+              "list_del", "list_add_tail_rcu", "list_move"]),
+    ("REFCOUNT", ["refcount_warn_saturate", "refcount_sub_and_test_checked", "__refcount_add",
+                  "kref_put", "kobject_put"]),
+    ("USERCOPY", ["usercopy_abort", "__check_heap_object", "__check_object_size",
+                  "check_copy_size", "_copy_to_user", "__virt_addr_valid"]),
+    ("BAD_PAGE", ["bad_page", "free_page_is_bad_report", "free_pages_prepare",
+                  "free_unref_page", "__folio_put", "release_pages", "check_new_pages"]),
+    ("ALLOCATION", ["kmemleak_alloc", "slab_post_alloc_hook", "kmem_cache_alloc_noprof",
+                    "__kmalloc_cache_noprof", "kstrdup", "kasprintf", "pcpu_alloc"]),
+    ("SPINLOCK", ["do_raw_spin_lock", "_raw_spin_lock_irqsave", "raw_spin_rq_lock_nested",
+                  "__task_rq_lock"]),
+])
+def test_machinery_covers_the_kernels_chain(group: str, chain: list[str]) -> None:
+    skip = mc.compiled(getattr(mc, group))
+    assert [f for f in chain if not skip.match(f)] == []
+    assert not skip.match(CULPRIT) and not skip.match("ksm_do_scan")

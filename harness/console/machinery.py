@@ -1,0 +1,77 @@
+"""The kernel functions that sit between a report's printer and the code to blame, per kind of
+report, as the kernel sources call them (6.1 and 6.12 read; 4.19 names as remembered).  A
+culprit is the first frame that is none of these; the kinds table (kinds.py) and the
+WARN/BUG-site rules (culprit.py) build their skip patterns here.
+
+Each entry is a tuple of regex fragments matched against a whole function name (after the
+compiler's .isra/.constprop/... suffixes are gone); 6.10+ allocation wrappers carry a
+"_noprof" suffix, which every name may have.
+"""
+from __future__ import annotations
+
+import re
+
+# lib/list_debug.c checks, called by include/linux/list.h and rculist.h inlines that
+# become frames when not inlined (4.19: __list_add_valid; 6.6+: *_or_report).
+LIST = (
+    r"__list_(?:add|del_entry)_valid(?:_or_report)?", r"_*list_(?:add|del)\w*",
+    r"list_(?:move|replace|splice|swap|cut|bulk_move|rotate)\w*", r"__list_del\w*",
+)
+# lib/refcount.c (4.19: refcount_*_checked(); 5.5+: refcount_warn_saturate()) called by
+# include/linux/refcount.h inlines; include/linux/kref.h and lib/kobject.c's get/put wrap them.
+REFCOUNT = (r"_*refcount_\w+", r"kref_\w+", r"kobject_(?:get|put)\w*")
+# mm/usercopy.c: usercopy_abort() <- __check_object_size() <- check_object_size()
+# <- check_copy_size() <- copy_{to,from}_user() (include/linux/uaccess.h); the object checks
+# it calls: __check_heap_object() (mm/slub.c), check_stack_object(), virt_addr_valid().
+USERCOPY = (
+    r"usercopy_\w+", r"_*check_(?:object_size|copy_size|heap_object|stack_object"
+    r"|kernel_text_object|bogus_address|page_span)", r"_*virt_addr_valid",
+    r"_*copy_(?:to|from)_user\w*", r"_*copy_(?:to|from)_iter\w*",
+)
+# mm/page_alloc.c: bad_page() <- free_page_is_bad_report()/free_tail_page_prepare()
+# (6.1: free_tail_pages_check()) <- free_pages_prepare() <- the page freeing paths; or
+# <- check_new_page_bad() <- check_new_page(s)() <- rmqueue*() <- get_page_from_freelist().
+# The freeing entry points that drop the last reference: mm/swap.c, include/linux/mm.h.
+BAD_PAGE = (
+    r"bad_page", r"free_page_is_bad\w*", r"free_tail_pages?_\w+", r"free_pages_prepare",
+    r"free_pages_check\w*", r"__free_pages\w*", r"free_unref_\w+", r"free_one_page",
+    r"free_pcppages_bulk", r"free_pages", r"__free_one_page", r"free_the_page",
+    r"__folio_put\w*", r"folio_put\w*", r"folios_put\w*", r"__put_page\w*", r"put_page\w*",
+    r"release_pages", r"free_compound_page", r"destroy_large_folio", r"free_frozen_pages",
+    r"check_new_pages?\w*", r"rmqueue\w*", r"get_page_from_freelist", r"prep_new_page",
+    r"post_alloc_hook", r"page_expected_state", r"__alloc_pages\w*", r"alloc_pages\w*",
+)
+# mm/memory.c: print_bad_pte() <- vm_normal_page()/vm_normal_folio() <- zap_pte_range()
+# <- zap_pmd_range() <- ... <- unmap_page_range().
+BAD_PAGE_MAP = (
+    r"print_bad_p[tm]e", r"vm_normal_(?:page|folio)\w*", r"zap_\w*_range\w*",
+    r"unmap_page_range", r"unmap_single_vma", r"unmap_vmas",
+)
+# The allocation stack kmemleak records: kmemleak_alloc*() (mm/kmemleak.c) <- the slab,
+# vmalloc and percpu allocators (mm/slub.c, mm/slab_common.c, mm/vmalloc.c, mm/percpu.c)
+# <- include/linux/slab.h's inline entry points; and library code that allocates on its
+# caller's behalf: mm/util.c (kstrdup, kmemdup, memdup_user, kvmalloc), lib/kasprintf.c,
+# lib/radix-tree.c and lib/idr.c (radix_tree_node_alloc <- idr_get_free), mm/list_lru.c.
+ALLOCATION = (
+    r"kmemleak\w*", r"create_object\w*", r"\w*alloc\w*", r"kmem_cache\w*", r"\w*slab\w*",
+    r"kstrn?dup\w*", r"kmemdup\w*", r"v?memdup_user\w*", r"strndup_user", r"kv?asprintf\w*",
+    r"idr_get\w*", r"__?list_lru_init\w*", r"pcpu_\w+",
+)
+# kernel/locking/spinlock_debug.c: spin_bug()/rwlock_bug() <- debug_spin_lock_before()
+# <- do_raw_spin_lock() <- __raw_spin_lock() <- _raw_spin_lock*() <- spin_lock*() inlines,
+# and the subsystems' own wrappers that take a lock for their caller, named so by kernel
+# convention (kernel/sched: raw_spin_rq_lock_nested() <- __task_rq_lock(), rq_lock_irqsave()).
+_LOCK_WRAPPER = r"\w*_(?:un)?lock(?:_\w+)?"
+SPINLOCK = (r"spin_\w+", r"\w*_spin_\w*lock\w*", r"debug_spin_\w+", _LOCK_WRAPPER)
+RWLOCK = (r"rwlock_\w+", r"\w*_(?:read|write)_(?:un|try)?lock\w*", r"debug_(?:read|write)_\w+",
+          _LOCK_WRAPPER)
+
+
+def pattern(*groups: tuple[str, ...]) -> str:
+    """A regex matching a whole function name that belongs to any of ``groups``."""
+    names = "|".join(f for g in groups for f in g)
+    return rf"^(?:{names})(?:_noprof)?$"
+
+
+def compiled(*groups: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(pattern(*groups))
