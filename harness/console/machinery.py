@@ -75,3 +75,35 @@ def pattern(*groups: tuple[str, ...]) -> str:
 
 def compiled(*groups: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(pattern(*groups))
+
+# kernel/sched/core.c: __schedule_bug() <- schedule_debug() <- __schedule() <- schedule()
+# and the ways in: preempt_schedule*(), __cond_resched(), schedule_timeout(), io_schedule().
+SCHEDULE = (r"__schedule_bug", r"schedule_debug", r"\w*schedule\w*", r"_*cond_resched\w*")
+# kernel/sched/core.c: __might_resched() (4.19: ___might_sleep()) <- __might_sleep()
+# <- might_sleep()/might_alloc() users: the allocators' pre-alloc hooks and entry points.
+MIGHT_SLEEP = (r"_*might_\w+", r"slab_pre_alloc_hook", r"slab_alloc\w*", r"kmem_cache_\w+",
+               r"_*kv?[mzc]alloc\w*", r"_*v[mz]alloc\w*", r"kmalloc_\w+", r"__alloc_pages\w*")
+# kernel/locking/lockdep.c: lockdep_rcu_suspicious(), reached through RCU_LOCKDEP_WARN()
+# inlined in the caller, in RCU's own functions (kernel/rcu/, rcupdate.h), or in
+# rcu_sleep_check() from schedule_debug() and __might_resched().
+RCU_SUSPICIOUS = (r"lockdep_rcu_suspicious", r"\w*rcu\w*", *SCHEDULE, *MIGHT_SLEEP)
+# lib/smp_processor_id.c: check_preemption_disabled() <- debug_smp_processor_id() or
+# __this_cpu_preempt_check(), called from the smp_processor_id()/__this_cpu_*() macros,
+# and the out-of-line this_cpu_*() helpers of include/linux/percpu-defs.h users.
+PREEMPT_CHECK = (r"check_preemption_disabled", r"debug_smp_processor_id",
+                 r"__this_cpu_preempt_check", r"\w*this_cpu_\w+")
+# kernel/locking/lockdep.c: "trying to register non-static key" from assign_lock_key()
+# <- register_lock_class() <- __lock_acquire() <- lock_acquire() <- the lock primitives;
+# or from lockdep_init_map_type() <- the lock initialisers.
+LOCK_CLASS = (
+    r"assign_lock_key", r"register_lock_class", r"look_up_lock_class", r"_*lock_acquire\w*",
+    r"lock_(?:release|acquired|contended)", r"lockdep_init_map\w*", r"_*(?:raw_)?spin_lock_init",
+    r"__mutex_init", r"__init_rwsem", r"lock_map_\w+", r"_*mutex_\w+", r"_*down_\w+",
+    r"_*up_\w+", r"_*down", r"_*up", r"rwsem_\w+", *SPINLOCK, *RWLOCK,
+)
+# kernel/workqueue.c: lockdep maps that stand for a work item or a workqueue, acquired in
+# process_one_work() and in the flush/cancel paths (touch_{wq,work}_lockdep_map() in 6.x).
+WORKQUEUE_LOCKDEP = (
+    r"process_one_work", r"_*flush_work\w*", r"start_flush_work", r"_*flush_workqueue",
+    r"drain_workqueue", r"destroy_workqueue", r"touch_\w*lockdep_map", r"_*cancel_\w*work\w*",
+)

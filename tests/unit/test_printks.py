@@ -117,6 +117,19 @@ def test_every_kind_has_its_printk() -> None:
                     "__kmalloc_cache_noprof", "kstrdup", "kasprintf", "pcpu_alloc"]),
     ("SPINLOCK", ["do_raw_spin_lock", "_raw_spin_lock_irqsave", "raw_spin_rq_lock_nested",
                   "__task_rq_lock"]),
+    ("SCHEDULE", ["__schedule_bug", "schedule_debug", "__schedule", "schedule",
+                  "preempt_schedule_common", "__cond_resched", "schedule_timeout"]),
+    ("RCU_SUSPICIOUS", ["lockdep_rcu_suspicious", "rcu_note_context_switch", "__might_resched",
+                        "___might_sleep", "__might_sleep", "slab_pre_alloc_hook",
+                        "kmem_cache_alloc_noprof", "__kmalloc_noprof"]),
+    ("PREEMPT_CHECK", ["check_preemption_disabled", "debug_smp_processor_id",
+                       "__this_cpu_preempt_check"]),
+    ("LOCK_CLASS", ["assign_lock_key", "register_lock_class", "__lock_acquire", "lock_acquire",
+                    "_raw_spin_lock", "__mutex_lock", "mutex_lock_nested", "down_write",
+                    "lockdep_init_map_type", "__raw_spin_lock_init"]),
+    ("WORKQUEUE_LOCKDEP", ["process_one_work", "__flush_work", "flush_work",
+                           "__flush_workqueue", "touch_work_lockdep_map",
+                           "__cancel_work_timer", "cancel_work_sync"]),
 ])
 def test_machinery_covers_the_kernels_chain(group: str, chain: list[str]) -> None:
     skip = mc.compiled(getattr(mc, group))
