@@ -90,6 +90,11 @@ _KINDS: tuple[_Kind, ...] = (
     _k("list_corruption", "LIST_CORRUPTION",
        r"(?:slab \S+ )?(?:__)?list_\w+ (?:corruption|double add)", "BUG: corrupted list",
        how="rip", skip=mc.pattern(mc.LIST), preamble=True, follow=("*",)),
+    # x86's own refcount_t (4.14 to 5.4, CONFIG_ARCH_HAS_REFCOUNT): kernel/panic.c's
+    # refcount_error_report() WARNs "refcount_t <what> at <site> in <comm>[<pid>]".
+    _k("refcount_arch", "REFCOUNT", rf"refcount_t (?P<what>[\w ]+?) at (?P<fn>{_SYM})\+0x",
+       "WARNING: refcount bug", how="header", skip=mc.pattern(mc.REFCOUNT), preamble=True,
+       follow=("*",)),
     _k("refcount", "REFCOUNT", r"refcount_t: ", "WARNING: refcount bug", how="rip",
        skip=mc.pattern(mc.REFCOUNT), preamble=True, follow=("*",)),
     _k("usercopy", "BUG", r"(?i:usercopy: kernel memory (?:exposure|overwrite) attempt)",
@@ -205,7 +210,7 @@ _KINDS: tuple[_Kind, ...] = (
 _HEADER_WORDS = (
     "BUG", "WARNING:", "INFO:", "UBSAN:", "panic", "PANIC", "Oops", "protection fault",
     "divide", "invalid opcode", "stack segment", "stack overflow", "corruption", "double add",
-    "refcount_t:", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
+    "refcount_t", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
     "Internal error", "Unhandled fault", "unreferenced object", "VFS: Busy", "VFS: Close", "unregister_netdevice", "LOCKUP",
     "dumped because",
 )

@@ -115,6 +115,9 @@ WORDINGS: tuple[Wording, ...] = (
             "is LIST_POISON1 (dead000000000100)", "BUG: corrupted list"),
     Wording("refcount", "lib/refcount.c: refcount_warn_saturate() (4.19: refcount_*_checked())",
             "refcount_t: underflow; use-after-free.", "WARNING: refcount bug"),
+    Wording("refcount_arch", "kernel/panic.c: refcount_error_report() <- arch/x86/mm/extable.c:"
+            " ex_handler_refcount()", "refcount_t overflow at cmp_and_merge_page+0x12/0x30 in "
+            "ksmd[35], uid/euid: 0/0", "WARNING: refcount bug", until="5.4", checked="memory"),
     Wording("usercopy", "mm/usercopy.c: usercopy_abort()", "usercopy: Kernel memory exposure "
             "attempt detected from SLUB object 'kmalloc-64' (offset 0, size 128)!",
             "BUG: bad usercopy"),

@@ -135,3 +135,21 @@ def test_machinery_covers_the_kernels_chain(group: str, chain: list[str]) -> Non
     skip = mc.compiled(getattr(mc, group))
     assert [f for f in chain if not skip.match(f)] == []
     assert not skip.match(CULPRIT) and not skip.match("ksm_do_scan")
+
+
+def test_x86_refcount_names_the_site_not_the_warn() -> None:
+    # 4.14..5.4: the WARN is in kernel/panic.c; the message names the faulting refcount site.
+    r = classify([
+        "[   41.0] refcount_t overflow at cmp_and_merge_page+0x12/0x30 in ksmd[35], uid/euid: 0/0",
+        "[   41.0] WARNING: CPU: 1 PID: 35 at kernel/panic.c:672 refcount_error_report+0x9d/0xb0",
+        "[   41.0] RIP: 0010:refcount_error_report+0x9d/0xb0",
+        "[   41.0] Call Trace:",
+        "[   41.0]  ex_handler_refcount+0x63/0x70",
+        "[   41.0]  fixup_exception+0x32/0x40",
+        "[   41.0]  do_trap+0x4a/0x160",
+        "[   41.0]  do_error_trap+0x83/0xf0",
+        "[   41.0]  invalid_op+0x14/0x20",
+        "[   41.0]  ksm_do_scan+0x5c/0x90",
+    ])[0]
+    assert (r.category, r.title, r.frame) == ("REFCOUNT", "WARNING: refcount bug in "
+                                              "cmp_and_merge_page", "cmp_and_merge_page")
