@@ -153,3 +153,20 @@ def test_x86_refcount_names_the_site_not_the_warn() -> None:
     ])[0]
     assert (r.category, r.title, r.frame) == ("REFCOUNT", "WARNING: refcount bug in "
                                               "cmp_and_merge_page", "cmp_and_merge_page")
+
+
+def test_gpf_with_kasans_range_hint_is_one_report() -> None:
+    # 5.5+: mm/kasan/report.c kasan_non_canonical_hook() follows the banner with a hint.
+    reports = classify([
+        "[   41.0] Oops: general protection fault, probably for non-canonical address "
+        "0xdffffc0000000001: 0000 [#1] PREEMPT SMP KASAN NOPTI",
+        "[   41.0] KASAN: null-ptr-deref in range [0x0000000000000008-0x000000000000000f]",
+        "[   41.0] CPU: 1 UID: 0 PID: 35 Comm: ksmd Not tainted 6.12.0 #1",
+        "[   41.0] RIP: 0010:cmp_and_merge_page+0x12/0x30",
+        "[   41.0] Call Trace:",
+        "[   41.0]  <TASK>",
+        "[   41.0]  ksm_do_scan+0x5c/0x90",
+        "[   41.0]  </TASK>",
+    ])
+    assert [(r.category, r.title) for r in reports] == [
+        ("GPF", "general protection fault in cmp_and_merge_page")]
