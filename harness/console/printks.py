@@ -145,6 +145,9 @@ WORDINGS: tuple[Wording, ...] = (
     Wording("kmsan", "mm/kmsan/report.c: kmsan_report()",
             "BUG: KMSAN: uninit-value in cmp_and_merge_page+0x12/0x30", "KMSAN: uninit-value",
             since="6.1", checked="6.12"),
+    Wording("kmsan", "mm/kmsan/hooks.c: kmsan_copy_to_user() -> kmsan_report()",
+            "BUG: KMSAN: kernel-infoleak in _copy_to_iter+0x870/0x1fd0", "KMSAN: kernel-infoleak",
+            since="6.1", checked="6.12"),
     Wording("kcsan", "kernel/kcsan/report.c: print_report()", "BUG: KCSAN: data-race in "
             "cmp_and_merge_page / ksm_do_scan", "KCSAN: data-race", since="5.8",
             checked="6.12"),

@@ -22,7 +22,8 @@ MACHINERY = {
     "KASAN": ["dump_stack_lvl+0x48/0x70", "print_report+0xc3/0x620", "kasan_report+0xb0/0xe0",
               "__asan_load8+0x6e/0xa0"],
     "KFENCE": [],  # kfence prints the frames after its own
-    "KMSAN": [], "KCSAN": [],
+    # kmsan_copy_to_user() <- instrument_copy_to_user() <- the iov_iter copy helpers
+    "KMSAN": ["_copy_to_iter+0x870/0x1fd0", "simple_copy_to_iter+0x68/0xa0"], "KCSAN": [],
     "UBSAN": ["dump_stack_lvl+0x48/0x70", "ubsan_epilogue+0x9/0x40",
               "__ubsan_handle_shift_out_of_bounds+0x15a/0x1a0"],
     "LIST_CORRUPTION": ["__list_add_valid_or_report+0x7b/0xb0"],
