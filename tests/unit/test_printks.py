@@ -4,6 +4,8 @@ the lines the kernel prints after it (registers, a Call Trace through the report
 machinery down to the culprit)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from harness.console import machinery as mc
@@ -171,3 +173,11 @@ def test_gpf_with_kasans_range_hint_is_one_report() -> None:
     ])
     assert [(r.category, r.title) for r in reports] == [
         ("GPF", "general protection fault in cmp_and_merge_page")]
+
+
+def test_rows_say_where_and_when() -> None:
+    version = re.compile(r"\d\.(?:\d+|x)")
+    for w in WORDINGS:
+        assert re.match(r"(?:arch/x86|lib|kernel|mm|fs|net)/[\w/.-]+\.[ch]: ", w.source), w
+        assert version.fullmatch(w.since) and (not w.until or version.fullmatch(w.until)), w
+        assert w.checked in ("6.1 6.12", "6.1", "6.12", "memory") or w.checked.startswith("issue"), w
