@@ -1,5 +1,6 @@
 """The kinds of kernel report, as data: a table row per kind (header regex, category, title,
-frames to skip), and the lines that belong to a report."""
+frames to skip), and the lines that belong to a report.  Which kernel function prints each
+header, in which versions: printks.py; the frames each kind skips: machinery.py."""
 from __future__ import annotations
 
 import re
