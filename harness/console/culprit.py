@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harness.console import machinery as mc
 from harness.console.kinds import (
     _CONSEQUENCE,
     _INTERLEAVED,
@@ -78,13 +79,13 @@ class _Pending:
 # WARN/BUG sites that mean a known kind of bug; the culprit is their caller.
 _BY_SOURCE: tuple[tuple[re.Pattern[str], str, str, re.Pattern[str]], ...] = tuple(
     (re.compile(src), cat, title, re.compile(skip)) for src, cat, title, skip in (
-        (r"lib/list_debug\.c", "LIST_CORRUPTION", "BUG: corrupted list", r"list"),
-        (r"lib/refcount\.c", "REFCOUNT", "WARNING: refcount bug", r"refcount|kobject_"),
+        (r"lib/list_debug\.c", "LIST_CORRUPTION", "BUG: corrupted list", mc.pattern(mc.LIST)),
+        (r"lib/refcount\.c", "REFCOUNT", "WARNING: refcount bug", mc.pattern(mc.REFCOUNT)),
         (r"lib/debugobjects\.c", "WARNING", "WARNING: ODEBUG bug",
          r"debug_|rcu|hrtimer_|timer_|work_|percpu_|kmem_|slab_|kfree|vunmap|vfree|__free_"
          r"|kobject_|free_object"),
         (r"lib/kobject\.c", "WARNING", "WARNING: kobject bug", r"kobject_"),
-        (r"mm/usercopy\.c", "BUG", "BUG: bad usercopy", r"usercopy|__check|check_\w+_object"),
+        (r"mm/usercopy\.c", "BUG", "BUG: bad usercopy", mc.pattern(mc.USERCOPY)),
         (r"kernel/locking/lockdep\.c", "LOCKDEP", "WARNING: locking bug",
          r"lock_sock|release_sock"),
     ))
@@ -131,7 +132,7 @@ def _finish(p: _Pending) -> Report:
 
 def _by_source(p: _Pending, groups: dict[str, str], category: str, title: str,
                skip: re.Pattern[str] | None) -> tuple[str, str, re.Pattern[str] | None]:
-    src, fn = groups.get("src", ""), _clean(groups.get("fn", ""))
+    src, fn = groups.get("src", ""), _clean(groups.get("fn") or groups.get("sym", ""))
     for src_re, cat, ttl, skp in _BY_SOURCE:
         if src_re.search(src):
             return cat, ttl, skp
@@ -188,8 +189,8 @@ def _culprit(p: _Pending, texts: list[str], skip: re.Pattern[str] | None) -> str
     elif how == "irqsafe":
         at = next((i for i, t in enumerate(texts) if re.search(r"which became \S+-safe at:", t)), 0)
         cands = _stack(texts[at:], True) + _at_frames(texts)
-    elif how == "header" and p.match.groupdict().get("fn"):
-        cands = [_clean(p.match["fn"])]
+    elif how == "header" and (named := p.match.groupdict().get("fn") or p.match.groupdict().get("sym")):
+        cands = [_clean(named)]
     if how in ("header", "rip"):
         cands += [fn for t in texts if (fn := _rip_of(t))][:1]
         src = p.match.groupdict().get("src") or ""

@@ -1,11 +1,13 @@
 """The kinds of kernel report, as data: a table row per kind (header regex, category, title,
-frames to skip), and the lines that belong to a report."""
+frames to skip), and the lines that belong to a report.  Which kernel function prints each
+header, in which versions: printks.py; the frames each kind skips: machinery.py."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from harness.console import machinery as mc
 from harness.console.lines import _SYM, _Line
 
 # --- kinds of report ---------------------------------------------------------
@@ -38,8 +40,7 @@ def _k(name: str, category: str, regex: str, title: str, skip: str | None = None
 
 _OOPS_NAMES = frozenset({"kernel_bug", "warning_at", "oops", "invalid_opcode",
                          "internal_error", "stack_overflow"})
-_ALLOC_SKIP = (r"kmemleak|alloc|kmem|slab|mmap|create_object|idr_get|list_lru_init"
-               r"|kasprintf|pcpu_create|strn?dup|memdup")
+_ALLOC_SKIP = mc.pattern(mc.ALLOCATION)
 
 _KINDS: tuple[_Kind, ...] = (
     _k("kasan", "KASAN", rf"BUG: KASAN: (?P<bug>.+?)(?: in (?P<fn>{_SYM})| on address| at addr|$)",
@@ -50,6 +51,9 @@ _KINDS: tuple[_Kind, ...] = (
        how="header", direct=True),
     _k("kcsan", "KCSAN", rf"BUG: KCSAN: (?P<bug>.+?) in (?P<fn>{_SYM})", "KCSAN: {bug}",
        how="header", direct=True),
+    # A trapping UBSAN check (6.12 x86, arm64): handle_bug() names the check and the site.
+    _k("ubsan_trap", "UBSAN", rf"UBSAN: (?P<bug>.+?) at (?P<fn>{_SYM})\+0x", "UBSAN: {bug}",
+       how="header"),
     _k("ubsan", "UBSAN", r"UBSAN: (?P<bug>.+?) in \S+", "UBSAN: {bug}"),
     _k("null_deref", "NULL_DEREF", r"BUG: (?:unable to handle )?kernel NULL pointer dereference",
        "BUG: kernel NULL pointer dereference", how="rip", preamble=True),
@@ -62,9 +66,12 @@ _KINDS: tuple[_Kind, ...] = (
        "BUG: kernel NULL pointer dereference", how="rip", preamble=True),
     _k("arm_paging", "PAGING_REQUEST", r"Unable to handle kernel (?:paging request|\w+ (?:to|from))",
        "BUG: unable to handle kernel paging request", how="rip", preamble=True),
-    # die()'s banner: "[Oops: ][segment-related ]general protection fault[, probably for
-    # ...]: 0000 [#1]"; a user task's fault ("comm[pid] general protection fault ip:") is not one.
-    _k("gpf", "GPF", r"(?:Oops: )?(?:segment-related )?general protection fault[:,]",
+    # die()'s banner "<desc>: <err> [#<n>]" (6.10+: "Oops: " first), where <desc> is
+    # "[segment-related ]general protection fault" and, since 5.5, a hint about the address
+    # (", probably for non-canonical address 0x..", ", maybe for address 0x.."; some 5.4
+    # backports: " for non-canonical address 0x.."): any hint, so no wording is missed.  A
+    # user task's fault starts with its name ("comm[pid] general protection fault ip:").
+    _k("gpf", "GPF", r"(?:Oops: )?(?:segment-related )?general protection fault\b",
        "general protection fault", how="rip"),
     _k("stack_segment", "GPF", r"(?:Oops: )?stack segment: ", "stack segment fault", how="rip"),
     _k("stack_overflow", "PANIC", r"kernel stack overflow \(double-fault\)",
@@ -83,21 +90,27 @@ _KINDS: tuple[_Kind, ...] = (
     _k("alignment_trap", "OOPS", r"Alignment trap: ", "Alignment trap", how="rip", preamble=True),
     _k("list_corruption", "LIST_CORRUPTION",
        r"(?:slab \S+ )?(?:__)?list_\w+ (?:corruption|double add)", "BUG: corrupted list",
-       how="rip", skip=r"list", preamble=True, follow=("*",)),
+       how="rip", skip=mc.pattern(mc.LIST), preamble=True, follow=("*",)),
+    # x86's own refcount_t (4.14 to 5.4, CONFIG_ARCH_HAS_REFCOUNT): kernel/panic.c's
+    # refcount_error_report() WARNs "refcount_t <what> at <site> in <comm>[<pid>]".
+    _k("refcount_arch", "REFCOUNT", rf"refcount_t (?P<what>[\w ]+?) at (?P<fn>{_SYM})\+0x",
+       "WARNING: refcount bug", how="header", skip=mc.pattern(mc.REFCOUNT), preamble=True,
+       follow=("*",)),
     _k("refcount", "REFCOUNT", r"refcount_t: ", "WARNING: refcount bug", how="rip",
-       skip=r"refcount|kobject_", preamble=True, follow=("*",)),
+       skip=mc.pattern(mc.REFCOUNT), preamble=True, follow=("*",)),
     _k("usercopy", "BUG", r"(?i:usercopy: kernel memory (?:exposure|overwrite) attempt)",
-       "BUG: bad usercopy", how="rip", skip=r"usercopy|__check|check_\w+_object|virt_addr_valid",
+       "BUG: bad usercopy", how="rip", skip=mc.pattern(mc.USERCOPY),
        preamble=True, follow=("*",)),
     _k("vm_bug_on", "VM_BUG_ON", r"page dumped because: (?P<macro>VM_BUG_ON\w*)", "{macro}",
        how="rip", preamble=True),
+    # __warn(): "at <file>:<line> <caller>", or "at <caller>" without CONFIG_DEBUG_BUGVERBOSE.
     _k("warning_at", "WARNING",
-       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?P<src>[\w./+-]+:\d+)"
-       rf"(?: (?:at )?(?P<fn>{_SYM}))?", "WARNING", how="header"),
+       r"WARNING: (?:CPU: \d+ (?:UID: \d+ )?PID: \d+ )?(?:at )?(?:(?P<src>[\w./+-]+:\d+)"
+       rf"(?: (?:at )?(?P<fn>{_SYM}))?|(?P<sym>{_SYM})\+0x)", "WARNING", how="header"),
     _k("deadlock", "LOCKDEP",
        r"(?:WARNING|INFO): (?:possible circular locking dependency|possible recursive locking"
        r"|possible irq lock inversion dependency) detected", "possible deadlock", how="at", gap=30,
-       skip=r"process_one_work|flush_workqueue|drain_workqueue|destroy_workqueue"),
+       skip=mc.pattern(mc.WORKQUEUE_LOCKDEP)),
     # The irq-safe lock's user, running in interrupt context, closes the cycle.
     _k("irq_lock_order", "LOCKDEP",
        r"(?:WARNING|INFO): (?:SOFT|HARD)IRQ-safe -> (?:SOFT|HARD)IRQ-unsafe lock order detected",
@@ -105,7 +118,7 @@ _KINDS: tuple[_Kind, ...] = (
     _k("inconsistent_lock", "LOCKDEP", r"(?:WARNING|INFO): inconsistent lock state",
        "inconsistent lock state", how="at", gap=30),
     _k("suspicious_rcu", "LOCKDEP", r"(?:WARNING|INFO|BUG): suspicious RCU usage",
-       "WARNING: suspicious RCU usage", skip=r"rcu|kmem|slab|kmalloc|vmalloc|kcalloc|kzalloc",
+       "WARNING: suspicious RCU usage", skip=mc.pattern(mc.RCU_SUSPICIOUS),
        gap=30),
     _k("unlock_balance", "LOCKDEP", r"(?:WARNING|BUG): bad unlock balance detected",
        "WARNING: bad unlock balance", how="at", gap=30),
@@ -122,18 +135,20 @@ _KINDS: tuple[_Kind, ...] = (
     _k("lockdep_limit", "LOCKDEP", r"BUG: MAX_\w+ too low", "BUG: lockdep limit too low",
        how="none", stack=False, gap=3),
     _k("nonstatic_key", "LOCKDEP", r"INFO: trying to register non-static key",
-       "INFO: trying to register non-static key", skip=r"stack|lock|IRQ"),
+       "INFO: trying to register non-static key", skip=mc.pattern(mc.LOCK_CLASS)),
     _k("spinlock", "LOCKDEP", r"BUG: spinlock (?P<what>.+?) on CPU", "BUG: spinlock {what}",
-       skip=r"spin|_(?:un)?lock(?:_\w+)?$"),
+       skip=mc.pattern(mc.SPINLOCK)),
+    _k("rwlock", "LOCKDEP", r"BUG: rwlock (?P<what>.+?) on CPU", "BUG: rwlock {what}",
+       skip=mc.pattern(mc.RWLOCK)),
     _k("atomic_sleep", "ATOMIC_SLEEP", r"BUG: sleeping function called from invalid context",
        "BUG: sleeping function called from invalid context"),
     _k("sched_atomic", "ATOMIC_SLEEP", r"BUG: scheduling while atomic",
-       "BUG: scheduling while atomic", skip=r"schedule|cond_resched"),
+       "BUG: scheduling while atomic", skip=mc.pattern(mc.SCHEDULE)),
     _k("preemptible", "ATOMIC_SLEEP",
        r"BUG: using (?P<op>smp_processor_id|__this_cpu_\w+)\(\) in preemptible",
        "BUG: using {op}() in preemptible code",
-       skip=r"preempt|debug_smp_processor_id|this_cpu"),
-    _k("wq_leak", "LOCKDEP", r"BUG: workqueue leaked lock or atomic",
+       skip=mc.pattern(mc.PREEMPT_CHECK)),
+    _k("wq_leak", "LOCKDEP", r"BUG: workqueue leaked (?:lock or atomic|atomic, lock or RCU)",
        "BUG: workqueue leaked lock or atomic", how="last", stack=False),
     _k("wq_lockup", "HUNG_TASK", r"BUG: workqueue lockup", "BUG: workqueue lockup", how="none",
        stack=False, gap=3),
@@ -150,16 +165,14 @@ _KINDS: tuple[_Kind, ...] = (
     _k("bad_rss", "BAD_RSS_COUNTER", r"BUG: Bad rss-counter state", "BUG: Bad rss-counter state",
        how="none", stack=False, gap=3),
     _k("bad_page_state", "BAD_PAGE_STATE", r"BUG: Bad page state", "BUG: Bad page state",
-       skip=r"bad_page|free_\w*page|free_unref|__free|free_pcp|folio_put|put_page|release_pages"
-       r"|page_cache_release|check_new_page|free_one_page|alloc_pages|get_page_from_freelist"
-       r"|rmqueue|prep_new_page|post_alloc_hook|page_expected_state"),
+       skip=mc.pattern(mc.BAD_PAGE)),
     _k("bad_page_map", "BAD_PAGE_MAP", r"BUG: Bad page map", "BUG: Bad page map",
-       skip=r"print_bad_p[tm]e|vm_normal_(?:page|folio)|zap_\w*pte|unmap_page_range"),
+       skip=mc.pattern(mc.BAD_PAGE_MAP)),
     _k("memory_leak", "MEMORY_LEAK", r"BUG: memory leak", "memory leak", skip=_ALLOC_SKIP,
        direct=True, preamble=True),
     _k("leaked_object", "MEMORY_LEAK", r"unreferenced object 0x[0-9a-f]+ \(size \d+\)",
        "memory leak", skip=_ALLOC_SKIP, direct=True, follow=("MEMORY_LEAK",)),
-    _k("stack_guard", "BUG", r"BUG: (?:TASK )?stack guard page was hit", "BUG: stack guard page was hit",
+    _k("stack_guard", "BUG", r"BUG: (?:\S+ )?stack guard page was hit", "BUG: stack guard page was hit",
        how="stall", preamble=True),
     _k("dentry_in_use", "BUG", r"BUG: Dentry .* still in use", "BUG: Dentry still in use",
        how="rip", preamble=True),
@@ -198,7 +211,7 @@ _KINDS: tuple[_Kind, ...] = (
 _HEADER_WORDS = (
     "BUG", "WARNING:", "INFO:", "UBSAN:", "panic", "PANIC", "Oops", "protection fault",
     "divide", "invalid opcode", "stack segment", "stack overflow", "corruption", "double add",
-    "refcount_t:", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
+    "refcount_t", "sercopy:", "oom-kill", "ut of memory", "Unable to handle", "Alignment trap",
     "Internal error", "Unhandled fault", "unreferenced object", "VFS: Busy", "VFS: Close", "unregister_netdevice", "LOCKUP",
     "dumped because",
 )

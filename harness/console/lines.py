@@ -159,6 +159,10 @@ _HELPER = re.compile(r"(?:^|_)(?:" + "|".join([
     r"up(?:_read|_write)?$", r"rwsem\w*", r"osq_(?:lock|unlock)", r"might_(?:sleep|fault|resched)",
     r"mem(?:cpy|set|move|cmp|chr|scan)\w*", r"str(?:n?cpy|lcpy|scpy|n?cmp|n?len|r?chr|n?str"
     r"|l?cat)\w*", r"copy_(?:to|from)_user\w*", r"(?:get|put)_user\w*", r"refcount_\w+",
+    # lib/iov_iter.c and include/linux/{uio,iov_iter,instrumented}.h: copying to and from
+    # an iov_iter for the caller (what KMSAN's kernel-infoleak and KASAN catch in them)
+    r"copy_(?:mc_)?(?:to|from)_iter\w*", r"copy_page_(?:to|from)_iter\w*", r"copy(?:out|in)\w*",
+    r"iterate_(?:iovec|kvec|bvec|xarray|ubuf|discard|folioq|and_advance)\w*", r"instrument_\w+",
     r"list_(?:add|del|replace|move|splice)\w*", r"list_\w+_valid\w*", r"v?sn?printf",
     r"v?scnprintf", r"k?v?asprintf", r"string(?:_nocheck)?$", r"pointer$", r"debug_object\w*",
     r"wake_up\w*", r"rb_(?:erase|insert|first|next|prev|last|replace)\w*", r"klist_\w+",
