@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from harness import guestsys
+from harness.guest import Guest
 from harness.guestsys import MemCgroup
 from harness.ksm import (
     FAST_PAGES_TO_SCAN,
@@ -53,10 +54,11 @@ from harness.pytest_plugin.ksm import (
 )
 from harness.pytest_plugin.watch import phase_report
 from harness.workloads import Workload, WorkloadError, WorkloadTimeout
+from tests.ksm.fixture_types import KnownBug, MemcgFactory, ThpMode, WorkloadFactory
 
 
 @pytest.fixture(scope="module")
-def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
+def ksm_guest(vm: Guest) -> Iterator[KsmGuest]:
     """The module's guest made ready for KSM scenarios (see KsmGuest)."""
     with skip_unless():
         guest = KsmGuest(vm)
@@ -72,13 +74,13 @@ def two_nodes(ksm_guest: KsmGuest) -> None:
 
 
 @pytest.fixture
-def known_bug(ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> Callable[[str], None]:
+def known_bug(ksm_guest: KsmGuest, vm: Guest, request: pytest.FixtureRequest) -> KnownBug:
     """``known_bug(bug_id)``: on a kernel that harness.kernel_bugs lists as having the bug,
     the test becomes a strict expected failure (it must fail; passing is an XPASS that fails
     the run); on any other kernel nothing changes and the test must pass."""
     def mark(bug_id: str) -> None:
         ksm_guest.ensure()
-        xfail = xfail_mark(bug_id, ksm_guest.vm.spec.kernel.release, ksm_guest.banner)
+        xfail = xfail_mark(bug_id, vm.spec.kernel.release, ksm_guest.banner)
         if xfail is not None:
             request.node.add_marker(xfail)
     return mark
@@ -128,9 +130,6 @@ def ksm(ksm_guest: KsmGuest, scan_mode: str, request: pytest.FixtureRequest) -> 
     problems = leaks.slab_problems(slabs, leaks.slab_objects(ksm_guest.sh), slack=64)
     if problems:
         raise leaks.LeakError("KSM objects leaked: " + "; ".join(problems))
-
-
-WorkloadFactory = Callable[..., Workload]
 
 
 @pytest.fixture
@@ -186,7 +185,7 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
 
 
 @pytest.fixture
-def memcg(ksm_guest: KsmGuest) -> Iterator[Callable[[str], MemCgroup]]:
+def memcg(ksm_guest: KsmGuest) -> Iterator[MemcgFactory]:
     """``memcg(name)``: a memory cgroup, removed (its processes killed) after the test."""
     made: list[MemCgroup] = []
 
@@ -218,7 +217,7 @@ def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
 
 
 @pytest.fixture
-def thp_mode(ksm_guest: KsmGuest) -> Iterator[Callable[[str], None]]:
+def thp_mode(ksm_guest: KsmGuest) -> Iterator[ThpMode]:
     """``thp_mode("always"|"madvise"|"never")`` for the test; the boot value comes back."""
     vm = ksm_guest.sh
     saved = guestsys.read_selected(vm, guestsys.THP_ENABLED)

@@ -44,7 +44,7 @@ INVALID = [
 ]
 
 
-def build_processes(workload):  # type: ignore[no-untyped-def]
+def build_processes(workload):
     """Three processes and their page classes; returns (workloads, layout, per-process merged
     pages) with max_page_sharing=256 in mind (no group leaves a lone page unmerged)."""
     a, b, p = workload(name="A"), workload(name="B"), workload(python=True, name="P")
@@ -65,7 +65,7 @@ def build_processes(workload):  # type: ignore[no-untyped-def]
     return (a, b, p), layout
 
 
-def verify_all(*ws) -> None:  # type: ignore[no-untyped-def]
+def verify_all(*ws) -> None:
     for w in ws:
         assert w.verify() == sum(w.regions.values())
 
@@ -90,7 +90,7 @@ def wait_chains_accounted(ksm: Ksm, exp: dict[str, int], what: str) -> None:
 
 
 @SCAN_MODES
-def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:
     (a, b, p), layout = build_processes(workload)
     expected = layout.expected()
     assert expected == {"pages_shared": 11 + 2 + 1 + 1, "pages_sharing": 2613 + 334 + 255 + 255,
@@ -168,7 +168,7 @@ def test_invalid_knob_values_are_einval_and_change_nothing(ksm: Ksm) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:
     """merge_across_nodes and max_page_sharing: EBUSY while pages are shared (state
     unchanged), the current value is always accepted, and run=2 makes them changeable."""
     w = workload()
@@ -198,7 +198,7 @@ def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:  # t
 
 # ---- the checks can fire ----
 
-def test_corruption_check_fires(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_corruption_check_fires(ksm: Ksm, workload) -> None:
     """A byte flipped behind the workload's back (in a merged page, in the parent and in a
     child) is reported as DataCorruption with its place: the verification is not a no-op."""
     w = workload()
@@ -224,7 +224,7 @@ def test_corruption_check_fires(ksm: Ksm, workload) -> None:  # type: ignore[no-
     assert w.exit(check=False) == 1  # and so does the parent
 
 
-def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None:
     """A deliberately wrong expectation fails with a message naming the counter, its value and
     the expected one."""
     w = workload()
@@ -248,7 +248,7 @@ def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None
     w.verify()
 
 
-def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:
     """When ksmd cannot finish a scan, the wait ends at its deadline with "ksmd made no
     progress" and the counters, instead of hanging."""
     w = workload()
@@ -262,7 +262,7 @@ def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:  #
     assert "full_scans=" in str(stalled.value)
 
 
-def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload, known_bug) -> None:  # type: ignore[no-untyped-def]
+def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload, known_bug) -> None:
     """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM), so that ABI is
     checked first: pages never merged are not KSM pages; merged ones are, on exactly
     pages_shared distinct PFNs; after run=2 none is. Broken from 6.10 until 81401cebfc15
@@ -289,7 +289,7 @@ def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload, known_bug) -> None:
     w.verify()
 
 
-def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,  # type: ignore[no-untyped-def]
+def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,
                                                 request) -> None:
     """run=2 killed with SIGKILL part-way (unmerge_ksm_pages() sees the signal and gives up):
     precondition, asserted each round, the writer died of the signal with D's pages partly
@@ -306,7 +306,7 @@ def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,  
         def attempt(i: int, r: int = r) -> RaceRecord:
             ksm.set("run", 1)
             ksm.wait_counts(merged, what=f"round {r}.{i}: merged")
-            cmd = Background(ksm.runner, f"sh -c 'echo pid=$$; exec {ksm_guest.binary} write "
+            cmd = Background(ksm_guest.sh, f"sh -c 'echo pid=$$; exec {ksm_guest.binary} write "
                                          f"{ksm_file('run')} {RUN_UNMERGE}'")
             deadline = time.monotonic() + 30
             while not any(line.startswith("pid=") for line in cmd.lines):

@@ -36,7 +36,7 @@ from harness.workloads import Workload
 pytestmark = pytest.mark.usefixtures("two_nodes")
 
 
-def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None:
     a, b = workload(name="A"), workload(name="B")
     a.alloc("r", 100, "same:9", node=0)
     b.alloc("r", 100, "same:9", node=1)
@@ -123,7 +123,7 @@ def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep:
     return rec.exercised(), kept_ksm
 
 
-def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # type: ignore[no-untyped-def]
+def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
         ksm: Ksm, workload, memcg, zram_swap, request) -> None:
     """Seed 000 on two nodes, three merge_across_nodes cycles. A (outside the memory cgroup,
     so its KSM pages stay present) forks in a loop for the whole of each run=2 (cause 2; the
@@ -204,7 +204,7 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
 
 
 @pytest.mark.selfcheck
-def test_forks_after_unmerge_are_race_not_exercised(ksm: Ksm, workload,  # type: ignore[no-untyped-def]
+def test_forks_after_unmerge_are_race_not_exercised(ksm: Ksm, workload,
                                                     request) -> None:
     """Self-check of the race machinery (selftest only): the race forced off (A forks only
     after run=2 returned) must end as "race not exercised", which in a scenario is a skip,
@@ -242,7 +242,7 @@ def move_all(w: Workload, region: str, node: int, timeout: float = 60.0) -> None
                                  f"{node} in {timeout:.0f}s (last move: {result})")
 
 
-def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload) -> None:
     n = 200  # below max_page_sharing: one KSM page per process region
     ksm.set("merge_across_nodes", 0)
     a, b = workload(name="A"), workload(name="B")

@@ -27,7 +27,7 @@ CASES = [(2, 5), (4, 22), (5, 86)]
 
 
 @SCAN_MODES
-def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:
     require_knob(ksm, "max_page_sharing")
     procs = [workload(name=f"P{i}") for i in range(3)]
     for mps, pages in CASES:
@@ -57,7 +57,7 @@ def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: 
     ksm.assert_counts(ZERO_COUNTS, "after run=2")
 
 
-def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:
     """4*k+1 identical pages with max_page_sharing=4: k full dups and one unshared page;
     one more page makes it merge into a new dup."""
     ksm.set("max_page_sharing", 4)
@@ -75,7 +75,7 @@ def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:  #
     w.verify()
 
 
-def test_use_zero_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_use_zero_pages(ksm: Ksm, workload) -> None:
     require_knob(ksm, "use_zero_pages")
     ksm.set("use_zero_pages", 1)
     w = workload()
@@ -130,7 +130,7 @@ def test_use_zero_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-
     ksm.assert_counts(ZERO_COUNTS, "after run=2")
 
 
-def start_lone_pages_under_smart_scan(ksm: Ksm, workload):  # type: ignore[no-untyped-def]
+def start_lone_pages_under_smart_scan(ksm: Ksm, workload):
     """smart_scan=1; process A with 512 lone pages and 256 identical ones, merged and settled
     until some lone pages were skipped. Returns A."""
     require_knob(ksm, "smart_scan")
@@ -151,7 +151,7 @@ def start_lone_pages_under_smart_scan(ksm: Ksm, workload):  # type: ignore[no-un
     return a
 
 
-def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> None:
     """smart_scan (6.7+) skips pages that did not merge, for a growing number of scans. A
     skipped page is out of the unstable tree (it counts as volatile, not unshared); identical
     pages still merge exactly, and run=2 still unmerges everything (the fixture checks)."""
@@ -164,7 +164,7 @@ def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> No
 # proven: a long-lone page is looked at once every 9 scans, its twin settles into the same
 # period at a phase that depends on timing, and the unstable tree lives for one scan only. If
 # it fails again, that failure is the evidence to chase (kernel or test), not to hide.
-def test_smart_scan_merges_a_skipped_page_when_its_twin_appears(  # type: ignore[no-untyped-def]
+def test_smart_scan_merges_a_skipped_page_when_its_twin_appears(
         ksm: Ksm, workload) -> None:
     """A skipped page must not be lost: once an identical page appears, both must merge."""
     a = start_lone_pages_under_smart_scan(ksm, workload)

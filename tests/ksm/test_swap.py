@@ -45,7 +45,7 @@ ALL_BUT_D = {"pages_shared": 8, "pages_sharing": 2040, "pages_unshared": 0,
 
 
 @pytest.fixture(scope="module")
-def vm(vm_pool, vm_spec) -> Iterator[Guest]:  # type: ignore[no-untyped-def]
+def vm(vm_pool, vm_spec) -> Iterator[Guest]:
     """This module's guest: the default topology plus a swap disk."""
     topology = vm_spec.topology.with_disk("swap", SWAP_DISK_MB)
     guest = Guest(lambda: vm_pool.boot(topology=topology, name="test_swap"), vm_pool.stop)
@@ -75,7 +75,7 @@ def swap_device(swap_kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("swap_disk" if swap_kind == "disk" else "zram_swap"))
 
 
-def populate(workload, group):  # type: ignore[no-untyped-def]
+def populate(workload, group):
     """A and B in the cgroup (to be swapped), D outside it (stays present, so run=2 has work
     while other pages come back from swap)."""
     a = workload(name="A", cgroup=group)
@@ -94,11 +94,11 @@ def populate(workload, group):  # type: ignore[no-untyped-def]
     return (a, b, d), layout
 
 
-def swapped_out(*regions) -> int:  # type: ignore[no-untyped-def]
+def swapped_out(*regions) -> int:
     return sum(w.pageflags(name)["swapped"] for w, name in regions)
 
 
-def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:  # type: ignore[no-untyped-def]
+def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:
     """memory.reclaim until at least ``want`` pages of ``regions`` are swap entries (a disk
     under TCG writes slowly: one reclaim may give up with EAGAIN early)."""
     deadline = time.monotonic() + timeout
@@ -111,7 +111,7 @@ def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:  # t
             f"only {out} of {want} pages went to swap in {timeout:.0f}s"
 
 
-def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: str,  # type: ignore[no-untyped-def]
+def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: str,
                                         ksm_guest: KsmGuest) -> None:
     sh = ksm_guest.sh
     group = memcg("swap")
@@ -132,7 +132,7 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: 
     wait_accounted_then_exact(ksm, layout, "swap-in", (a, b, d))
 
 
-def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:  # type: ignore[no-untyped-def]
+def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:
     """After pages came back from swap, only the invariant is exact: every page is under KSM
     again and none is volatile. The dups of a max_page_sharing chain regroup in whatever
     order pages come back, and a KSM page faulted back from swapcache rejoins its KSM page
@@ -164,7 +164,7 @@ PAIRS = 256
 D_PAGES = 4096  # D: one content, present: run=2 has this much to break while the race runs
 
 
-def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,  # type: ignore[no-untyped-def]
+def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,
                            ) -> tuple[Workload, Workload, dict[str, int]]:
     """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
     pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
@@ -206,7 +206,7 @@ def assert_in_swapcache(where: dict[str, int], when: str) -> None:
     pytest.param(False, id="race"),
     pytest.param(True, id="forced_off", marks=pytest.mark.selfcheck),
 ])
-def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
+def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: str,
                                                 ksm_guest: KsmGuest, request,
                                                 forced_off: bool) -> None:
     """Seed 000, cause 3: a KSM page in swapcache while run=2 walks past it (run=2 breaks
@@ -222,7 +222,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
         assert_in_swapcache(before, "before run=2")
         swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
         vm_before = guestsys.vmstat(sh)
-        run2 = write_interval(timed_ksm_write(ksm.runner, ksm_guest.binary, "run",
+        run2 = write_interval(timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run",
                                               RUN_UNMERGE), "run", RUN_UNMERGE)
         after = {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
         rec = RaceRecord("KSM pages in swapcache while run=2 passes")
@@ -255,7 +255,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
         exercise_race(request.node, what, attempt, attempts=1)
 
 
-def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
+def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,
                                ksm_guest: KsmGuest, request) -> None:
     """Seed 003: swapoff's unuse_pte() brings back a KSM page from swapcache while run=2
     unmerges: it must map a private copy. Precondition, asserted: KSM pages unmapped in
@@ -270,7 +270,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
         assert_in_swapcache(before, "before run=2 and swapoff")
         vm_before = guestsys.vmstat(sh)
-        both = swapoff_during_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE,
+        both = swapoff_during_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE,
                                     swap_disk)
         run2, swapoff = swapoff_write_intervals(both, "run", RUN_UNMERGE)
         rec = RaceRecord("swapoff during run=2")
@@ -297,7 +297,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
 
 
 @pytest.mark.parametrize("rounds", [3])
-def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_swap: str,  # type: ignore[no-untyped-def]
+def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_swap: str,
                                                 ksm_guest: KsmGuest, rounds: int) -> None:
     sh = ksm_guest.sh
     group = memcg("compact")
@@ -325,7 +325,7 @@ def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_
     wait_accounted_then_exact(ksm, layout, "compaction rounds", (a, b, d))
 
 
-def test_thp_split_and_merged(ksm: Ksm, workload, thp_mode) -> None:  # type: ignore[no-untyped-def]
+def test_thp_split_and_merged(ksm: Ksm, workload, thp_mode) -> None:
     thp_mode("always")
     w = workload()
     w.alloc("t", 2048, "same:91", thp=True)  # 4 huge pages of one content

@@ -56,7 +56,8 @@ def fake_pytest(args: list[str], default_paths: list[str]) -> int:
         return args[args.index(flag) + 1] if flag in args else None
     kernel, numa = opt("--kernel"), opt("--numa")
     items = truth(kernel or "debian", numa)
-    shard = cells.parse_shard(opt("--shard")) if opt("--shard") else None
+    given = opt("--shard")
+    shard = cells.parse_shard(given) if given else None
     if shard:
         keep = cells.shard_items(len(items), shard, cells.position_of(opt("--cell-position")
                                                                       or "0/1"))
@@ -174,7 +175,10 @@ def test_every_argument_is_checked_before_the_first_cell(tmp_path: Path, kernels
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     ran: list[list[str]] = []
-    monkeypatch.setattr(cell_runs.session, "run_child", lambda a, d: ran.append(a) or 0)
+    def run_child(a: list[str], d: list[str]) -> int:
+        ran.append(a)
+        return 0
+    monkeypatch.setattr(cell_runs.session, "run_child", run_child)
     for bad, match in (([*kernels, "/etc/passwd"], "--kernel /etc/passwd: not a Linux kernel"),
                        ([*kernels, str(tmp_path / "nope")], "no such file"),
                        ([*kernels, "debian:foo"], "not a Debian kernel image package"),

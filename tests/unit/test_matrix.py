@@ -97,7 +97,7 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
     from harness.runs import cells as cell_runs
     runs = {"A": "good", "B": "bad_warning"}
 
-    def fake(cell, rest, out, plan_file, shard, position):  # type: ignore[no-untyped-def]
+    def fake(cell, rest, out, plan_file, shard, position):
         out.mkdir(parents=True, exist_ok=True)
         doc = json.loads((DATA / f"{runs[cell.kernel]}.json").read_text())
         doc["cell"] = {**cell.to_dict(), "plan": json.loads(plan_file.read_text())}
@@ -128,5 +128,6 @@ def test_matrix_junit_has_a_case_per_scenario_per_kernel() -> None:
     bad = suites[1].findall("testcase")
     failed = [c for c in bad if c.find("failure") is not None]
     assert failed and failed[0].get("classname", "").startswith("6.1.0-b.")
-    assert failed[0].find("failure").get("message").startswith("WARNING")
+    failure = failed[0].find("failure")
+    assert failure is not None and failure.get("message", "").startswith("WARNING")
     assert all(c.find("failure") is None for c in suites[0].findall("testcase"))

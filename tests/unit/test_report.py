@@ -10,6 +10,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -113,10 +114,12 @@ def test_junit_titles_and_properties(run) -> None:
     failure = cases["test_warns"].find("failure")
     assert failure is not None and failure.get("message") == "WARNING in ksm_scan_thread"
     assert "mm/ksm.c:2500" in (failure.text or "")
-    msg = cases["test_counter"].find("failure").get("message")  # type: ignore[union-attr]
+    counter = cases["test_counter"].find("failure")
+    assert counter is not None
+    msg = counter.get("message", "")
     assert msg.startswith("pages_shared 3 != 0 after unmerge")
     assert "\n" not in msg
-    sysout = cases["test_warns"].find("system-out").text or ""  # type: ignore[union-attr]
+    sysout = cases["test_warns"].findtext("system-out") or ""
     assert "seed: 42" in sysout and "[[ATTACHMENT|" in sysout
 
 
@@ -190,11 +193,14 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
                     config={"CONFIG_KSM": "y"})
     spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
-    guest._vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    # a stand-in VM with only what guest_properties reads
+    fake_vm: Any = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    guest._vm = fake_vm
     guest.retired = False
     guest.boot_seconds = 4.25  # booted for this test: reported once
-    item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
-    props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]
+    # a stand-in test item: guest_properties reads only its funcargs
+    item: Any = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
+    props = dict(reporting.guest_properties(item))
     assert props["kernel_release"] == "6.1.0-9"
     assert props["kernel_config_hash"] == kernel.config_hash != "unknown"
     assert props["console_log"] == str(tmp_path / "console.log")

@@ -17,7 +17,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture()
-def log_path(tmp_path: Path):  # type: ignore[no-untyped-def]
+def log_path(tmp_path: Path):
     """The console text of a recorded log, as a file the CLI can read."""
     def path(name: str) -> Path:
         out = tmp_path / name
