@@ -49,7 +49,8 @@ def test_console_is_a_second_channel(vm: VM) -> None:
 def test_ssh_is_bound_to_loopback_and_host_key_pinned(vm: VM) -> None:
     assert vm.config is not None
     assert f"hostfwd=tcp:127.0.0.1:{vm.port}-:22" in " ".join(vm.config.argv())
-    keys = vm.ssh.conn.client.get_host_keys()  # type: ignore[union-attr]
+    assert vm.ssh is not None and vm.ssh.conn is not None
+    keys = vm.ssh.conn.client.get_host_keys()
     assert keys.lookup(f"[127.0.0.1]:{vm.port}") is not None
 
 

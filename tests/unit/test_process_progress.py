@@ -25,17 +25,15 @@ def test_a_sleeping_process_shows_no_progress_and_a_busy_one_does() -> None:
 
 
 def test_a_workload_timeout_is_followed_up_by_its_pid() -> None:
-    from types import SimpleNamespace
-
     from harness.pytest_plugin import watch
     from harness.workloads import WorkloadTimeout
-    guest = SimpleNamespace(vm=LocalSpawner())
+    vm = LocalSpawner()  # the guest's Runner, on this host
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         timeout = WorkloadTimeout("workload 'A' did not answer", "A", "verify", pid=sleeper.pid)
-        evidence = watch._stuck_process(guest, timeout)  # type: ignore[arg-type]
+        evidence = watch._stuck_process(vm, timeout)
     finally:
         sleeper.kill()
     assert f"pid {sleeper.pid}" in evidence and "no progress" in evidence, evidence
     # the message is not parsed: a pid only in the text is not followed up
-    assert watch._stuck_process(guest, WorkloadTimeout("(pid 1) no answer")) == ""  # type: ignore[arg-type]
+    assert watch._stuck_process(vm, WorkloadTimeout("(pid 1) no answer")) == ""
