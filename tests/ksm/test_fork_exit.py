@@ -41,10 +41,11 @@ from harness.ksm.race import (
 )
 from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race, require_knob
 from harness.workloads import Workload, WorkloadError
+from tests.ksm.fixture_types import KnownBug, MemcgFactory, WorkloadFactory
 
 
 @SCAN_MODES
-def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:
+def test_fork_storm_of_a_merged_process(ksm: Ksm, workload: WorkloadFactory) -> None:
     p = workload(name="P")
     p.alloc("s", 1024, "same:51")
     p.madvise("s", "merge")
@@ -74,7 +75,7 @@ def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:
 
 
 def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(
-        ksm: Ksm, workload, known_bug) -> None:
+        ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug) -> None:
     """run=2 must leave no KSM page mapped anywhere. P's regions a and b hold the same 32
     unique pages (page i of a == page i of b); P forks, then makes a unmergeable (nothing is
     a KSM page yet, so nothing to break). ksmd scans P before the child (the child's mm goes
@@ -113,13 +114,15 @@ def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(
     p.verify()
 
 
-def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> None:
+def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug
+                                           ) -> None:
     """/proc/PID/ksm_merging_pages and ksm_stat of a child forked after merging count the
     child's own merged pages, not the parent's too. Kernels from 5.19 until the fix
     (harness.kernel_bugs, "ksm-fork-counters") copy the parent's counters into the child:
     there this test is a strict expected failure."""
     known_bug("ksm-fork-counters")
     p = workload(name="P")
+    assert p.pid is not None  # started
     p.alloc("s", 256, "same:53")
     p.madvise("s", "merge")
     ksm.set("run", 1)
@@ -134,7 +137,7 @@ def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> Non
     assert got == (256, 256), f"child {kid}: {child} (the parent's: {parent})"
 
 
-def merged_parent(ksm: Ksm, workload, name: str):
+def merged_parent(ksm: Ksm, workload: WorkloadFactory, name: str) -> Workload:
     p = workload(name=name)
     p.alloc("s", 2048, "same:54")
     p.alloc("u", 128, "unique:54")
@@ -149,8 +152,9 @@ PARENT_ONLY = Layout().same("x", 2048).unique(128).expected()
 MERGING = "/proc/self/ksm_merging_pages"
 
 
-def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,
-                                              request) -> None:
+def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload: WorkloadFactory,
+                                              ksm_guest: KsmGuest, request: pytest.FixtureRequest
+                                              ) -> None:
     """Children exit while ksmd scans them, then while run=2 unmerges them. Preconditions,
     from guest timestamps: during the scan, a child exited the moment its own
     ksm_merging_pages moved (ksmd inside its mm: __ksm_exit's slow path, the slot at the
@@ -227,8 +231,8 @@ def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,
 
 
 @pytest.mark.allow_kernel("OOM")
-def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,
-                                      request) -> None:
+def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory,
+                                      ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> None:
     """Seed 002. Precondition, asserted from guest timestamps: an OOM kill in the group, and a
     killed process's exit completed after run=2's write began and before it returned (while
     run=2 held ksm_thread_mutex, which the exit path once waited for: the deadlock). run=2
@@ -298,7 +302,7 @@ def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,
 
 
 @pytest.mark.parametrize("when", ["before_merge", "after_merge"])
-def test_mlockall_process_exits(ksm: Ksm, workload, when: str) -> None:
+def test_mlockall_process_exits(ksm: Ksm, workload: WorkloadFactory, when: str) -> None:
     """An mlockall(MCL_CURRENT|MCL_FUTURE) process with merged pages exits without hanging,
     whether it locked before KSM merged its pages or after."""
     w = workload()
@@ -331,7 +335,7 @@ def test_mlockall_process_exits(ksm: Ksm, workload, when: str) -> None:
     ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0, what="after the locked process exited")
 
 
-def test_workload_death_is_reported(ksm: Ksm, workload) -> None:
+def test_workload_death_is_reported(ksm: Ksm, workload: WorkloadFactory) -> None:
     """A workload killed under a test (here: on purpose) is reported as such, not as a
     hang or as wrong counters."""
     w = workload()
@@ -418,7 +422,7 @@ def exit_completed(watcher: TimedCommand) -> int:
     return int(stamps["t"])
 
 
-def locked_neighbours(workload, i: int) -> tuple[Workload, Layout]:
+def locked_neighbours(workload: WorkloadFactory, i: int) -> tuple[Workload, Layout]:
     """P: merged pages next to a locked merged VMA, a locked PROT_NONE VMA, a locked
     never-populated VMA and zero pages (merged onto the zero page: use_zero_pages=1)."""
     p = workload(name=f"P{i}")
@@ -435,8 +439,10 @@ def locked_neighbours(workload, i: int) -> tuple[Workload, Layout]:
 
 
 @pytest.mark.parametrize("when", ["scan", "unmerge"])
-def test_exit_next_to_locked_protnone_unpopulated_and_zero_vmas(
-        ksm: Ksm, workload, ksm_guest: KsmGuest, request, when: str) -> None:
+def test_exit_next_to_locked_protnone_unpopulated_and_zero_vmas(ksm: Ksm, workload: WorkloadFactory,
+                                                                ksm_guest: KsmGuest,
+                                                                request: pytest.FixtureRequest,
+                                                                when: str) -> None:
     """Seeds 001 and 002. scan: P exits the moment its own ksm_merging_pages moves (ksmd is
     inside its mm, merging it). unmerge: P exits the moment KSM's run reads 2 and its exit
     completes before run=2 returns (guest timestamps). Then: D (sharing P's content) intact,
@@ -536,8 +542,10 @@ def rmap_items(ksm: Ksm, w: Workload) -> int | None:
 
 
 @pytest.mark.parametrize("against", ["ksmd", "run2"])
-def test_address_space_changes_race_scanning_and_unmerge(
-        ksm: Ksm, workload, ksm_guest: KsmGuest, request, against: str) -> None:
+def test_address_space_changes_race_scanning_and_unmerge(ksm: Ksm, workload: WorkloadFactory,
+                                                         ksm_guest: KsmGuest,
+                                                         request: pytest.FixtureRequest,
+                                                         against: str) -> None:
     """ksmd: the six operations start while ksmd is merging W (0 < W's ksm_merging_pages <
     its pages, read just before) and ksmd completes full scans while they run; then the
     counters settle exactly on what is left mergeable, W's ksm_rmap_items match it.

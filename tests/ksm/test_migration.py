@@ -34,6 +34,7 @@ from harness.ksm.guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
 from harness.pytest_plugin.ksm import exercise_race, on_nodes, skip_unless
 from harness.workloads import Workload
+from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 
 ROUTES = ("move_pages", "mbind", "migrate_pages")
 
@@ -84,7 +85,7 @@ def assert_one_ksm_page_moved(w: Workload, region: str) -> None:
         f"{w.name}/{region}: not one KSM page after the move: {flags}"
 
 
-def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload,
+def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload: WorkloadFactory,
                                                             ksm_guest: KsmGuest) -> None:
     """Per route (move_pages, mbind, migrate_pages), its own content: A_route's KSM page (n
     mappings, node 0) moves to node 1 by that route; then C merges each content on node 0
@@ -144,8 +145,9 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload,
         free_all(*movers.values(), b, c)
 
 
-def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload, ksm_guest: KsmGuest,
-                                                   known_bug) -> None:
+def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload: WorkloadFactory,
+                                                   ksm_guest: KsmGuest, known_bug: KnownBug
+                                                   ) -> None:
     """mbind(MPOL_BIND node 1, MPOL_MF_MOVE_ALL) by a task running on node 0: its KSM page
     must go to node 1, the policy's node (a known bug before 6.7 sends it to node 0)."""
     n = 64
@@ -254,8 +256,8 @@ def compaction_moves_ksm_pages(ksm: Ksm, sh: Runner, f: Workload, a: Workload, b
     return rec
 
 
-def test_compaction_moves_ksm_pages(ksm: Ksm, workload, ksm_guest: KsmGuest,
-                                    small_pcp_lists: None, request) -> None:
+def test_compaction_moves_ksm_pages(ksm: Ksm, workload: WorkloadFactory, ksm_guest: KsmGuest,
+                                    small_pcp_lists: None, request: pytest.FixtureRequest) -> None:
     f, a, b, c = (workload(name=name) for name in ("F", "A", "B", "C"))
     for mac in (1, 0):
         ksm.set("merge_across_nodes", mac)

@@ -24,6 +24,7 @@ import pytest
 
 from harness import guestsys
 from harness.guest import Guest
+from harness.guestsys import MemCgroup
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
 from harness.ksm.guest import KsmGuest
 from harness.ksm.race import (
@@ -34,8 +35,11 @@ from harness.ksm.race import (
     timed_ksm_write,
     write_interval,
 )
+from harness.machine.vm import VMSpec
+from harness.pytest_plugin.fixtures import VMPool
 from harness.pytest_plugin.ksm import exercise_race, skip_unless
 from harness.workloads import Workload
+from tests.ksm.fixture_types import MemcgFactory, ThpMode, WorkloadFactory
 
 SWAP_DISK_MB = 512
 # After reclaim only D's 2048 pages (one content, 8 full dups) are still in the trees; the
@@ -45,7 +49,7 @@ ALL_BUT_D = {"pages_shared": 8, "pages_sharing": 2040, "pages_unshared": 0,
 
 
 @pytest.fixture(scope="module")
-def vm(vm_pool, vm_spec) -> Iterator[Guest]:
+def vm(vm_pool: VMPool, vm_spec: VMSpec) -> Iterator[Guest]:
     """This module's guest: the default topology plus a swap disk."""
     topology = vm_spec.topology.with_disk("swap", SWAP_DISK_MB)
     guest = Guest(lambda: vm_pool.boot(topology=topology, name="test_swap"), vm_pool.stop)
@@ -75,7 +79,8 @@ def swap_device(swap_kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("swap_disk" if swap_kind == "disk" else "zram_swap"))
 
 
-def populate(workload, group):
+def populate(workload: WorkloadFactory, group: MemCgroup
+             ) -> tuple[tuple[Workload, Workload, Workload], Layout]:
     """A and B in the cgroup (to be swapped), D outside it (stays present, so run=2 has work
     while other pages come back from swap)."""
     a = workload(name="A", cgroup=group)
@@ -94,11 +99,12 @@ def populate(workload, group):
     return (a, b, d), layout
 
 
-def swapped_out(*regions) -> int:
+def swapped_out(*regions: tuple[Workload, str]) -> int:
     return sum(w.pageflags(name)["swapped"] for w, name in regions)
 
 
-def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:
+def push_to_swap(group: MemCgroup, want: int, *regions: tuple[Workload, str], timeout: float = 60.0
+                 ) -> int:
     """memory.reclaim until at least ``want`` pages of ``regions`` are swap entries (a disk
     under TCG writes slowly: one reclaim may give up with EAGAIN early)."""
     deadline = time.monotonic() + timeout
@@ -111,8 +117,8 @@ def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:
             f"only {out} of {want} pages went to swap in {timeout:.0f}s"
 
 
-def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: str,
-                                        ksm_guest: KsmGuest) -> None:
+def test_merged_pages_swap_out_and_back(ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory,
+                                        swap_device: str, ksm_guest: KsmGuest) -> None:
     sh = ksm_guest.sh
     group = memcg("swap")
     (a, b, d), layout = populate(workload, group)
@@ -132,7 +138,8 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: 
     wait_accounted_then_exact(ksm, layout, "swap-in", (a, b, d))
 
 
-def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:
+def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads: tuple[Workload, ...]
+                              ) -> None:
     """After pages came back from swap, only the invariant is exact: every page is under KSM
     again and none is volatile. The dups of a max_page_sharing chain regroup in whatever
     order pages come back, and a KSM page faulted back from swapcache rejoins its KSM page
@@ -164,8 +171,8 @@ PAIRS = 256
 D_PAGES = 4096  # D: one content, present: run=2 has this much to break while the race runs
 
 
-def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,
-                           ) -> tuple[Workload, Workload, dict[str, int]]:
+def ksm_pages_in_swapcache(ksm: Ksm, workload: WorkloadFactory, attempt: int,
+                           fault_back: bool = False) -> tuple[Workload, Workload, dict[str, int]]:
     """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
     pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
     before shows KSM + SwapCache). D keeps D_PAGES of one content merged and present.
@@ -206,8 +213,8 @@ def assert_in_swapcache(where: dict[str, int], when: str) -> None:
     pytest.param(False, id="race"),
     pytest.param(True, id="forced_off", marks=pytest.mark.selfcheck),
 ])
-def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: str,
-                                                ksm_guest: KsmGuest, request,
+def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload: WorkloadFactory, swap_disk: str,
+                                                ksm_guest: KsmGuest, request: pytest.FixtureRequest,
                                                 forced_off: bool) -> None:
     """Seed 000, cause 3: a KSM page in swapcache while run=2 walks past it (run=2 breaks
     mapped KSM pages only; the stable node of a swapcache page goes at its end), then faulted
@@ -255,8 +262,8 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
         exercise_race(request.node, what, attempt, attempts=1)
 
 
-def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,
-                               ksm_guest: KsmGuest, request) -> None:
+def test_swapoff_races_unmerge(ksm: Ksm, workload: WorkloadFactory, swap_disk: str,
+                               ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> None:
     """Seed 003: swapoff's unuse_pte() brings back a KSM page from swapcache while run=2
     unmerges: it must map a private copy. Precondition, asserted: KSM pages unmapped in
     swapcache just before; swapoff(2) began after run=2's write began and before it
@@ -297,7 +304,8 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,
 
 
 @pytest.mark.parametrize("rounds", [3])
-def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_swap: str,
+def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload: WorkloadFactory,
+                                                memcg: MemcgFactory, zram_swap: str,
                                                 ksm_guest: KsmGuest, rounds: int) -> None:
     sh = ksm_guest.sh
     group = memcg("compact")
@@ -325,7 +333,7 @@ def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_
     wait_accounted_then_exact(ksm, layout, "compaction rounds", (a, b, d))
 
 
-def test_thp_split_and_merged(ksm: Ksm, workload, thp_mode) -> None:
+def test_thp_split_and_merged(ksm: Ksm, workload: WorkloadFactory, thp_mode: ThpMode) -> None:
     thp_mode("always")
     w = workload()
     w.alloc("t", 2048, "same:91", thp=True)  # 4 huge pages of one content

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import cells
 from harness.errors import HarnessError
 from harness.results.model import load_results
 from harness.runs import matrix
@@ -97,8 +98,10 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
     from harness.runs import cells as cell_runs
     runs = {"A": "good", "B": "bad_warning"}
 
-    def fake(cell, rest, out, plan_file, shard, position):
+    def fake(cell: cells.Cell, rest: list[str], out: Path, plan_file: Path,
+             shard: cells.Shard | None, position: tuple[int, int]) -> Path:
         out.mkdir(parents=True, exist_ok=True)
+        assert cell.kernel is not None
         doc = json.loads((DATA / f"{runs[cell.kernel]}.json").read_text())
         doc["cell"] = {**cell.to_dict(), "plan": json.loads(plan_file.read_text())}
         (out / "results.json").write_text(json.dumps(doc))

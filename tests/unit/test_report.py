@@ -71,7 +71,7 @@ def test_skip():
 
 
 @pytest.fixture
-def run(pytester: pytest.Pytester, tmp_path: Path):
+def run(pytester: pytest.Pytester, tmp_path: Path) -> tuple[pytest.RunResult, Path]:
     pytester.makeconftest(FAKE_CONFTEST)
     pytester.makepyfile(test_fake=FAKE_TESTS)
     pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
@@ -84,7 +84,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     return res, out
 
 
-def test_results_json(run) -> None:
+def test_results_json(run: tuple[pytest.RunResult, Path]) -> None:
     res, out = run
     res.assert_outcomes(passed=1, failed=2, skipped=1)
     doc = json.loads((out / "results.json").read_text())
@@ -101,7 +101,7 @@ def test_results_json(run) -> None:
     assert tests["test_ok"]["properties"]["seed"] == "42"
 
 
-def test_junit_titles_and_properties(run) -> None:
+def test_junit_titles_and_properties(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     root = ET.parse(out / "junit.xml").getroot()
     suite = root.find("testsuite")
@@ -124,7 +124,7 @@ def test_junit_titles_and_properties(run) -> None:
 
 
 @pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
-def test_junit_validates_against_jenkins_xsd(run) -> None:
+def test_junit_validates_against_jenkins_xsd(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     assert junit.validate(out / "junit.xml") == []
 
@@ -139,7 +139,7 @@ def test_plain_pytest_junit_with_properties_does_not_validate(tmp_path: Path) ->
     assert junit.validate(bad)
 
 
-def test_ktap(run) -> None:
+def test_ktap(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     text = (out / "results.ktap").read_text().splitlines()
     assert text[:2] == ["KTAP version 1", "1..4"]
@@ -148,7 +148,7 @@ def test_ktap(run) -> None:
     assert any(line.endswith("# SKIP no zram in this kernel") for line in text)
 
 
-def test_markdown_summary(run) -> None:
+def test_markdown_summary(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     text = (out / "summary.md").read_text()
     assert "**2 failed, 1 passed, 1 skipped**" in text
@@ -157,7 +157,7 @@ def test_markdown_summary(run) -> None:
     assert "(skipped): no zram in this kernel" in text
 
 
-def test_reproducer_and_summary(run) -> None:
+def test_reproducer_and_summary(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     rdir = out / "report"
     script = rdir / "failures" / "test_fake.py_test_warns" / "reproducer.sh"
