@@ -18,10 +18,10 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from harness import guestsys
+from harness import guest_mm
 from harness.access.remote import CommandTimeout, GuestBroken, Runner
 from harness.findings import Category, Finding, describe, rank
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.health import INTERRUPTED, TestWindow
 from harness.ksm import KsmError
 from harness.ksm.leaks import LeakError
@@ -118,7 +118,7 @@ def _stuck_process(vm: Runner, excinfo: BaseException | None) -> str:
     if pid is None:
         return ""
     try:
-        return guestsys.process_progress(vm, pid) + "\n"
+        return guest_mm.process_progress(vm, pid) + "\n"
     except Exception as exc:  # evidence is best effort: the hang verdict stands without it
         return f"pid {pid}: no answer from the guest ({type(exc).__name__})\n"
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.ksm import KSM_DIR, leaks
 from tests.helpers import REPO
 

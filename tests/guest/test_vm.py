@@ -11,7 +11,7 @@ import pytest
 
 from harness.access.remote import Runner
 from harness.assets import initramfs
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.ksm import KSM_DIR
 from harness.machine.topology import Topology, parse_numa
 from harness.machine.vm import VM, VMSpec

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
-from harness.guest import Guest
-from harness.guestsys import MemCgroup
+from harness import guest_mm
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
@@ -42,8 +42,8 @@ from harness.ksm import (
     describe_mismatches,
     leaks,
 )
-from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import (
+from harness.ksm.prepared_guest import KsmGuest
+from harness.pytest_plugin.ksm_scenarios import (
     KSM_OF_TEST,
     WORKLOADS_OF_TEST,
     apply_scan_mode,
@@ -208,29 +208,29 @@ def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
     """A 256 MiB zram swap device, switched on for the test and reset after it."""
     vm = ksm_guest.sh
     with skip_unless():
-        dev = guestsys.zram_create(vm, 256)
-    guestsys.swapon(vm, dev, priority=20)
+        dev = guest_mm.zram_create(vm, 256)
+    guest_mm.swapon(vm, dev, priority=20)
     generation = ksm_guest.current
     yield dev
     if not ksm_guest.gone_since(generation):
-        guestsys.zram_remove(vm, dev)
+        guest_mm.zram_remove(vm, dev)
 
 
 @pytest.fixture
 def thp_mode(ksm_guest: KsmGuest) -> Iterator[ThpMode]:
     """``thp_mode("always"|"madvise"|"never")`` for the test; the boot value comes back."""
     vm = ksm_guest.sh
-    saved = guestsys.read_selected(vm, guestsys.THP_ENABLED)
+    saved = guest_mm.read_selected(vm, guest_mm.THP_ENABLED)
     if saved is None:
         pytest.skip("the guest kernel has no transparent hugepages")
 
     def set_mode(mode: str) -> None:
-        guestsys.write_file(vm, guestsys.THP_ENABLED, mode)
+        guest_mm.write_file(vm, guest_mm.THP_ENABLED, mode)
 
     generation = ksm_guest.current
     yield set_mode
     if not ksm_guest.gone_since(generation):
-        guestsys.write_file(vm, guestsys.THP_ENABLED, saved)
+        guest_mm.write_file(vm, guest_mm.THP_ENABLED, saved)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from harness.guestsys import MemCgroup
+from harness.guest_mm import MemCgroup
 from harness.workloads import Workload
 
 

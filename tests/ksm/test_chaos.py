@@ -21,7 +21,7 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.workloads import CheckUnavailable, Workload
 from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from harness import guestsys
+from harness import guest_mm
 from harness.ksm import (
     ALL_GONE,
     FAST_PAGES_TO_SCAN,
@@ -29,7 +29,7 @@ from harness.ksm import (
     Layout,
     leaks,
 )
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import (
     Interval,
     RaceNotExercised,
@@ -39,7 +39,7 @@ from harness.ksm.race import (
     timed_ksm_write,
     write_interval,
 )
-from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race, require_knob
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, exercise_race, require_knob
 from harness.workloads import Workload, WorkloadError
 from tests.ksm.fixture_types import KnownBug, MemcgFactory, WorkloadFactory
 
@@ -380,7 +380,7 @@ def baseline(ksm_guest: KsmGuest) -> tuple[dict[str, int], dict[str, int]]:
     sh = ksm_guest.sh
     slabs = leaks.slab_objects(sh, (*leaks.KSM_SLABS, MM_STRUCT))
     assert MM_STRUCT in slabs, f"no {MM_STRUCT} in /proc/slabinfo: {slabs}"
-    return slabs, {k: guestsys.meminfo_kb(sh, k) for k in MEMINFO_SLACK}
+    return slabs, {k: guest_mm.meminfo_kb(sh, k) for k in MEMINFO_SLACK}
 
 
 def assert_back_at_baseline(ksm: Ksm, ksm_guest: KsmGuest,
@@ -396,7 +396,7 @@ def assert_back_at_baseline(ksm: Ksm, ksm_guest: KsmGuest,
         raise leaks.LeakError(f"{e}; processes now:\n{ps}") from None
     deadline = time.monotonic() + 20
     while True:
-        got = {k: guestsys.meminfo_kb(ksm_guest.sh, k) for k in MEMINFO_SLACK}
+        got = {k: guest_mm.meminfo_kb(ksm_guest.sh, k) for k in MEMINFO_SLACK}
         over = {k: (got[k], mem[k]) for k in mem if got[k] > mem[k] + MEMINFO_SLACK[k]}
         if not over:
             break

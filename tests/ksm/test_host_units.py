@@ -169,7 +169,7 @@ class _Node:
 
 def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
     from harness.ksm.race import Interval, RaceNotExercised, RaceRecord
-    from harness.pytest_plugin.ksm import exercise_race
+    from harness.pytest_plugin.ksm_scenarios import exercise_race
 
     tries: list[int] = []
 

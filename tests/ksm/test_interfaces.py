@@ -50,10 +50,10 @@ import time
 import pytest
 
 from harness import kernel_bugs
-from harness.guest import Guest
-from harness.guestsys import MemCgroup
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import ALL_GONE, RUN_UNMERGE, ZERO_COUNTS, Ksm, KsmSnapshot, Layout
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.workloads import Workload, WorkloadError
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 

@@ -25,9 +25,9 @@ from harness.ksm import (
     count_mismatches,
     selected_value,
 )
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, exercise_race
 from harness.workloads import DataCorruption, Workload
 from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 

@@ -27,12 +27,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
+from harness import guest_mm
 from harness.access.remote import Runner
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
-from harness.pytest_plugin.ksm import exercise_race, on_nodes, skip_unless
+from harness.pytest_plugin.ksm_scenarios import exercise_race, on_nodes, skip_unless
 from harness.workloads import Workload
 from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 
@@ -96,7 +96,7 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload: 
     # runs on (kernel_bugs "mbind-ksm-page-node"): on node 1's CPU every kernel moves it to
     # node 1; test_mbind_moves_a_ksm_page_to_the_policy_node checks the policy itself.
     with skip_unless():
-        guestsys.pin(ksm_guest.sh, movers["mbind"].pid or 0, 1)
+        guest_mm.pin(ksm_guest.sh, movers["mbind"].pid or 0, 1)
     c, b = workload(name="C"), workload(name="B")
     for mac in (1, 0):
         ksm.set("merge_across_nodes", mac)  # nothing merged: the fixture's or run=2's start
@@ -153,7 +153,7 @@ def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload: WorkloadF
     n = 64
     a = workload(name="A")
     with skip_unless():
-        cpu = guestsys.pin(ksm_guest.sh, a.pid or 0, 0)
+        cpu = guest_mm.pin(ksm_guest.sh, a.pid or 0, 0)
     a.alloc("r", n, "same:49", node=0)
     a.madvise("r", "merge")
     ksm.set("run", 1)
@@ -176,14 +176,14 @@ def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload: WorkloadF
 
 @pytest.fixture
 def small_pcp_lists(ksm_guest: KsmGuest) -> Iterator[None]:
-    """Freed pages go straight back to the buddy allocator (see guestsys.PCP_HIGH_FRACTION)
+    """Freed pages go straight back to the buddy allocator (see guest_mm.PCP_HIGH_FRACTION)
     for the test; the boot value comes back after it."""
     sh = ksm_guest.sh
     with skip_unless():
-        saved = guestsys.pcp_high_fraction(sh)
-    guestsys.write_file(sh, guestsys.PCP_HIGH_FRACTION, guestsys.PCP_HIGH_FRACTION_SMALL)
+        saved = guest_mm.pcp_high_fraction(sh)
+    guest_mm.write_file(sh, guest_mm.PCP_HIGH_FRACTION, guest_mm.PCP_HIGH_FRACTION_SMALL)
     yield
-    guestsys.write_file(sh, guestsys.PCP_HIGH_FRACTION, saved)
+    guest_mm.write_file(sh, guest_mm.PCP_HIGH_FRACTION, saved)
 
 
 def per_page(m: int, node: int, sharers: int, layout: Layout | None = None) -> Layout:
@@ -216,10 +216,10 @@ def compaction_moves_ksm_pages(ksm: Ksm, sh: Runner, f: Workload, a: Workload, b
         f.punch(region, 7)
     for w in (a, b):
         w.kpf_save("p")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     with skip_unless():
-        took = guestsys.compact_node(sh, node)
-    stats = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "compact_migrate_scanned",
+        took = guest_mm.compact_node(sh, node)
+    stats = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "compact_migrate_scanned",
                                   "compact_isolated", "pgmigrate_success", "pgmigrate_fail")
     ma, mb = a.moved("p"), b.moved("p")
     rec = RaceRecord(f"compaction of node {node} (merge_across_nodes={mac})")

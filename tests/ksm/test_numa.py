@@ -30,7 +30,7 @@ from harness.ksm import (
     Layout,
 )
 from harness.ksm.race import Interval, RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import exercise_race, on_nodes
+from harness.pytest_plugin.ksm_scenarios import exercise_race, on_nodes
 from harness.workloads import Workload
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 

@@ -19,7 +19,7 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.pytest_plugin.ksm import SCAN_MODES, require_knob
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, require_knob
 from harness.workloads import Workload
 from tests.ksm.fixture_types import WorkloadFactory
 

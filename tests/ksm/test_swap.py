@@ -22,11 +22,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
-from harness.guest import Guest
-from harness.guestsys import MemCgroup
+from harness import guest_mm
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import (
     RaceNotExercised,
     RaceRecord,
@@ -37,7 +37,7 @@ from harness.ksm.race import (
 )
 from harness.machine.vm import VMSpec
 from harness.pytest_plugin.fixtures import VMPool
-from harness.pytest_plugin.ksm import exercise_race, skip_unless
+from harness.pytest_plugin.ksm_scenarios import exercise_race, skip_unless
 from harness.workloads import Workload
 from tests.ksm.fixture_types import MemcgFactory, ThpMode, WorkloadFactory
 
@@ -61,12 +61,12 @@ def vm(vm_pool: VMPool, vm_spec: VMSpec) -> Iterator[Guest]:
 def swap_disk(ksm_guest: KsmGuest) -> Iterator[str]:
     sh = ksm_guest.sh
     with skip_unless():
-        dev = guestsys.disk_by_serial(sh, "swap")
-    guestsys.swapon(sh, dev, priority=10)
+        dev = guest_mm.disk_by_serial(sh, "swap")
+    guest_mm.swapon(sh, dev, priority=10)
     generation = ksm_guest.current
     yield dev
     if not ksm_guest.gone_since(generation):  # else the swap went with its VM
-        guestsys.swapoff(sh, dev)
+        guest_mm.swapoff(sh, dev)
 
 
 @pytest.fixture(params=["disk", "zram"])
@@ -124,14 +124,14 @@ def test_merged_pages_swap_out_and_back(ksm: Ksm, workload: WorkloadFactory, mem
     (a, b, d), layout = populate(workload, group)
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(), what="merged")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     out = push_to_swap(group, 3328, (a, "s"), (a, "u"), (b, "s"), (b, "h"))
-    assert guestsys.swaps(sh)[swap_device]["used_kb"] > 0
+    assert guest_mm.swaps(sh)[swap_device]["used_kb"] > 0
     # While they are out ksmd forgets them; D's pages stay merged.
     ksm.wait_counts(ALL_BUT_D, pages=2048, what="A's and B's pages in swap")
     for w in (a, b, d):  # faults everything back in
         w.verify()
-    delta = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "pswpout", "pswpin",
+    delta = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "pswpout", "pswpin",
                                   "ksm_swpin_copy")
     assert delta["pswpout"] > 0 and delta["pswpin"] > 0, delta
     print(f"{swap_device}: {out} pages swapped out; vmstat {delta}")
@@ -227,8 +227,8 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload: WorkloadFact
     def attempt(i: int) -> RaceRecord:
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off)
         assert_in_swapcache(before, "before run=2")
-        swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
-        vm_before = guestsys.vmstat(sh)
+        swap_cached = guest_mm.meminfo_kb(sh, "SwapCached")
+        vm_before = guest_mm.vmstat(sh)
         run2 = write_interval(timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run",
                                               RUN_UNMERGE), "run", RUN_UNMERGE)
         after = {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
@@ -246,7 +246,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload: WorkloadFact
                                        f"({rec.summary()})")
         a.verify()
         flags = a.pageflags("k")
-        copies = guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh), "ksm_swpin_copy")
+        copies = guest_mm.vmstat_delta(vm_before, guest_mm.vmstat(sh), "ksm_swpin_copy")
         rec.facts.update(copies)
         assert flags["present"] == PAIRS and flags["ksm"] == 0, \
             f"A maps KSM pages faulted back from swapcache after run=2: {flags} ({copies})"
@@ -272,11 +272,11 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload: WorkloadFactory, swap_disk: s
     sh = ksm_guest.sh
 
     def attempt(i: int) -> RaceRecord:
-        if swap_disk not in guestsys.swaps(sh):
-            guestsys.swapon(sh, swap_disk, priority=10)
+        if swap_disk not in guest_mm.swaps(sh):
+            guest_mm.swapon(sh, swap_disk, priority=10)
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
         assert_in_swapcache(before, "before run=2 and swapoff")
-        vm_before = guestsys.vmstat(sh)
+        vm_before = guest_mm.vmstat(sh)
         both = swapoff_during_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE,
                                     swap_disk)
         run2, swapoff = swapoff_write_intervals(both, "run", RUN_UNMERGE)
@@ -290,7 +290,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload: WorkloadFactory, swap_disk: s
         rec.exercised()
         # The outcome: nothing merged, no page of A in swap nor mapping a KSM page.
         ksm.assert_counts(ZERO_COUNTS, f"after run=2 raced swapoff ({rec.summary()})")
-        rec.facts.update(guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh),
+        rec.facts.update(guest_mm.vmstat_delta(vm_before, guest_mm.vmstat(sh),
                                                "ksm_swpin_copy"))
         for w, region in ((a, "k"), (d, "s")):
             w.verify()
@@ -312,17 +312,17 @@ def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload: WorkloadFact
     (a, b, d), layout = populate(workload, group)
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(), what="merged")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     for r in range(rounds):
         group.reclaim()  # zsmalloc pages (non-LRU movable) fill zram
         a.verify("s")    # some come back while the others stay in zram
         with skip_unless():
-            took = guestsys.compact(sh)  # migrates LRU and non-LRU movable pages
+            took = guest_mm.compact(sh)  # migrates LRU and non-LRU movable pages
         # zsmalloc's own compaction moves zram's objects between its pages too.
         sh.run(f"echo 1 > /sys/block/{zram_swap.rsplit('/', 1)[-1]}/compact", timeout=120)
         b.verify()
         print(f"round {r}: compaction took {took:.2f}s")
-    delta = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "compact_migrate_scanned",
+    delta = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "compact_migrate_scanned",
                                   "compact_isolated", "pgmigrate_success", "pswpout",
                                   "ksm_swpin_copy")
     mm_stat = sh.run(f"cat /sys/block/{zram_swap.rsplit('/', 1)[-1]}/mm_stat").stdout.split()

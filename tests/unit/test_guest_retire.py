@@ -1,11 +1,11 @@
-"""harness.guest.Guest: a broken VM is stopped with the verdict and its successor booted only
+"""harness.guest_handle.Guest: a broken VM is stopped with the verdict and its successor booted only
 on the guest's next use; fixtures can tell that their VM is gone without booting one."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from harness.guest import Guest
+from harness.guest_handle import Guest
 
 
 class FakeConsole:

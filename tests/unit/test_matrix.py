@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cells
+from harness import cellplan
 from harness.errors import HarnessError
 from harness.results.model import load_results
 from harness.runs import matrix
@@ -98,8 +98,8 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
     from harness.runs import cells as cell_runs
     runs = {"A": "good", "B": "bad_warning"}
 
-    def fake(cell: cells.Cell, rest: list[str], out: Path, plan_file: Path,
-             shard: cells.Shard | None, position: tuple[int, int]) -> Path:
+    def fake(cell: cellplan.Cell, rest: list[str], out: Path, plan_file: Path,
+             shard: cellplan.Shard | None, position: tuple[int, int]) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         assert cell.kernel is not None
         doc = json.loads((DATA / f"{runs[cell.kernel]}.json").read_text())
@@ -109,7 +109,7 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
 
     for k in runs:
         (tmp_path / k).write_bytes(b"")
-    monkeypatch.setattr(cell_runs.cells.kernel_mod, "check_spec", lambda spec, modules: None)
+    monkeypatch.setattr(cell_runs.cellplan.kernel_mod, "check_spec", lambda spec, modules: None)
     monkeypatch.setattr(cell_runs, "run_cell", fake)
     status = cell_runs.run(["--kernel", "A", "--kernel", "B", "--baseline",
                             str(DATA / "good.json")], root=tmp_path, env={})

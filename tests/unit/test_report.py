@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harness.assets.kernel import Kernel
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.pytest_plugin import reporting, watch
 from harness.results import junit, reproducer
 

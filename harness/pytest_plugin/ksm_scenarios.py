@@ -10,9 +10,9 @@ from typing import Protocol
 import pytest
 
 from harness import kernel_bugs
-from harness.guestsys import Unavailable
+from harness.guest_mm import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import Afresh, RaceNotExercised, RaceRecord
 from harness.workloads import CheckUnavailable, Workload
 
