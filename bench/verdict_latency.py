@@ -24,7 +24,7 @@ from figures import record  # noqa: E402  (bench/figures.py, beside this file)
 from harness import paths  # noqa: E402
 from harness import spec as spec_mod  # noqa: E402
 from harness.access.remote import GuestBroken  # noqa: E402
-from harness.guest import Guest  # noqa: E402
+from harness.guest_handle import Guest  # noqa: E402
 from harness.machine.vm import VM, remove_run_dir  # noqa: E402
 
 BUG = ["kernel BUG at mm/rmap.c:1182!", "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",

@@ -6,7 +6,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +16,9 @@ from harness import deps
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+
+T = TypeVar("T")
 
 
 def harness_cmd(*args: str) -> list[str]:
@@ -59,7 +64,7 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()

@@ -89,7 +89,7 @@ class MachineControl(Protocol):
 
 class Replaceable(Protocol):
     """A guest whose machine may be replaced by a fresh one after a fatal report or a hang
-    (harness.guest.Guest); what was set up on the old machine is gone with it."""
+    (harness.guest_handle.Guest); what was set up on the old machine is gone with it."""
 
     generation: int  # counts the machines this guest has had
 
@@ -104,4 +104,4 @@ class Replaceable(Protocol):
 
 class GuestPort(Spawner, Replaceable, Protocol):
     """A guest as KSM scenarios use it: commands, files and programs on a machine that may be
-    replaced between tests (harness.guest.Guest implements it)."""
+    replaced between tests (harness.guest_handle.Guest implements it)."""

@@ -5,7 +5,7 @@
 - ``control``: :class:`Ksm`, driving KSM in a guest with deadlines;
 - ``leaks``: counters and KSM slabs back at their baseline;
 - ``timeline``: counters sampled over a test's life;
-- ``guest``: a guest made ready for KSM scenarios.
+- ``prepared_guest``: a guest made ready for KSM scenarios (KsmGuest).
 
 The public names of sysfs, model and control are re-exported here.
 """

@@ -30,7 +30,7 @@ from harness.access.remote import (
     CommandTimeout,
 )
 from harness.errors import KernelError
-from harness.guestsys import selected
+from harness.guest_mm import selected
 
 KSM_DIR = "/sys/kernel/mm/ksm"
 

@@ -10,7 +10,7 @@ import pytest
 from harness import paths, reaper
 from harness import spec as spec_mod
 from harness.errors import HarnessError
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.machine.topology import Topology
 from harness.machine.vm import VM, VMSpec
 

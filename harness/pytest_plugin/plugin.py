@@ -25,7 +25,7 @@ from harness.results import writers
 pytest_plugins = [
     "harness.pytest_plugin.fixtures",
     "harness.pytest_plugin.watch",
-    "harness.pytest_plugin.ksm",  # a check the kernel cannot answer skips
+    "harness.pytest_plugin.ksm_scenarios",  # a check the kernel cannot answer skips
     "harness.pytest_plugin.sharding",  # before reporting, which imports it
     "harness.pytest_plugin.reporting",
 ]

@@ -18,11 +18,11 @@ from typing import Any
 import pluggy
 import pytest
 
-from harness import cells, options, paths
+from harness import cellplan, options, paths
 from harness.assets.kernel import Kernel
 from harness.errors import HarnessError
 from harness.findings import Category, Finding
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY
 from harness.results import html, junit, reproducer, writers
@@ -164,9 +164,9 @@ def cell_meta(config: pytest.Config) -> dict[str, Any]:
     shard = config.getoption("shard", None)
     plan_file = config.getoption("cell_plan", None)
     try:
-        plan = cells.read_plan(Path(plan_file)) if plan_file else None
-        return cells.meta(cells.Cell(opts["kernel"], opts["numa"]), plan,
-                          cells.parse_shard(shard) if shard else None,
+        plan = cellplan.read_plan(Path(plan_file)) if plan_file else None
+        return cellplan.meta(cellplan.Cell(opts["kernel"], opts["numa"]), plan,
+                          cellplan.parse_shard(shard) if shard else None,
                           config.stash.get(SELECTED, None))
     except (HarnessError, OSError, ValueError) as exc:
         return {"error": str(exc)}

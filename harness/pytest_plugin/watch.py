@@ -18,10 +18,10 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from harness import guestsys
-from harness.access.remote import CommandTimeout, GuestBroken
+from harness import guest_mm
+from harness.access.remote import CommandTimeout, GuestBroken, Runner
 from harness.findings import Category, Finding, describe, rank
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.health import INTERRUPTED, TestWindow
 from harness.ksm import KsmError
 from harness.ksm.leaks import LeakError
@@ -111,14 +111,14 @@ def _open_windows(item: pytest.Item, phase: str) -> None:
     item.stash[WINDOWS] = windows
 
 
-def _stuck_process(guest: Guest, excinfo: BaseException | None) -> str:
+def _stuck_process(vm: Runner, excinfo: BaseException | None) -> str:
     """For a workload that did not answer: whether it was stuck or only slow (its counters
     over a second, its kernel stack), asked while the guest may still answer."""
     pid = excinfo.pid if isinstance(excinfo, WorkloadTimeout) else None
     if pid is None:
         return ""
     try:
-        return guestsys.process_progress(guest.vm, pid) + "\n"
+        return guest_mm.process_progress(vm, pid) + "\n"
     except Exception as exc:  # evidence is best effort: the hang verdict stands without it
         return f"pid {pid}: no answer from the guest ({type(exc).__name__})\n"
 
@@ -153,7 +153,7 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
         # after a fatal report the report is the evidence, and the guest is not asked again
         fatal = guest.monitor.broken
         hung = isinstance(excinfo, HANG_ERRORS) and dead is None and not fatal
-        evidence = _stuck_process(guest, excinfo) + guest.monitor.hang_evidence() if hung else ""
+        evidence = _stuck_process(guest.vm, excinfo) + guest.monitor.hang_evidence() if hung else ""
         found = guest.monitor.end(window, allow=allowed, responsive=not (hung or fatal))
         if fatal and dead is None:
             guest.broken = "fatal kernel report"

@@ -1,7 +1,7 @@
 """Running cells and shards, and merging their results.
 
 ``run --kernel A --kernel B --numa 2 --numa 512M:1,1536M:1`` runs every cell (kernel x
-topology, harness.cells) one after the other, each in its own pytest process writing
+topology, harness.cellplan) one after the other, each in its own pytest process writing
 ``results/cells/<id>/``, then merges them into ``results/matrix/``. ``run --cell ID`` runs
 one cell, ``run --shard I/N`` (or CI_NODE_INDEX/CI_NODE_TOTAL, JOB_COMPLETION_INDEX) one
 shard, into ``results/cells/<id>/shard-I-of-N/``; ``merge DIR...`` combines such
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import cells, options, progress
+from harness import cellplan, options, progress
 from harness.errors import HarnessError
 from harness.machine.topology import canonical_numa
 from harness.pytest_plugin import session
@@ -47,7 +47,7 @@ def wanted(argv: list[str], env: Mapping[str, str] = os.environ) -> bool:
     found, _ = split_args(argv)
     return (len(found["kernel"]) > 1 or len(found["numa"]) > 1 or bool(found["baseline"])
             or bool(found["cell"]) or bool(found["shard"])
-            or cells.shard_from_env(env) is not None)
+            or cellplan.shard_from_env(env) is not None)
 
 
 def option_value(argv: list[str], flag: str) -> str | None:
@@ -75,7 +75,7 @@ def note(msg: str) -> None:
     print(f"ksm-harness: {msg}", file=sys.stderr, flush=True)
 
 
-def _clean(cell_dir: Path, shard: cells.Shard | None) -> None:
+def _clean(cell_dir: Path, shard: cellplan.Shard | None) -> None:
     """Results of another layout of the same cell would double its tests in a merge: an
     unsharded run drops old shard directories; a shard drops an unsharded result and other
     shard counts (shards of the same count stay: they may run one after the other here)."""
@@ -88,8 +88,8 @@ def _clean(cell_dir: Path, shard: cells.Shard | None) -> None:
         (cell_dir / "results.json").unlink(missing_ok=True)
 
 
-def run_cell(cell: cells.Cell, rest: list[str], out: Path, plan_file: Path,
-             shard: cells.Shard | None, position: tuple[int, int]) -> Path:
+def run_cell(cell: cellplan.Cell, rest: list[str], out: Path, plan_file: Path,
+             shard: cellplan.Shard | None, position: tuple[int, int]) -> Path:
     """One cell (or its part of a shard) in a child pytest; its results.json, written by
     the plugin or, when pytest wrote none, a record of that."""
     args = [*rest]
@@ -110,7 +110,7 @@ def run_cell(cell: cells.Cell, rest: list[str], out: Path, plan_file: Path,
                 "error": f"pytest exited {status} without writing results",
                 "options": {"kernel": cell.kernel, "numa": cell.numa, "args": args},
                 "host": socket.gethostname(), "harness_version": harness_version(),
-                "cell": cells.meta(cell, cells.read_plan(plan_file), shard, None)}
+                "cell": cellplan.meta(cell, cellplan.read_plan(plan_file), shard, None)}
         path.write_text(json.dumps(results_document([], meta), indent=1) + "\n")
     return path
 
@@ -121,11 +121,11 @@ def run(argv: list[str], root: Path = Path("results"),
     given = option_value(rest, "--report-dir")
     if given:  # the run's root: cells/ and matrix/ go under it
         root, rest = Path(given), _without(rest, "--report-dir")
-    plan = cells.plan(found["kernel"], found["numa"], option_value(rest, "--modules"))
-    chosen = cells.select(plan, found["cell"]) if found["cell"] else plan
-    shard = cells.parse_shard(found["shard"][-1]) if found["shard"] else cells.shard_from_env(env)
+    plan = cellplan.plan(found["kernel"], found["numa"], option_value(rest, "--modules"))
+    chosen = cellplan.select(plan, found["cell"]) if found["cell"] else plan
+    shard = cellplan.parse_shard(found["shard"][-1]) if found["shard"] else cellplan.shard_from_env(env)
     baseline = matrix.load_baseline(Path(found["baseline"][-1])) if found["baseline"] else None
-    plan_file = cells.write_plan(root / "cells" / "plan.json", plan)
+    plan_file = cellplan.write_plan(root / "cells" / "plan.json", plan)
     dirs = []
     t0 = time.monotonic()
     for pos, cell in enumerate(chosen):
@@ -174,7 +174,7 @@ def _cell_of(doc: dict[str, Any], path: Path) -> dict[str, Any]:
         return meta
     opts = doc.get("options", {})
     try:
-        return cells.meta(cells.Cell(opts.get("kernel"), opts.get("numa")), None, None, None)
+        return cellplan.meta(cellplan.Cell(opts.get("kernel"), opts.get("numa")), None, None, None)
     except HarnessError as exc:
         raise HarnessError(f"merge: {path}: {exc}") from None
 
@@ -203,7 +203,7 @@ def columns_of(files: list[Path], whole_plan: bool = True
     if not whole_plan:
         order = [o for o in order if o["id"] in groups]
     problems: list[str] = []
-    numas = {canonical_numa(o.get("numa") or cells.DEFAULT_NUMA) for o in order}
+    numas = {canonical_numa(o.get("numa") or cellplan.DEFAULT_NUMA) for o in order}
     columns: list[matrix.Column] = []
     for pos, o in enumerate(order):
         parts = sorted(groups.get(o["id"], []), key=lambda g: _shard_key(g[0]))
@@ -240,7 +240,7 @@ def columns_of(files: list[Path], whole_plan: bool = True
                                 f"{', '.join(f'{i}/{n}' for i in missing)}")
         if not parts:
             problems.append(f"cell {o['id']} ({o['kernel'] or 'debian'} on numa "
-                            f"{o['numa'] or cells.DEFAULT_NUMA}): no results files")
+                            f"{o['numa'] or cellplan.DEFAULT_NUMA}): no results files")
         label = matrix.label_for(list(merged.values()), o["kernel"], o["numa"], len(numas) > 1)
         if any(c.label == label for c in columns):
             label = f"{label} #{pos + 1}"
@@ -270,20 +270,20 @@ def merge(paths: list[Path], baseline: str | None, out: Path) -> int:
 
 def plan_main(args: argparse.Namespace) -> int:
     """``ksm-harness plan``: the cells of --kernel x --numa, in --format."""
-    plan = cells.plan(args.kernel or [], args.numa or [], args.modules)
+    plan = cellplan.plan(args.kernel or [], args.numa or [], args.modules)
     argv = [a for k in args.kernel or [] for a in ("--kernel", k)] + \
         [a for n in args.numa or [] for a in ("--numa", n)]
     print(plan_output(plan, args.format, argv, args.runner_tag))
     return 0
 
 
-def plan_output(plan: list[cells.Cell], fmt: str, argv: list[str], tag: str | None) -> str:
+def plan_output(plan: list[cellplan.Cell], fmt: str, argv: list[str], tag: str | None) -> str:
     """The cells as text, JSON, a GitHub Actions matrix or a GitLab child pipeline."""
     if fmt == "json":
         return json.dumps([c.to_dict() for c in plan], indent=1)
     if fmt == "github":  # strategy.matrix: ${{ fromJSON(needs.plan.outputs.matrix) }}
         return json.dumps({"include": [{"cell": c.id, "kernel": c.kernel or "debian",
-                                        "numa": c.numa or cells.DEFAULT_NUMA} for c in plan]},
+                                        "numa": c.numa or cellplan.DEFAULT_NUMA} for c in plan]},
                           separators=(",", ":"))
     if fmt == "gitlab":
         args = shlex.join(argv)
@@ -309,6 +309,6 @@ def plan_output(plan: list[cells.Cell], fmt: str, argv: list[str], tag: str | No
                   "    reports:", "      junit: results/matrix/matrix-junit.xml"]
         return "\n".join(lines)
     rows = [("cell", "kernel", "numa")] + [(c.id, c.kernel or "debian",
-                                            c.numa or cells.DEFAULT_NUMA) for c in plan]
+                                            c.numa or cellplan.DEFAULT_NUMA) for c in plan]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(v.ljust(w[i]) for i, v in enumerate(r)).rstrip() for r in rows)

@@ -32,7 +32,7 @@ class Column:
     kernel: str | None
     numa: str | None
     results: dict[str, Result]
-    cell: str | None = None             # the cell id (harness.cells)
+    cell: str | None = None             # the cell id (harness.cellplan)
     facts: dict[str, str] = field(default_factory=dict)  # release, commit, compiler, host
     dirs: list[Path] = field(default_factory=list)       # its report directories
 

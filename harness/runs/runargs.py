@@ -1,13 +1,13 @@
 """``ksm-harness run``'s arguments. Ours (the guest options of harness.options, selection,
 cells and shards, reports) are declared here for ``run --help`` and checked before pytest
-starts -- every --kernel and --numa cheaply (harness.cells) --; everything else goes to
+starts -- every --kernel and --numa cheaply (harness.cellplan) --; everything else goes to
 pytest unchanged, checked first by pytest's own parser, so a typo is one line, not a run."""
 from __future__ import annotations
 
 import argparse
 from typing import Any, NoReturn
 
-from harness import cells, options
+from harness import cellplan, options
 from harness.errors import HarnessError
 from harness.pytest_plugin import session
 from harness.results import writers
@@ -83,8 +83,8 @@ def check(argv: list[str]) -> argparse.Namespace | None:
         session.run(["--help"], ["tests/ksm"])
         return None
     if ns.shard:
-        cells.parse_shard(ns.shard)
-    cells.validate(ns.kernel or [], ns.numa or [], ns.modules)
+        cellplan.parse_shard(ns.shard)
+    cellplan.validate(ns.kernel or [], ns.numa or [], ns.modules)
     found, pytest_args = options.split_repeated(argv, extra=("--baseline", "--cell", "--shard"))
     complaint = session.usage_error(pytest_args, ["tests/ksm"])
     if complaint:

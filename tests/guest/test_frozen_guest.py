@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.access.remote import CommandTimeout
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from tests.helpers import pid_alive, wait_until
 
 DEADLINE = 10.0

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from harness.guest_handle import Guest
 from harness.ksm import KSM_DIR, leaks
 from tests.helpers import REPO
 
@@ -48,30 +49,30 @@ def _text(data: bytes | str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def times(outcomes) -> dict[str, float]:
+def times(outcomes: dict[str, tuple[str, str]]) -> dict[str, float]:
     """Each case's duration (seconds, from the JUnit file)."""
     return TIMES
 
 
-def test_panic_fails_the_test_that_caused_it(outcomes) -> None:
+def test_panic_fails_the_test_that_caused_it(outcomes: dict[str, tuple[str, str]]) -> None:
     status, text = outcomes["test_a_panics"]
     assert status == "failure"
     assert text.startswith("kernel panic: sysrq triggered crash"), text[:500]
     assert "sysrq_handle_crash" in text or "Kernel panic" in text
 
 
-def test_next_test_passes_on_a_fresh_vm(outcomes) -> None:
+def test_next_test_passes_on_a_fresh_vm(outcomes: dict[str, tuple[str, str]]) -> None:
     assert outcomes["test_b_runs_on_a_fresh_vm"][0] == "passed", outcomes["test_b_runs_on_a_fresh_vm"]
 
 
-def test_frozen_qemu_is_a_hang_with_evidence(outcomes) -> None:
+def test_frozen_qemu_is_a_hang_with_evidence(outcomes: dict[str, tuple[str, str]]) -> None:
     status, text = outcomes["test_c_frozen_qemu"]
     assert status == "failure"
     assert text.startswith("guest hung: guest command still running after 10s: true"), text[:500]
     assert "QMP status:" in text and "console tail" in text
 
 
-def test_d_state_task_is_reported_by_the_kernel(outcomes) -> None:
+def test_d_state_task_is_reported_by_the_kernel(outcomes: dict[str, tuple[str, str]]) -> None:
     status, text = outcomes["test_d_d_state_hang"]
     assert status == "failure"
     # The kernel's own hung-task report (the case sets hung_task_timeout to 10 s) ends the
@@ -83,30 +84,32 @@ def test_d_state_task_is_reported_by_the_kernel(outcomes) -> None:
     assert "Show Blocked State" in text, text[:3000]
 
 
-def test_run_goes_on_after_hangs(outcomes) -> None:
+def test_run_goes_on_after_hangs(outcomes: dict[str, tuple[str, str]]) -> None:
     assert outcomes["test_e_after_hangs"][0] == "passed", outcomes["test_e_after_hangs"]
 
 
-def test_oom_is_its_own_category(outcomes) -> None:
+def test_oom_is_its_own_category(outcomes: dict[str, tuple[str, str]]) -> None:
     assert outcomes["test_f_allowed_oom"][0] == "passed", outcomes["test_f_allowed_oom"]
     status, text = outcomes["test_g_oom_not_allowed"]
     assert status == "failure" and "OOM" in text, text[:500]
 
 
-def test_warning_in_a_fixtures_setup_fails_the_test(outcomes) -> None:
+def test_warning_in_a_fixtures_setup_fails_the_test(outcomes: dict[str, tuple[str, str]]) -> None:
     status, text = outcomes["test_h_warning_in_fixture_setup"]
     assert status == "error", (status, text[:500])  # an error in set-up, not a pass
     assert text.startswith("WARNING in cmp_and_merge_page"), text[:500]
 
 
-def test_kernel_report_then_hang_is_titled_by_the_report(outcomes) -> None:
+def test_kernel_report_then_hang_is_titled_by_the_report(outcomes: dict[str, tuple[str, str]]
+                                                         ) -> None:
     status, text = outcomes["test_i_warning_then_hang"]
     assert status == "failure"
     assert text.startswith("WARNING in cmp_and_merge_page"), text[:500]  # the cause first ...
     assert "--- what followed ---" in text and "guest hung" in text, text[:3000]  # ... the hang
 
 
-def test_fatal_report_ends_the_wait(outcomes, times) -> None:
+def test_fatal_report_ends_the_wait(outcomes: dict[str, tuple[str, str]], times: dict[str, float]
+                                    ) -> None:
     status, text = outcomes["test_j_bug_ends_the_wait"]
     assert status == "failure"
     assert text.startswith("kernel BUG"), text[:500]
@@ -115,7 +118,7 @@ def test_fatal_report_ends_the_wait(outcomes, times) -> None:
     assert times["test_j_bug_ends_the_wait"] < 60, times
 
 
-def test_leak_check_names_the_counter(vm) -> None:
+def test_leak_check_names_the_counter(vm: Guest) -> None:
     # Real merged pages left in place: the idle check must name the counter and values.
     vm.run(f"echo 0 > {KSM_DIR}/sleep_millisecs; echo 5000 > {KSM_DIR}/pages_to_scan;"
            f" echo 1 > {KSM_DIR}/run", check=True)

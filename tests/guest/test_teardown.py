@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -17,7 +18,9 @@ QEMU = "qemu-system-x86_64"
 BOOT_DEADLINE = 300.0
 
 
-def _wait_for_output(proc: subprocess.Popen[str], stream, needle: str, timeout: float) -> str:
+def _wait_for_output(proc: subprocess.Popen[str], stream: IO[str] | None, needle: str,
+                     timeout: float) -> str:
+    assert stream is not None  # a pipe (stdout=PIPE)
     seen = ""
     end = time.monotonic() + timeout
     while time.monotonic() < end:

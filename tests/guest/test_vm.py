@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from harness.access.remote import Runner
 from harness.assets import initramfs
+from harness.guest_handle import Guest
 from harness.ksm import KSM_DIR
 from harness.machine.topology import Topology, parse_numa
-from harness.machine.vm import VM
+from harness.machine.vm import VM, VMSpec
+from harness.pytest_plugin.fixtures import VMPool
 
 
 def test_guest_has_the_declared_numa_topology(vm: VM) -> None:
@@ -49,7 +53,8 @@ def test_console_is_a_second_channel(vm: VM) -> None:
 def test_ssh_is_bound_to_loopback_and_host_key_pinned(vm: VM) -> None:
     assert vm.config is not None
     assert f"hostfwd=tcp:127.0.0.1:{vm.port}-:22" in " ".join(vm.config.argv())
-    keys = vm.ssh.conn.client.get_host_keys()  # type: ignore[union-attr]
+    assert vm.ssh is not None and vm.ssh.conn is not None
+    keys = vm.ssh.conn.client.get_host_keys()
     assert keys.lookup(f"[127.0.0.1]:{vm.port}") is not None
 
 
@@ -61,7 +66,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_base_image_is_untouched(vm_factory, vm_spec) -> None:
+def test_base_image_is_untouched(vm_factory: Callable[..., Guest], vm_spec: VMSpec) -> None:
     before = _sha256(vm_spec.base_image)
     guest = vm_factory(topology=Topology(nodes=parse_numa("1")))
     guest.run("dd if=/dev/urandom of=/root/junk bs=1M count=16 && rm -rf /usr/share/zoneinfo "
@@ -70,7 +75,7 @@ def test_base_image_is_untouched(vm_factory, vm_spec) -> None:
     assert _sha256(vm_spec.base_image) == before
 
 
-def test_two_guests_side_by_side(vm_pool) -> None:
+def test_two_guests_side_by_side(vm_pool: VMPool) -> None:
     a = VM(vm_pool.base, vm_pool.run_dir / "side-a")
     b = VM(vm_pool.base, vm_pool.run_dir / "side-b")
     vm_pool.live += [a, b]
@@ -87,7 +92,7 @@ def test_two_guests_side_by_side(vm_pool) -> None:
         vm_pool.stop(b)
 
 
-def _disks(vm: VM) -> dict[str, tuple[str, int]]:
+def _disks(vm: Runner) -> dict[str, tuple[str, int]]:
     """serial -> (/dev/NAME, size in bytes) of every virtio disk the guest sees."""
     r = vm.run("for b in /sys/block/vd*; do echo ${b##*/} $(cat $b/size) $(cat $b/serial); done",
                check=True)
@@ -98,7 +103,7 @@ def _disks(vm: VM) -> dict[str, tuple[str, int]]:
     return found
 
 
-def _mounted(vm: VM) -> dict[str, str]:
+def _mounted(vm: Runner) -> dict[str, str]:
     """mount point -> source, from the guest's /proc/mounts."""
     lines = vm.run("cat /proc/mounts", check=True).stdout.splitlines()
     return {f[1]: f[0] for f in (line.split() for line in lines)}
@@ -113,7 +118,8 @@ def test_disks_are_mounted_by_serial(vm: VM) -> None:
     assert r.stdout.strip() == disks["modules"][0]
 
 
-def test_disk_roles_ignore_position(vm_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_roles_ignore_position(vm_factory: Callable[..., Guest],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a module disk (as for a kernel with everything built in) the disk after the
     root is an extra one: a by-position init mounted it as the module tree and failed. Debian's
     kernel still boots without its module disk: its boot modules are in the initramfs."""
@@ -128,12 +134,13 @@ def test_disk_roles_ignore_position(vm_factory, monkeypatch: pytest.MonkeyPatch)
     assert not any("lib/modules" in m for m in mounts), mounts
     assert not {disks["swap"][0], disks["scratch"][0]} & set(mounts.values()), mounts
     # the guest's root disk is the host's qcow2 overlay of the base image
+    assert guest.qmp is not None
     blocks = {b["device"]: b["inserted"] for b in guest.qmp.command("query-block")}
     assert Path(blocks["root"]["file"]).name == "root-overlay.qcow2"
     assert blocks["root"]["image"]["virtual-size"] == disks["root"][1]
 
 
-def test_restored_guest_is_a_fresh_one(vm_factory, vm_spec) -> None:
+def test_restored_guest_is_a_fresh_one(vm_factory: Callable[..., Guest], vm_spec: VMSpec) -> None:
     # Two guests of the run's own kernel and topology: the second starts from the snapshot
     # (the first saved it, or an earlier one did) and keeps nothing of the first: no file it
     # wrote, no KSM state, no dmesg line; its clock is the host's. (Its SSH keys are the

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
-from harness.guestsys import MemCgroup
+from harness import guest_mm
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
@@ -41,8 +42,8 @@ from harness.ksm import (
     describe_mismatches,
     leaks,
 )
-from harness.ksm.guest import KsmGuest
-from harness.pytest_plugin.ksm import (
+from harness.ksm.prepared_guest import KsmGuest
+from harness.pytest_plugin.ksm_scenarios import (
     KSM_OF_TEST,
     WORKLOADS_OF_TEST,
     apply_scan_mode,
@@ -53,10 +54,11 @@ from harness.pytest_plugin.ksm import (
 )
 from harness.pytest_plugin.watch import phase_report
 from harness.workloads import Workload, WorkloadError, WorkloadTimeout
+from tests.ksm.fixture_types import KnownBug, MemcgFactory, ThpMode, WorkloadFactory
 
 
 @pytest.fixture(scope="module")
-def ksm_guest(vm) -> Iterator[KsmGuest]:  # type: ignore[no-untyped-def]
+def ksm_guest(vm: Guest) -> Iterator[KsmGuest]:
     """The module's guest made ready for KSM scenarios (see KsmGuest)."""
     with skip_unless():
         guest = KsmGuest(vm)
@@ -72,13 +74,13 @@ def two_nodes(ksm_guest: KsmGuest) -> None:
 
 
 @pytest.fixture
-def known_bug(ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> Callable[[str], None]:
+def known_bug(ksm_guest: KsmGuest, vm: Guest, request: pytest.FixtureRequest) -> KnownBug:
     """``known_bug(bug_id)``: on a kernel that harness.kernel_bugs lists as having the bug,
     the test becomes a strict expected failure (it must fail; passing is an XPASS that fails
     the run); on any other kernel nothing changes and the test must pass."""
     def mark(bug_id: str) -> None:
         ksm_guest.ensure()
-        xfail = xfail_mark(bug_id, ksm_guest.vm.spec.kernel.release, ksm_guest.banner)
+        xfail = xfail_mark(bug_id, vm.spec.kernel.release, ksm_guest.banner)
         if xfail is not None:
             request.node.add_marker(xfail)
     return mark
@@ -128,9 +130,6 @@ def ksm(ksm_guest: KsmGuest, scan_mode: str, request: pytest.FixtureRequest) -> 
     problems = leaks.slab_problems(slabs, leaks.slab_objects(ksm_guest.sh), slack=64)
     if problems:
         raise leaks.LeakError("KSM objects leaked: " + "; ".join(problems))
-
-
-WorkloadFactory = Callable[..., Workload]
 
 
 @pytest.fixture
@@ -186,7 +185,7 @@ def workload(ksm_guest: KsmGuest, ksm: Ksm,
 
 
 @pytest.fixture
-def memcg(ksm_guest: KsmGuest) -> Iterator[Callable[[str], MemCgroup]]:
+def memcg(ksm_guest: KsmGuest) -> Iterator[MemcgFactory]:
     """``memcg(name)``: a memory cgroup, removed (its processes killed) after the test."""
     made: list[MemCgroup] = []
 
@@ -209,29 +208,29 @@ def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
     """A 256 MiB zram swap device, switched on for the test and reset after it."""
     vm = ksm_guest.sh
     with skip_unless():
-        dev = guestsys.zram_create(vm, 256)
-    guestsys.swapon(vm, dev, priority=20)
+        dev = guest_mm.zram_create(vm, 256)
+    guest_mm.swapon(vm, dev, priority=20)
     generation = ksm_guest.current
     yield dev
     if not ksm_guest.gone_since(generation):
-        guestsys.zram_remove(vm, dev)
+        guest_mm.zram_remove(vm, dev)
 
 
 @pytest.fixture
-def thp_mode(ksm_guest: KsmGuest) -> Iterator[Callable[[str], None]]:
+def thp_mode(ksm_guest: KsmGuest) -> Iterator[ThpMode]:
     """``thp_mode("always"|"madvise"|"never")`` for the test; the boot value comes back."""
     vm = ksm_guest.sh
-    saved = guestsys.read_selected(vm, guestsys.THP_ENABLED)
+    saved = guest_mm.read_selected(vm, guest_mm.THP_ENABLED)
     if saved is None:
         pytest.skip("the guest kernel has no transparent hugepages")
 
     def set_mode(mode: str) -> None:
-        guestsys.write_file(vm, guestsys.THP_ENABLED, mode)
+        guest_mm.write_file(vm, guest_mm.THP_ENABLED, mode)
 
     generation = ksm_guest.current
     yield set_mode
     if not ksm_guest.gone_since(generation):
-        guestsys.write_file(vm, guestsys.THP_ENABLED, saved)
+        guest_mm.write_file(vm, guest_mm.THP_ENABLED, saved)
 
 
 @pytest.fixture

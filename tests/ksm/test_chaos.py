@@ -9,6 +9,7 @@ led to it are in the captured output.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.ksm import (
@@ -20,7 +21,9 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
+from harness.ksm.prepared_guest import KsmGuest
 from harness.workloads import CheckUnavailable, Workload
+from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 
 ROUNDS = 6
 PROCESSES = 3
@@ -70,7 +73,7 @@ class Proc:
     unmerged_while_shared: set[str] = field(default_factory=set)
 
 
-def make_processes(rng: random.Random, workload, nodes: list[int]) -> list[Proc]:  # type: ignore[no-untyped-def]
+def make_processes(rng: random.Random, workload: WorkloadFactory, nodes: list[int]) -> list[Proc]:
     procs = []
     fresh = iter(range(1000, 2000))  # seeds used once (unique/half/lastbyte)
     for i in range(PROCESSES):
@@ -103,7 +106,8 @@ def layout_of(procs: list[Proc]) -> Layout:
     return layout
 
 
-def test_knob_chaos(ksm: Ksm, workload, ksm_seed: int, ksm_guest, known_bug) -> None:  # type: ignore[no-untyped-def]
+def test_knob_chaos(ksm: Ksm, workload: WorkloadFactory, ksm_seed: int, ksm_guest: KsmGuest,
+                    known_bug: KnownBug) -> None:
     rng = random.Random(ksm_seed)
     log: list[str] = []
 
@@ -146,7 +150,8 @@ def still_mapped(procs: list[Proc]) -> tuple[str, bool]:
     return "; ".join(found) or "none", bool(found) and explained
 
 
-def run_chaos(ksm: Ksm, workload, rng: random.Random, act, nodes: list[int]) -> None:  # type: ignore[no-untyped-def]
+def run_chaos(ksm: Ksm, workload: WorkloadFactory, rng: random.Random, act: Callable[[str], None],
+              nodes: list[int]) -> None:
     knobs = [k for k in KNOB_VALUES if ksm.has(k)]
     procs = make_processes(rng, workload, nodes[:2])
     ksm.set("run", 1)
@@ -211,22 +216,22 @@ def run_chaos(ksm: Ksm, workload, rng: random.Random, act, nodes: list[int]) -> 
         p.w.verify()
 
 
-def knob_step(ksm: Ksm, rng: random.Random, act, knobs: list[str]) -> None:  # type: ignore[no-untyped-def]
+def knob_step(ksm: Ksm, rng: random.Random, act: Callable[[str], None], knobs: list[str]) -> None:
     roll = rng.random()
     if roll < 0.25:
         value = rng.choice((0, 1, 1, 2))
         ksm.set("run", value, timeout=300)
         act(f"run={value}")
     elif roll < 0.35:
-        knob, value = rng.choice(INVALID)
+        knob, bad = rng.choice(INVALID)
         before = ksm.knobs()
         try:
-            ksm.set(knob, value)
-            raise AssertionError(f"{knob}={value} was accepted")
+            ksm.set(knob, bad)
+            raise AssertionError(f"{knob}={bad} was accepted")
         except KsmWriteError as refused:
             assert refused.errno_name == "EINVAL", str(refused)
-        assert ksm.knobs() == before, f"refused {knob}={value} changed the knobs"
-        act(f"{knob}={value} refused (EINVAL)")
+        assert ksm.knobs() == before, f"refused {knob}={bad} changed the knobs"
+        act(f"{knob}={bad} refused (EINVAL)")
     else:
         knob = rng.choice(knobs)
         value = rng.choice(KNOB_VALUES[knob])
@@ -243,7 +248,7 @@ def knob_step(ksm: Ksm, rng: random.Random, act, knobs: list[str]) -> None:  # t
 WRITE_SEEDS = iter(range(5000, 1 << 30))
 
 
-def workload_step(p: Proc, rng: random.Random, act) -> None:  # type: ignore[no-untyped-def]
+def workload_step(p: Proc, rng: random.Random, act: Callable[[str], None]) -> None:
     r = rng.choice(p.regions)
     roll = rng.random()
     if roll < 0.3:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from harness import guestsys
+from harness import guest_mm
 from harness.ksm import (
     ALL_GONE,
     FAST_PAGES_TO_SCAN,
@@ -29,7 +29,7 @@ from harness.ksm import (
     Layout,
     leaks,
 )
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import (
     Interval,
     RaceNotExercised,
@@ -39,12 +39,13 @@ from harness.ksm.race import (
     timed_ksm_write,
     write_interval,
 )
-from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race, require_knob
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, exercise_race, require_knob
 from harness.workloads import Workload, WorkloadError
+from tests.ksm.fixture_types import KnownBug, MemcgFactory, WorkloadFactory
 
 
 @SCAN_MODES
-def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_fork_storm_of_a_merged_process(ksm: Ksm, workload: WorkloadFactory) -> None:
     p = workload(name="P")
     p.alloc("s", 1024, "same:51")
     p.madvise("s", "merge")
@@ -73,8 +74,8 @@ def test_fork_storm_of_a_merged_process(ksm: Ksm, workload) -> None:  # type: ig
     p.verify()
 
 
-def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, known_bug) -> None:
+def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(
+        ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug) -> None:
     """run=2 must leave no KSM page mapped anywhere. P's regions a and b hold the same 32
     unique pages (page i of a == page i of b); P forks, then makes a unmergeable (nothing is
     a KSM page yet, so nothing to break). ksmd scans P before the child (the child's mm goes
@@ -113,13 +114,15 @@ def test_run2_unmerges_pages_a_fork_shared_outside_mergeable_areas(  # type: ign
     p.verify()
 
 
-def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> None:  # type: ignore[no-untyped-def]
+def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug
+                                           ) -> None:
     """/proc/PID/ksm_merging_pages and ksm_stat of a child forked after merging count the
     child's own merged pages, not the parent's too. Kernels from 5.19 until the fix
     (harness.kernel_bugs, "ksm-fork-counters") copy the parent's counters into the child:
     there this test is a strict expected failure."""
     known_bug("ksm-fork-counters")
     p = workload(name="P")
+    assert p.pid is not None  # started
     p.alloc("s", 256, "same:53")
     p.madvise("s", "merge")
     ksm.set("run", 1)
@@ -134,7 +137,7 @@ def test_forked_child_has_its_own_ksm_stat(ksm: Ksm, workload, known_bug) -> Non
     assert got == (256, 256), f"child {kid}: {child} (the parent's: {parent})"
 
 
-def merged_parent(ksm: Ksm, workload, name: str):  # type: ignore[no-untyped-def]
+def merged_parent(ksm: Ksm, workload: WorkloadFactory, name: str) -> Workload:
     p = workload(name=name)
     p.alloc("s", 2048, "same:54")
     p.alloc("u", 128, "unique:54")
@@ -149,8 +152,9 @@ PARENT_ONLY = Layout().same("x", 2048).unique(128).expected()
 MERGING = "/proc/self/ksm_merging_pages"
 
 
-def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,  # type: ignore[no-untyped-def]
-                                              request) -> None:
+def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload: WorkloadFactory,
+                                              ksm_guest: KsmGuest, request: pytest.FixtureRequest
+                                              ) -> None:
     """Children exit while ksmd scans them, then while run=2 unmerges them. Preconditions,
     from guest timestamps: during the scan, a child exited the moment its own
     ksm_merging_pages moved (ksmd inside its mm: __ksm_exit's slow path, the slot at the
@@ -192,11 +196,11 @@ def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,  # 
         q.fork(8)
         ksm.wait_counts(Layout().same("x", 2048).ksm_fork(2048, 8).unique(128)
                         .forked_unmerged(128, 8).expected(), what="8 children merged")
-        parent = TimedCommand(ksm.runner, ksm_guest.binary, "exit of the parent", "waitexit",
+        parent = TimedCommand(ksm_guest.sh, ksm_guest.binary, "exit of the parent", "waitexit",
                               str(q.pid))
         parent.wait_for_line("armed")
         q.begin(f"kidsexitwhen {ksm_file('run')} eq {RUN_UNMERGE} 20000")
-        write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+        write = timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE)
         got = q.finish(80).fields
         q.children_pids = []
         q.exit()  # the parent, right after its children
@@ -227,8 +231,8 @@ def test_exits_during_scan_and_during_unmerge(ksm: Ksm, workload, ksm_guest,  # 
 
 
 @pytest.mark.allow_kernel("OOM")
-def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,  # type: ignore[no-untyped-def]
-                                      request) -> None:
+def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory,
+                                      ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> None:
     """Seed 002. Precondition, asserted from guest timestamps: an OOM kill in the group, and a
     killed process's exit completed after run=2's write began and before it returned (while
     run=2 held ksm_thread_mutex, which the exit path once waited for: the deadlock). run=2
@@ -247,14 +251,14 @@ def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,  # t
                         what="victim's children merged")
         charged = group.current()
         pids = group.procs()
-        watchers = [TimedCommand(ksm.runner, ksm_guest.binary, f"exit of {pid}", "waitexit",
+        watchers = [TimedCommand(ksm_guest.sh, ksm_guest.binary, f"exit of {pid}", "waitexit",
                                  str(pid)) for pid in pids]
         for w in watchers:
             w.wait_for_line("armed")
         group.write("memory.max", "16M")  # fits merged (well under 1 MiB), not unmerged
         before = group.keyed("memory.events")
         rec = RaceRecord("OOM kill during run=2")
-        write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+        write = timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE)
         try:
             rec.add(write_interval(write, "run", RUN_UNMERGE, timeout=300))
             rec.facts["run=2"] = "returned 0"
@@ -298,7 +302,7 @@ def test_oom_kill_while_run2_unmerges(ksm: Ksm, workload, memcg, ksm_guest,  # t
 
 
 @pytest.mark.parametrize("when", ["before_merge", "after_merge"])
-def test_mlockall_process_exits(ksm: Ksm, workload, when: str) -> None:  # type: ignore[no-untyped-def]
+def test_mlockall_process_exits(ksm: Ksm, workload: WorkloadFactory, when: str) -> None:
     """An mlockall(MCL_CURRENT|MCL_FUTURE) process with merged pages exits without hanging,
     whether it locked before KSM merged its pages or after."""
     w = workload()
@@ -331,7 +335,7 @@ def test_mlockall_process_exits(ksm: Ksm, workload, when: str) -> None:  # type:
     ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0, what="after the locked process exited")
 
 
-def test_workload_death_is_reported(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_workload_death_is_reported(ksm: Ksm, workload: WorkloadFactory) -> None:
     """A workload killed under a test (here: on purpose) is reported as such, not as a
     hang or as wrong counters."""
     w = workload()
@@ -376,7 +380,7 @@ def baseline(ksm_guest: KsmGuest) -> tuple[dict[str, int], dict[str, int]]:
     sh = ksm_guest.sh
     slabs = leaks.slab_objects(sh, (*leaks.KSM_SLABS, MM_STRUCT))
     assert MM_STRUCT in slabs, f"no {MM_STRUCT} in /proc/slabinfo: {slabs}"
-    return slabs, {k: guestsys.meminfo_kb(sh, k) for k in MEMINFO_SLACK}
+    return slabs, {k: guest_mm.meminfo_kb(sh, k) for k in MEMINFO_SLACK}
 
 
 def assert_back_at_baseline(ksm: Ksm, ksm_guest: KsmGuest,
@@ -392,7 +396,7 @@ def assert_back_at_baseline(ksm: Ksm, ksm_guest: KsmGuest,
         raise leaks.LeakError(f"{e}; processes now:\n{ps}") from None
     deadline = time.monotonic() + 20
     while True:
-        got = {k: guestsys.meminfo_kb(ksm_guest.sh, k) for k in MEMINFO_SLACK}
+        got = {k: guest_mm.meminfo_kb(ksm_guest.sh, k) for k in MEMINFO_SLACK}
         over = {k: (got[k], mem[k]) for k in mem if got[k] > mem[k] + MEMINFO_SLACK[k]}
         if not over:
             break
@@ -404,7 +408,7 @@ def assert_back_at_baseline(ksm: Ksm, ksm_guest: KsmGuest,
 
 
 def watch_exit(ksm: Ksm, ksm_guest: KsmGuest, w: Workload) -> TimedCommand:
-    watcher = TimedCommand(ksm.runner, ksm_guest.binary, f"exit of {w.name}", "waitexit",
+    watcher = TimedCommand(ksm_guest.sh, ksm_guest.binary, f"exit of {w.name}", "waitexit",
                            str(w.pid))
     watcher.wait_for_line("armed")
     return watcher
@@ -418,7 +422,7 @@ def exit_completed(watcher: TimedCommand) -> int:
     return int(stamps["t"])
 
 
-def locked_neighbours(workload, i: int) -> tuple[Workload, Layout]:  # type: ignore[no-untyped-def]
+def locked_neighbours(workload: WorkloadFactory, i: int) -> tuple[Workload, Layout]:
     """P: merged pages next to a locked merged VMA, a locked PROT_NONE VMA, a locked
     never-populated VMA and zero pages (merged onto the zero page: use_zero_pages=1)."""
     p = workload(name=f"P{i}")
@@ -435,8 +439,10 @@ def locked_neighbours(workload, i: int) -> tuple[Workload, Layout]:  # type: ign
 
 
 @pytest.mark.parametrize("when", ["scan", "unmerge"])
-def test_exit_next_to_locked_protnone_unpopulated_and_zero_vmas(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, ksm_guest: KsmGuest, request, when: str) -> None:
+def test_exit_next_to_locked_protnone_unpopulated_and_zero_vmas(ksm: Ksm, workload: WorkloadFactory,
+                                                                ksm_guest: KsmGuest,
+                                                                request: pytest.FixtureRequest,
+                                                                when: str) -> None:
     """Seeds 001 and 002. scan: P exits the moment its own ksm_merging_pages moves (ksmd is
     inside its mm, merging it). unmerge: P exits the moment KSM's run reads 2 and its exit
     completes before run=2 returns (guest timestamps). Then: D (sharing P's content) intact,
@@ -479,7 +485,7 @@ def test_exit_next_to_locked_protnone_unpopulated_and_zero_vmas(  # type: ignore
             p.verify()
             watcher = watch_exit(ksm, ksm_guest, p)
             p.exit_when(ksm_file("run"), RUN_UNMERGE)
-            write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+            write = timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE)
             fields, status = p.exited()
             done = exit_completed(watcher)
             run2 = rec.add(write_interval(write, "run", RUN_UNMERGE))
@@ -536,8 +542,10 @@ def rmap_items(ksm: Ksm, w: Workload) -> int | None:
 
 
 @pytest.mark.parametrize("against", ["ksmd", "run2"])
-def test_address_space_changes_race_scanning_and_unmerge(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, ksm_guest: KsmGuest, request, against: str) -> None:
+def test_address_space_changes_race_scanning_and_unmerge(ksm: Ksm, workload: WorkloadFactory,
+                                                         ksm_guest: KsmGuest,
+                                                         request: pytest.FixtureRequest,
+                                                         against: str) -> None:
     """ksmd: the six operations start while ksmd is merging W (0 < W's ksm_merging_pages <
     its pages, read just before) and ksmd completes full scans while they run; then the
     counters settle exactly on what is left mergeable, W's ksm_rmap_items match it.
@@ -585,7 +593,7 @@ def test_address_space_changes_race_scanning_and_unmerge(  # type: ignore[no-unt
         else:
             ksm.set("run", 1)
             ksm.wait_counts(before.expected(), what="W and D merged")
-            write = timed_ksm_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE)
+            write = timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE)
             deadline = time.monotonic() + 60
             while ksm.get("run") != RUN_UNMERGE and not write.done():
                 assert time.monotonic() < deadline, "run=2 did not start"

@@ -169,7 +169,7 @@ class _Node:
 
 def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
     from harness.ksm.race import Interval, RaceNotExercised, RaceRecord
-    from harness.pytest_plugin.ksm import exercise_race
+    from harness.pytest_plugin.ksm_scenarios import exercise_race
 
     tries: list[int] = []
 
@@ -184,12 +184,12 @@ def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
         return rec
 
     node = _Node()
-    record = exercise_race(node, "forks", twice_missed)  # type: ignore[arg-type]
+    record = exercise_race(node, "forks", twice_missed)
     assert tries == [0, 1, 2] and record.facts == {"inside": 3}
     (name, value), = node.user_properties
     assert name == "race_overlap" and "run=2 [+0.000s, +0.500s]" in str(value)
     assert "after 2 misses" in str(value)
-    exercise_race(node, "again", lambda i: record)  # type: ignore[arg-type]
+    exercise_race(node, "again", lambda i: record)
     (name, value), = node.user_properties  # one property, both races in it
     assert str(value).count("forks during run=2:") == 2 and " | " in str(value)
 
@@ -199,14 +199,14 @@ def test_a_race_is_retried_then_recorded_or_skipped_never_passed() -> None:
     node = _Node()
     with pytest.raises(pytest.skip.Exception, match=r"^race not exercised: swapcache: "
                        r"attempt 3: the KSM page left swapcache before run=2 \(3 attempts\)"):
-        exercise_race(node, "swapcache", never)  # type: ignore[arg-type]
+        exercise_race(node, "swapcache", never)
     assert node.user_properties[0][0] == "race_overlap"
 
     def broken(i: int) -> RaceRecord:  # a failed outcome is a failure, not a miss
         raise AssertionError("child still maps KSM pages")
 
     with pytest.raises(AssertionError):
-        exercise_race(_Node(), "forks", broken)  # type: ignore[arg-type]
+        exercise_race(_Node(), "forks", broken)
 
 
 def test_race_command_and_timed_writes(binary: Path, tmp_path: Path) -> None:

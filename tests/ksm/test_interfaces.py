@@ -50,8 +50,12 @@ import time
 import pytest
 
 from harness import kernel_bugs
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import ALL_GONE, RUN_UNMERGE, ZERO_COUNTS, Ksm, KsmSnapshot, Layout
-from harness.workloads import WorkloadError
+from harness.ksm.prepared_guest import KsmGuest
+from harness.workloads import Workload, WorkloadError
+from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 
 PAGE = 4096
 RMAP_ITEM_BYTES = 64  # sizeof(struct ksm_rmap_item) on 64-bit kernels up to 6.12 at least
@@ -85,16 +89,17 @@ def check_process(ksm: Ksm, pid: int, rmap: int, merging: int, what: str,
     return stat
 
 
-def rmap_item_bytes(ksm_guest) -> int:  # type: ignore[no-untyped-def]
+def rmap_item_bytes(ksm_guest: KsmGuest) -> int:
     """sizeof(struct ksm_rmap_item): the slab's object size (slab_nomerge keeps the cache)."""
     r = ksm_guest.sh.run("read -r n < /sys/kernel/slab/ksm_rmap_item/object_size && echo $n")
     return int(r.stdout) if r.ok and r.stdout.strip().isdigit() else RMAP_ITEM_BYTES
 
 
-def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, ksm_guest) -> None:
+def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(
+        ksm: Ksm, workload: WorkloadFactory, ksm_guest: KsmGuest, vm: Guest) -> None:
     item = rmap_item_bytes(ksm_guest)
     p = workload(name="P")
+    assert p.pid is not None  # started
     p.alloc("s", 256, "same:121", thp=False)
     p.alloc("u", 64, "unique:121", thp=False)
     for region in ("s", "u"):
@@ -115,7 +120,7 @@ def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(  # type: ignore[no-un
                                  .forked_unmerged(74).expected(),
                                  what="10 COW breaks, child scanned"), item)
     check_process(ksm, p.pid, 320, 246, "after 10 COW breaks and a fork", item)
-    bug = kernel_bugs.affected("ksm-fork-counters", ksm_guest.vm.spec.kernel.release,
+    bug = kernel_bugs.affected("ksm-fork-counters", vm.spec.kernel.release,
                                ksm_guest.banner)
     if bug is None:
         check_process(ksm, kid, 320, 246, "of the child", item)
@@ -140,13 +145,13 @@ def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(  # type: ignore[no-un
                  item)
 
 
-def test_prctl_memory_merge_across_fork_and_exec(  # type: ignore[no-untyped-def]
-        ksm_guest, request: pytest.FixtureRequest) -> None:
+def test_prctl_memory_merge_across_fork_and_exec(
+        ksm_guest: KsmGuest, vm: Guest, request: pytest.FixtureRequest) -> None:
     """PR_SET_MEMORY_MERGE (6.4+) makes every anonymous VMA of the process mergeable without
     madvise; forked children inherit it (6.4+); PR_SET_MEMORY_MERGE 0 unmerges at once.
     Before 6.4 (the upstream version, from the banner) it skips before the KSM fixtures'
     set-up; from 6.4 the kernel's own answer decides (a backport would be tested)."""
-    version = kernel_bugs.kernel_version(ksm_guest.vm.spec.kernel.release, ksm_guest.banner)
+    version = kernel_bugs.kernel_version(vm.spec.kernel.release, ksm_guest.banner)
     if version is not None and version < (6, 4, 0):
         pytest.skip(f"PR_SET_MEMORY_MERGE came in 6.4; this kernel is "
                     f"{'.'.join(map(str, version))}")
@@ -188,11 +193,11 @@ def test_prctl_memory_merge_across_fork_and_exec(  # type: ignore[no-untyped-def
     w.verify()
 
 
-def anon_bytes(group) -> int:  # type: ignore[no-untyped-def]
+def anon_bytes(group: MemCgroup) -> int:
     return group.keyed("memory.stat")["anon"]
 
 
-def wait_anon(groups, want: list[int], what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def wait_anon(groups: list[MemCgroup], want: list[int], what: str, timeout: float = 20.0) -> None:
     """memory.stat is flushed when enough changed or every 2 s (mm/memcontrol.c FLUSH_TIME):
     poll until each group's anon is exactly as expected, or fail with the last values."""
     deadline = time.monotonic() + timeout
@@ -206,7 +211,8 @@ def wait_anon(groups, want: list[int], what: str, timeout: float = 20.0) -> None
         time.sleep(0.25)
 
 
-def test_memcg_charges_of_merged_pages(ksm: Ksm, workload, memcg, ksm_guest) -> None:  # type: ignore[no-untyped-def]
+def test_memcg_charges_of_merged_pages(ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory,
+                                       ksm_guest: KsmGuest) -> None:
     ksm.set("max_page_sharing", 1024)  # one KSM page for all 1024 (no chain of dups)
     groups = [memcg("chargeA"), memcg("chargeB")]
     procs = [workload(name=n, cgroup=g) for n, g in zip("AB", groups)]
@@ -247,11 +253,12 @@ def test_memcg_charges_of_merged_pages(ksm: Ksm, workload, memcg, ksm_guest) -> 
 EDGES = ((0, "first byte"), (2047, "word end"), (2048, "word start"), (4095, "last byte"))
 
 
-def poke(w, region: str, page: int, offset: int, xor: int) -> None:  # type: ignore[no-untyped-def]
+def poke(w: Workload, region: str, page: int, offset: int, xor: int) -> None:
     w.command(f"poke {region} {page} {offset} {xor}")
 
 
-def test_pages_one_byte_apart_merge_only_with_their_twins(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_pages_one_byte_apart_merge_only_with_their_twins(ksm: Ksm, workload: WorkloadFactory
+                                                          ) -> None:
     a, b = workload(name="A"), workload(name="B")
     for w in (a, b):
         w.alloc("s", 32, "same:111", thp=False)
@@ -287,8 +294,8 @@ def test_pages_one_byte_apart_merge_only_with_their_twins(ksm: Ksm, workload) ->
     assert a.verify() == 32 and b.verify() == 32
 
 
-def test_madvise_mergeable_over_a_hole_on_shared_and_hugetlb_memory(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, ksm_guest) -> None:
+def test_madvise_mergeable_over_a_hole_on_shared_and_hugetlb_memory(
+        ksm: Ksm, workload: WorkloadFactory, ksm_guest: KsmGuest) -> None:
     sh = ksm_guest.sh
     path = "/proc/sys/vm/nr_hugepages"
     if sh.run(f"test -w {path}").status != 0:
@@ -303,7 +310,7 @@ def test_madvise_mergeable_over_a_hole_on_shared_and_hugetlb_memory(  # type: ig
         sh.run(f"echo {saved} > {path}")
 
 
-def check_madvise_abi(ksm: Ksm, w) -> None:  # type: ignore[no-untyped-def]
+def check_madvise_abi(ksm: Ksm, w: Workload) -> None:
     w.alloc("h", 64, "same:112", thp=False)
     w.command("hole h 32")
     with pytest.raises(WorkloadError) as gap:
@@ -334,7 +341,7 @@ def check_madvise_abi(ksm: Ksm, w) -> None:  # type: ignore[no-untyped-def]
     w.free("ht")
 
 
-def collapse(w, region: str) -> str:  # type: ignore[no-untyped-def]
+def collapse(w: Workload, region: str) -> str:
     """MADV_COLLAPSE of the region: "" when it succeeded, else the errno name."""
     try:
         w.command(f"collapse {region}", 120)
@@ -348,7 +355,7 @@ def collapse(w, region: str) -> str:  # type: ignore[no-untyped-def]
     return ""
 
 
-def test_madvise_collapse_over_merged_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_madvise_collapse_over_merged_pages(ksm: Ksm, workload: WorkloadFactory) -> None:
     """What 6.1's MADV_COLLAPSE does with KSM pages (mm/khugepaged.c), three 2 MiB ranges:
     - every PTE maps a KSM page (write-protected): no writable PTE, SCAN_PAGE_RO, EINVAL,
       nothing changes;
@@ -385,7 +392,7 @@ def test_madvise_collapse_over_merged_pages(ksm: Ksm, workload) -> None:  # type
     w.verify()
 
 
-def test_userfaultfd_registered_range_merges(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_userfaultfd_registered_range_merges(ksm: Ksm, workload: WorkloadFactory) -> None:
     w = workload()
     w.alloc("u", 256, "same:115", thp=False)
     try:

@@ -25,9 +25,11 @@ from harness.ksm import (
     count_mismatches,
     selected_value,
 )
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import SCAN_MODES, exercise_race
-from harness.workloads import DataCorruption
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, exercise_race
+from harness.workloads import DataCorruption, Workload
+from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 
 # (knob, value the kernel must refuse with EINVAL). Values are what mm/ksm.c's parsers reject:
 # kstrtouint/kstrtoul/kstrtoint failures, run > 2, merge_across_nodes > 1, max_page_sharing < 2,
@@ -44,9 +46,10 @@ INVALID = [
 ]
 
 
-def build_processes(workload):  # type: ignore[no-untyped-def]
-    """Three processes and their page classes; returns (workloads, layout, per-process merged
-    pages) with max_page_sharing=256 in mind (no group leaves a lone page unmerged)."""
+def build_processes(workload: WorkloadFactory
+                    ) -> tuple[tuple[Workload, Workload, Workload], Layout]:
+    """Three processes and their page classes; returns (workloads, layout) with
+    max_page_sharing=256 in mind (no group leaves a lone page unmerged)."""
     a, b, p = workload(name="A"), workload(name="B"), workload(python=True, name="P")
     a.alloc("s1", 1536, "same:1")     # shared with B and P
     a.alloc("u", 512, "unique:11")
@@ -65,7 +68,7 @@ def build_processes(workload):  # type: ignore[no-untyped-def]
     return (a, b, p), layout
 
 
-def verify_all(*ws) -> None:  # type: ignore[no-untyped-def]
+def verify_all(*ws: Workload) -> None:
     for w in ws:
         assert w.verify() == sum(w.regions.values())
 
@@ -90,7 +93,7 @@ def wait_chains_accounted(ksm: Ksm, exp: dict[str, int], what: str) -> None:
 
 
 @SCAN_MODES
-def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_merge_unmerge_exact_counters(ksm: Ksm, workload: WorkloadFactory) -> None:
     (a, b, p), layout = build_processes(workload)
     expected = layout.expected()
     assert expected == {"pages_shared": 11 + 2 + 1 + 1, "pages_sharing": 2613 + 334 + 255 + 255,
@@ -102,6 +105,7 @@ def test_merge_unmerge_exact_counters(ksm: Ksm, workload) -> None:  # type: igno
 
     # Per process: every mergeable page has an rmap item; the merged ones count in
     # ksm_merging_pages (when this kernel has the files).
+    assert a.pid is not None  # started
     stat = ksm.process_stat(a.pid)
     if "ksm_merging_pages" in stat:
         assert stat["ksm_merging_pages"] == 1536 + 256 + 256, stat
@@ -168,7 +172,7 @@ def test_invalid_knob_values_are_einval_and_change_nothing(ksm: Ksm) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload: WorkloadFactory) -> None:
     """merge_across_nodes and max_page_sharing: EBUSY while pages are shared (state
     unchanged), the current value is always accepted, and run=2 makes them changeable."""
     w = workload()
@@ -198,7 +202,7 @@ def test_tree_knobs_refuse_change_while_shared(ksm: Ksm, workload) -> None:  # t
 
 # ---- the checks can fire ----
 
-def test_corruption_check_fires(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_corruption_check_fires(ksm: Ksm, workload: WorkloadFactory) -> None:
     """A byte flipped behind the workload's back (in a merged page, in the parent and in a
     child) is reported as DataCorruption with its place: the verification is not a no-op."""
     w = workload()
@@ -224,7 +228,7 @@ def test_corruption_check_fires(ksm: Ksm, workload) -> None:  # type: ignore[no-
     assert w.exit(check=False) == 1  # and so does the parent
 
 
-def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload: WorkloadFactory) -> None:
     """A deliberately wrong expectation fails with a message naming the counter, its value and
     the expected one."""
     w = workload()
@@ -248,7 +252,7 @@ def test_wrong_counter_expectation_names_the_counter(ksm: Ksm, workload) -> None
     w.verify()
 
 
-def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload: WorkloadFactory) -> None:
     """When ksmd cannot finish a scan, the wait ends at its deadline with "ksmd made no
     progress" and the counters, instead of hanging."""
     w = workload()
@@ -262,7 +266,8 @@ def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload) -> None:  #
     assert "full_scans=" in str(stalled.value)
 
 
-def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload, known_bug) -> None:  # type: ignore[no-untyped-def]
+def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug
+                                         ) -> None:
     """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM), so that ABI is
     checked first: pages never merged are not KSM pages; merged ones are, on exactly
     pages_shared distinct PFNs; after run=2 none is. Broken from 6.10 until 81401cebfc15
@@ -289,8 +294,9 @@ def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload, known_bug) -> None:
     w.verify()
 
 
-def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,  # type: ignore[no-untyped-def]
-                                                request) -> None:
+def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload: WorkloadFactory,
+                                                ksm_guest: KsmGuest, request: pytest.FixtureRequest
+                                                ) -> None:
     """run=2 killed with SIGKILL part-way (unmerge_ksm_pages() sees the signal and gives up):
     precondition, asserted each round, the writer died of the signal with D's pages partly
     unmerged (pagemap + kpageflags: the counters only move once a whole mm is done); then every KSM knob write returns within a deadline, run reads a sane
@@ -306,7 +312,7 @@ def test_run2_killed_part_way_leaves_ksm_usable(ksm: Ksm, workload, ksm_guest,  
         def attempt(i: int, r: int = r) -> RaceRecord:
             ksm.set("run", 1)
             ksm.wait_counts(merged, what=f"round {r}.{i}: merged")
-            cmd = Background(ksm.runner, f"sh -c 'echo pid=$$; exec {ksm_guest.binary} write "
+            cmd = Background(ksm_guest.sh, f"sh -c 'echo pid=$$; exec {ksm_guest.binary} write "
                                          f"{ksm_file('run')} {RUN_UNMERGE}'")
             deadline = time.monotonic() + 30
             while not any(line.startswith("pid=") for line in cmd.lines):

@@ -27,13 +27,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
+from harness import guest_mm
 from harness.access.remote import Runner
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import RaceNotExercised, RaceRecord
-from harness.pytest_plugin.ksm import exercise_race, on_nodes, skip_unless
+from harness.pytest_plugin.ksm_scenarios import exercise_race, on_nodes, skip_unless
 from harness.workloads import Workload
+from tests.ksm.fixture_types import KnownBug, WorkloadFactory
 
 ROUTES = ("move_pages", "mbind", "migrate_pages")
 
@@ -84,7 +85,7 @@ def assert_one_ksm_page_moved(w: Workload, region: str) -> None:
         f"{w.name}/{region}: not one KSM page after the move: {flags}"
 
 
-def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload,  # type: ignore[no-untyped-def]
+def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload: WorkloadFactory,
                                                             ksm_guest: KsmGuest) -> None:
     """Per route (move_pages, mbind, migrate_pages), its own content: A_route's KSM page (n
     mappings, node 0) moves to node 1 by that route; then C merges each content on node 0
@@ -95,7 +96,7 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload, 
     # runs on (kernel_bugs "mbind-ksm-page-node"): on node 1's CPU every kernel moves it to
     # node 1; test_mbind_moves_a_ksm_page_to_the_policy_node checks the policy itself.
     with skip_unless():
-        guestsys.pin(ksm_guest.sh, movers["mbind"].pid or 0, 1)
+        guest_mm.pin(ksm_guest.sh, movers["mbind"].pid or 0, 1)
     c, b = workload(name="C"), workload(name="B")
     for mac in (1, 0):
         ksm.set("merge_across_nodes", mac)  # nothing merged: the fixture's or run=2's start
@@ -144,14 +145,15 @@ def test_ksm_pages_migrate_to_the_other_node_by_every_route(ksm: Ksm, workload, 
         free_all(*movers.values(), b, c)
 
 
-def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload, ksm_guest: KsmGuest,  # type: ignore[no-untyped-def]
-                                                   known_bug) -> None:
+def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload: WorkloadFactory,
+                                                   ksm_guest: KsmGuest, known_bug: KnownBug
+                                                   ) -> None:
     """mbind(MPOL_BIND node 1, MPOL_MF_MOVE_ALL) by a task running on node 0: its KSM page
     must go to node 1, the policy's node (a known bug before 6.7 sends it to node 0)."""
     n = 64
     a = workload(name="A")
     with skip_unless():
-        cpu = guestsys.pin(ksm_guest.sh, a.pid or 0, 0)
+        cpu = guest_mm.pin(ksm_guest.sh, a.pid or 0, 0)
     a.alloc("r", n, "same:49", node=0)
     a.madvise("r", "merge")
     ksm.set("run", 1)
@@ -174,14 +176,14 @@ def test_mbind_moves_a_ksm_page_to_the_policy_node(ksm: Ksm, workload, ksm_guest
 
 @pytest.fixture
 def small_pcp_lists(ksm_guest: KsmGuest) -> Iterator[None]:
-    """Freed pages go straight back to the buddy allocator (see guestsys.PCP_HIGH_FRACTION)
+    """Freed pages go straight back to the buddy allocator (see guest_mm.PCP_HIGH_FRACTION)
     for the test; the boot value comes back after it."""
     sh = ksm_guest.sh
     with skip_unless():
-        saved = guestsys.pcp_high_fraction(sh)
-    guestsys.write_file(sh, guestsys.PCP_HIGH_FRACTION, guestsys.PCP_HIGH_FRACTION_SMALL)
+        saved = guest_mm.pcp_high_fraction(sh)
+    guest_mm.write_file(sh, guest_mm.PCP_HIGH_FRACTION, guest_mm.PCP_HIGH_FRACTION_SMALL)
     yield
-    guestsys.write_file(sh, guestsys.PCP_HIGH_FRACTION, saved)
+    guest_mm.write_file(sh, guest_mm.PCP_HIGH_FRACTION, saved)
 
 
 def per_page(m: int, node: int, sharers: int, layout: Layout | None = None) -> Layout:
@@ -214,10 +216,10 @@ def compaction_moves_ksm_pages(ksm: Ksm, sh: Runner, f: Workload, a: Workload, b
         f.punch(region, 7)
     for w in (a, b):
         w.kpf_save("p")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     with skip_unless():
-        took = guestsys.compact_node(sh, node)
-    stats = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "compact_migrate_scanned",
+        took = guest_mm.compact_node(sh, node)
+    stats = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "compact_migrate_scanned",
                                   "compact_isolated", "pgmigrate_success", "pgmigrate_fail")
     ma, mb = a.moved("p"), b.moved("p")
     rec = RaceRecord(f"compaction of node {node} (merge_across_nodes={mac})")
@@ -254,11 +256,13 @@ def compaction_moves_ksm_pages(ksm: Ksm, sh: Runner, f: Workload, a: Workload, b
     return rec
 
 
-def test_compaction_moves_ksm_pages(ksm: Ksm, workload, ksm_guest: KsmGuest,  # type: ignore[no-untyped-def]
-                                    small_pcp_lists: None, request) -> None:
+def test_compaction_moves_ksm_pages(ksm: Ksm, workload: WorkloadFactory, ksm_guest: KsmGuest,
+                                    small_pcp_lists: None, request: pytest.FixtureRequest) -> None:
     f, a, b, c = (workload(name=name) for name in ("F", "A", "B", "C"))
     for mac in (1, 0):
         ksm.set("merge_across_nodes", mac)
+        def attempt(i: int, mac: int = mac) -> RaceRecord:
+            return compaction_moves_ksm_pages(ksm, ksm_guest.sh, f, a, b, c, mac, i)
+
         exercise_race(request.node, f"compaction moves KSM pages (merge_across_nodes={mac})",
-                      lambda i, mac=mac: compaction_moves_ksm_pages(ksm, ksm_guest.sh, f, a, b,
-                                                                   c, mac, i))
+                      attempt)

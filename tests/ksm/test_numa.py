@@ -30,13 +30,14 @@ from harness.ksm import (
     Layout,
 )
 from harness.ksm.race import Interval, RaceNotExercised, RaceRecord, ksm_file
-from harness.pytest_plugin.ksm import exercise_race, on_nodes
+from harness.pytest_plugin.ksm_scenarios import exercise_race, on_nodes
 from harness.workloads import Workload
+from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 
 pytestmark = pytest.mark.usefixtures("two_nodes")
 
 
-def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_merge_across_nodes_one_tree_or_one_per_node(ksm: Ksm, workload: WorkloadFactory) -> None:
     a, b = workload(name="A"), workload(name="B")
     a.alloc("r", 100, "same:9", node=0)
     b.alloc("r", 100, "same:9", node=1)
@@ -123,8 +124,9 @@ def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep:
     return rec.exercised(), kept_ksm
 
 
-def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload, memcg, zram_swap, request) -> None:
+def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
+        ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory, zram_swap: str,
+        request: pytest.FixtureRequest) -> None:
     """Seed 000 on two nodes, three merge_across_nodes cycles. A (outside the memory cgroup,
     so its KSM pages stay present) forks in a loop for the whole of each run=2 (cause 2; the
     race's precondition is asserted, see forks_during_unmerge); B's KSM pages are pushed to
@@ -182,10 +184,10 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
             d.verify()
             for w in (a, b, d):
                 for region in w.regions:
-                    flags = w.pageflags(region)
-                    assert flags["nopfn"] == 0, flags
-                    assert flags["ksm"] == 0, (f"cycle {cycle}: {w.name}/{region} still maps "
-                                               f"KSM pages after run=2: {flags}")
+                    pflags = w.pageflags(region)
+                    assert pflags["nopfn"] == 0, pflags
+                    assert pflags["ksm"] == 0, (f"cycle {cycle}: {w.name}/{region} still maps "
+                                                f"KSM pages after run=2: {pflags}")
             reply = " ".join(a.children(f"pageflags {r}").text for r in a.regions)
             assert set(re.findall(r"\bksm=(\d+)", reply)) == {"0"}, \
                 (f"cycle {cycle}: a child forked during run=2 ({kept_ksm} of them from KSM "
@@ -204,8 +206,8 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(  # t
 
 
 @pytest.mark.selfcheck
-def test_forks_after_unmerge_are_race_not_exercised(ksm: Ksm, workload,  # type: ignore[no-untyped-def]
-                                                    request) -> None:
+def test_forks_after_unmerge_are_race_not_exercised(ksm: Ksm, workload: WorkloadFactory,
+                                                    request: pytest.FixtureRequest) -> None:
     """Self-check of the race machinery (selftest only): the race forced off (A forks only
     after run=2 returned) must end as "race not exercised", which in a scenario is a skip,
     never a pass. Here that skip is the expected outcome: anything else fails."""
@@ -242,7 +244,7 @@ def move_all(w: Workload, region: str, node: int, timeout: float = 60.0) -> None
                                  f"{node} in {timeout:.0f}s (last move: {result})")
 
 
-def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_migrated_ksm_pages_stay_per_node(ksm: Ksm, workload: WorkloadFactory) -> None:
     n = 200  # below max_page_sharing: one KSM page per process region
     ksm.set("merge_across_nodes", 0)
     a, b = workload(name="A"), workload(name="B")

@@ -31,7 +31,7 @@ from harness.assets.selftests import (
     parse_ktap,
 )
 from harness.ksm import Ksm
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 
 # run_vmtests.sh's ksm_tests invocations (6.1).
 CASES = ["-M -p 10", "-U", "-Z -p 10 -z 0", "-Z -p 10 -z 1", "-N -m 1", "-N -m 0"]

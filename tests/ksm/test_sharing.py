@@ -19,7 +19,9 @@ from harness.ksm import (
     KsmWriteError,
     Layout,
 )
-from harness.pytest_plugin.ksm import SCAN_MODES, require_knob
+from harness.pytest_plugin.ksm_scenarios import SCAN_MODES, require_knob
+from harness.workloads import Workload
+from tests.ksm.fixture_types import WorkloadFactory
 
 # (max_page_sharing, identical pages in each of 3 processes); sizes cover: the minimum limit,
 # a remainder of exactly one page (left unshared), and chains spanning processes.
@@ -27,7 +29,7 @@ CASES = [(2, 5), (4, 22), (5, 86)]
 
 
 @SCAN_MODES
-def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload: WorkloadFactory) -> None:
     require_knob(ksm, "max_page_sharing")
     procs = [workload(name=f"P{i}") for i in range(3)]
     for mps, pages in CASES:
@@ -57,7 +59,7 @@ def test_max_page_sharing_chains_and_dups(ksm: Ksm, workload) -> None:  # type: 
     ksm.assert_counts(ZERO_COUNTS, "after run=2")
 
 
-def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload: WorkloadFactory) -> None:
     """4*k+1 identical pages with max_page_sharing=4: k full dups and one unshared page;
     one more page makes it merge into a new dup."""
     ksm.set("max_page_sharing", 4)
@@ -75,10 +77,11 @@ def test_lone_page_beyond_the_cap_stays_unshared(ksm: Ksm, workload) -> None:  #
     w.verify()
 
 
-def test_use_zero_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_use_zero_pages(ksm: Ksm, workload: WorkloadFactory) -> None:
     require_knob(ksm, "use_zero_pages")
     ksm.set("use_zero_pages", 1)
     w = workload()
+    assert w.pid is not None  # started
     # no THP: since 6.12 splitting a THP maps its zero-filled subpages to the zero page by
     # itself (not KSM), which ksm_zero_pages rightly does not count
     w.alloc("z", 1000, "zero", thp=False)
@@ -130,7 +133,7 @@ def test_use_zero_pages(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-
     ksm.assert_counts(ZERO_COUNTS, "after run=2")
 
 
-def start_lone_pages_under_smart_scan(ksm: Ksm, workload):  # type: ignore[no-untyped-def]
+def start_lone_pages_under_smart_scan(ksm: Ksm, workload: WorkloadFactory) -> Workload:
     """smart_scan=1; process A with 512 lone pages and 256 identical ones, merged and settled
     until some lone pages were skipped. Returns A."""
     require_knob(ksm, "smart_scan")
@@ -151,7 +154,7 @@ def start_lone_pages_under_smart_scan(ksm: Ksm, workload):  # type: ignore[no-un
     return a
 
 
-def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> None:  # type: ignore[no-untyped-def]
+def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload: WorkloadFactory) -> None:
     """smart_scan (6.7+) skips pages that did not merge, for a growing number of scans. A
     skipped page is out of the unstable tree (it counts as volatile, not unshared); identical
     pages still merge exactly, and run=2 still unmerges everything (the fixture checks)."""
@@ -164,8 +167,8 @@ def test_smart_scan_skips_lone_pages_and_accounts_them(ksm: Ksm, workload) -> No
 # proven: a long-lone page is looked at once every 9 scans, its twin settles into the same
 # period at a phase that depends on timing, and the unstable tree lives for one scan only. If
 # it fails again, that failure is the evidence to chase (kernel or test), not to hide.
-def test_smart_scan_merges_a_skipped_page_when_its_twin_appears(  # type: ignore[no-untyped-def]
-        ksm: Ksm, workload) -> None:
+def test_smart_scan_merges_a_skipped_page_when_its_twin_appears(
+        ksm: Ksm, workload: WorkloadFactory) -> None:
     """A skipped page must not be lost: once an identical page appears, both must merge."""
     a = start_lone_pages_under_smart_scan(ksm, workload)
     b = workload(name="B")

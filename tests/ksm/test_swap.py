@@ -22,10 +22,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import guestsys
-from harness.guest import Guest
+from harness import guest_mm
+from harness.guest_handle import Guest
+from harness.guest_mm import MemCgroup
 from harness.ksm import RUN_UNMERGE, ZERO_COUNTS, Ksm, Layout
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import (
     RaceNotExercised,
     RaceRecord,
@@ -34,8 +35,11 @@ from harness.ksm.race import (
     timed_ksm_write,
     write_interval,
 )
-from harness.pytest_plugin.ksm import exercise_race, skip_unless
+from harness.machine.vm import VMSpec
+from harness.pytest_plugin.fixtures import VMPool
+from harness.pytest_plugin.ksm_scenarios import exercise_race, skip_unless
 from harness.workloads import Workload
+from tests.ksm.fixture_types import MemcgFactory, ThpMode, WorkloadFactory
 
 SWAP_DISK_MB = 512
 # After reclaim only D's 2048 pages (one content, 8 full dups) are still in the trees; the
@@ -45,7 +49,7 @@ ALL_BUT_D = {"pages_shared": 8, "pages_sharing": 2040, "pages_unshared": 0,
 
 
 @pytest.fixture(scope="module")
-def vm(vm_pool, vm_spec) -> Iterator[Guest]:  # type: ignore[no-untyped-def]
+def vm(vm_pool: VMPool, vm_spec: VMSpec) -> Iterator[Guest]:
     """This module's guest: the default topology plus a swap disk."""
     topology = vm_spec.topology.with_disk("swap", SWAP_DISK_MB)
     guest = Guest(lambda: vm_pool.boot(topology=topology, name="test_swap"), vm_pool.stop)
@@ -57,12 +61,12 @@ def vm(vm_pool, vm_spec) -> Iterator[Guest]:  # type: ignore[no-untyped-def]
 def swap_disk(ksm_guest: KsmGuest) -> Iterator[str]:
     sh = ksm_guest.sh
     with skip_unless():
-        dev = guestsys.disk_by_serial(sh, "swap")
-    guestsys.swapon(sh, dev, priority=10)
+        dev = guest_mm.disk_by_serial(sh, "swap")
+    guest_mm.swapon(sh, dev, priority=10)
     generation = ksm_guest.current
     yield dev
     if not ksm_guest.gone_since(generation):  # else the swap went with its VM
-        guestsys.swapoff(sh, dev)
+        guest_mm.swapoff(sh, dev)
 
 
 @pytest.fixture(params=["disk", "zram"])
@@ -75,7 +79,8 @@ def swap_device(swap_kind: str, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("swap_disk" if swap_kind == "disk" else "zram_swap"))
 
 
-def populate(workload, group):  # type: ignore[no-untyped-def]
+def populate(workload: WorkloadFactory, group: MemCgroup
+             ) -> tuple[tuple[Workload, Workload, Workload], Layout]:
     """A and B in the cgroup (to be swapped), D outside it (stays present, so run=2 has work
     while other pages come back from swap)."""
     a = workload(name="A", cgroup=group)
@@ -94,11 +99,12 @@ def populate(workload, group):  # type: ignore[no-untyped-def]
     return (a, b, d), layout
 
 
-def swapped_out(*regions) -> int:  # type: ignore[no-untyped-def]
+def swapped_out(*regions: tuple[Workload, str]) -> int:
     return sum(w.pageflags(name)["swapped"] for w, name in regions)
 
 
-def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:  # type: ignore[no-untyped-def]
+def push_to_swap(group: MemCgroup, want: int, *regions: tuple[Workload, str], timeout: float = 60.0
+                 ) -> int:
     """memory.reclaim until at least ``want`` pages of ``regions`` are swap entries (a disk
     under TCG writes slowly: one reclaim may give up with EAGAIN early)."""
     deadline = time.monotonic() + timeout
@@ -111,28 +117,29 @@ def push_to_swap(group, want: int, *regions, timeout: float = 60.0) -> int:  # t
             f"only {out} of {want} pages went to swap in {timeout:.0f}s"
 
 
-def test_merged_pages_swap_out_and_back(ksm: Ksm, workload, memcg, swap_device: str,  # type: ignore[no-untyped-def]
-                                        ksm_guest: KsmGuest) -> None:
+def test_merged_pages_swap_out_and_back(ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory,
+                                        swap_device: str, ksm_guest: KsmGuest) -> None:
     sh = ksm_guest.sh
     group = memcg("swap")
     (a, b, d), layout = populate(workload, group)
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(), what="merged")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     out = push_to_swap(group, 3328, (a, "s"), (a, "u"), (b, "s"), (b, "h"))
-    assert guestsys.swaps(sh)[swap_device]["used_kb"] > 0
+    assert guest_mm.swaps(sh)[swap_device]["used_kb"] > 0
     # While they are out ksmd forgets them; D's pages stay merged.
     ksm.wait_counts(ALL_BUT_D, pages=2048, what="A's and B's pages in swap")
     for w in (a, b, d):  # faults everything back in
         w.verify()
-    delta = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "pswpout", "pswpin",
+    delta = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "pswpout", "pswpin",
                                   "ksm_swpin_copy")
     assert delta["pswpout"] > 0 and delta["pswpin"] > 0, delta
     print(f"{swap_device}: {out} pages swapped out; vmstat {delta}")
     wait_accounted_then_exact(ksm, layout, "swap-in", (a, b, d))
 
 
-def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads) -> None:  # type: ignore[no-untyped-def]
+def wait_accounted_then_exact(ksm: Ksm, layout: Layout, after: str, workloads: tuple[Workload, ...]
+                              ) -> None:
     """After pages came back from swap, only the invariant is exact: every page is under KSM
     again and none is volatile. The dups of a max_page_sharing chain regroup in whatever
     order pages come back, and a KSM page faulted back from swapcache rejoins its KSM page
@@ -164,8 +171,8 @@ PAIRS = 256
 D_PAGES = 4096  # D: one content, present: run=2 has this much to break while the race runs
 
 
-def ksm_pages_in_swapcache(ksm: Ksm, workload, attempt: int, fault_back: bool = False,  # type: ignore[no-untyped-def]
-                           ) -> tuple[Workload, Workload, dict[str, int]]:
+def ksm_pages_in_swapcache(ksm: Ksm, workload: WorkloadFactory, attempt: int,
+                           fault_back: bool = False) -> tuple[Workload, Workload, dict[str, int]]:
     """A's region "k": PAIRS KSM pages, swapped out and still in swapcache (checked: A's
     pagemap shows PAIRS swap entries and no present page; kpageflags of the PFNs A mapped
     before shows KSM + SwapCache). D keeps D_PAGES of one content merged and present.
@@ -206,8 +213,8 @@ def assert_in_swapcache(where: dict[str, int], when: str) -> None:
     pytest.param(False, id="race"),
     pytest.param(True, id="forced_off", marks=pytest.mark.selfcheck),
 ])
-def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
-                                                ksm_guest: KsmGuest, request,
+def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload: WorkloadFactory, swap_disk: str,
+                                                ksm_guest: KsmGuest, request: pytest.FixtureRequest,
                                                 forced_off: bool) -> None:
     """Seed 000, cause 3: a KSM page in swapcache while run=2 walks past it (run=2 breaks
     mapped KSM pages only; the stable node of a swapcache page goes at its end), then faulted
@@ -220,9 +227,9 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
     def attempt(i: int) -> RaceRecord:
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i, fault_back=forced_off)
         assert_in_swapcache(before, "before run=2")
-        swap_cached = guestsys.meminfo_kb(sh, "SwapCached")
-        vm_before = guestsys.vmstat(sh)
-        run2 = write_interval(timed_ksm_write(ksm.runner, ksm_guest.binary, "run",
+        swap_cached = guest_mm.meminfo_kb(sh, "SwapCached")
+        vm_before = guest_mm.vmstat(sh)
+        run2 = write_interval(timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run",
                                               RUN_UNMERGE), "run", RUN_UNMERGE)
         after = {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
         rec = RaceRecord("KSM pages in swapcache while run=2 passes")
@@ -239,7 +246,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
                                        f"({rec.summary()})")
         a.verify()
         flags = a.pageflags("k")
-        copies = guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh), "ksm_swpin_copy")
+        copies = guest_mm.vmstat_delta(vm_before, guest_mm.vmstat(sh), "ksm_swpin_copy")
         rec.facts.update(copies)
         assert flags["present"] == PAIRS and flags["ksm"] == 0, \
             f"A maps KSM pages faulted back from swapcache after run=2: {flags} ({copies})"
@@ -255,8 +262,8 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload, swap_disk: s
         exercise_race(request.node, what, attempt, attempts=1)
 
 
-def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: ignore[no-untyped-def]
-                               ksm_guest: KsmGuest, request) -> None:
+def test_swapoff_races_unmerge(ksm: Ksm, workload: WorkloadFactory, swap_disk: str,
+                               ksm_guest: KsmGuest, request: pytest.FixtureRequest) -> None:
     """Seed 003: swapoff's unuse_pte() brings back a KSM page from swapcache while run=2
     unmerges: it must map a private copy. Precondition, asserted: KSM pages unmapped in
     swapcache just before; swapoff(2) began after run=2's write began and before it
@@ -265,12 +272,12 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
     sh = ksm_guest.sh
 
     def attempt(i: int) -> RaceRecord:
-        if swap_disk not in guestsys.swaps(sh):
-            guestsys.swapon(sh, swap_disk, priority=10)
+        if swap_disk not in guest_mm.swaps(sh):
+            guest_mm.swapon(sh, swap_disk, priority=10)
         a, d, before = ksm_pages_in_swapcache(ksm, workload, i)
         assert_in_swapcache(before, "before run=2 and swapoff")
-        vm_before = guestsys.vmstat(sh)
-        both = swapoff_during_write(ksm.runner, ksm_guest.binary, "run", RUN_UNMERGE,
+        vm_before = guest_mm.vmstat(sh)
+        both = swapoff_during_write(ksm_guest.sh, ksm_guest.binary, "run", RUN_UNMERGE,
                                     swap_disk)
         run2, swapoff = swapoff_write_intervals(both, "run", RUN_UNMERGE)
         rec = RaceRecord("swapoff during run=2")
@@ -283,7 +290,7 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
         rec.exercised()
         # The outcome: nothing merged, no page of A in swap nor mapping a KSM page.
         ksm.assert_counts(ZERO_COUNTS, f"after run=2 raced swapoff ({rec.summary()})")
-        rec.facts.update(guestsys.vmstat_delta(vm_before, guestsys.vmstat(sh),
+        rec.facts.update(guest_mm.vmstat_delta(vm_before, guest_mm.vmstat(sh),
                                                "ksm_swpin_copy"))
         for w, region in ((a, "k"), (d, "s")):
             w.verify()
@@ -297,24 +304,25 @@ def test_swapoff_races_unmerge(ksm: Ksm, workload, swap_disk: str,  # type: igno
 
 
 @pytest.mark.parametrize("rounds", [3])
-def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_swap: str,  # type: ignore[no-untyped-def]
+def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload: WorkloadFactory,
+                                                memcg: MemcgFactory, zram_swap: str,
                                                 ksm_guest: KsmGuest, rounds: int) -> None:
     sh = ksm_guest.sh
     group = memcg("compact")
     (a, b, d), layout = populate(workload, group)
     ksm.set("run", 1)
     ksm.wait_counts(layout.expected(), what="merged")
-    before = guestsys.vmstat(sh)
+    before = guest_mm.vmstat(sh)
     for r in range(rounds):
         group.reclaim()  # zsmalloc pages (non-LRU movable) fill zram
         a.verify("s")    # some come back while the others stay in zram
         with skip_unless():
-            took = guestsys.compact(sh)  # migrates LRU and non-LRU movable pages
+            took = guest_mm.compact(sh)  # migrates LRU and non-LRU movable pages
         # zsmalloc's own compaction moves zram's objects between its pages too.
         sh.run(f"echo 1 > /sys/block/{zram_swap.rsplit('/', 1)[-1]}/compact", timeout=120)
         b.verify()
         print(f"round {r}: compaction took {took:.2f}s")
-    delta = guestsys.vmstat_delta(before, guestsys.vmstat(sh), "compact_migrate_scanned",
+    delta = guest_mm.vmstat_delta(before, guest_mm.vmstat(sh), "compact_migrate_scanned",
                                   "compact_isolated", "pgmigrate_success", "pswpout",
                                   "ksm_swpin_copy")
     mm_stat = sh.run(f"cat /sys/block/{zram_swap.rsplit('/', 1)[-1]}/mm_stat").stdout.split()
@@ -325,7 +333,7 @@ def test_compaction_of_zram_pages_while_merging(ksm: Ksm, workload, memcg, zram_
     wait_accounted_then_exact(ksm, layout, "compaction rounds", (a, b, d))
 
 
-def test_thp_split_and_merged(ksm: Ksm, workload, thp_mode) -> None:  # type: ignore[no-untyped-def]
+def test_thp_split_and_merged(ksm: Ksm, workload: WorkloadFactory, thp_mode: ThpMode) -> None:
     thp_mode("always")
     w = workload()
     w.alloc("t", 2048, "same:91", thp=True)  # 4 huge pages of one content

@@ -3,11 +3,12 @@ every wait on the guest raise GuestBroken at once instead of running to its dead
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from harness.access.background import Background
-from harness.access.remote import CommandTimeout, GuestBroken
+from harness.access.remote import CommandResult, CommandTimeout, GuestBroken
 from harness.access.ssh import SSHProcess
 from harness.console.classify import StreamClassifier
 from harness.findings import Category
@@ -63,11 +64,22 @@ def test_a_wait_ends_within_a_poll_of_the_abort(call: str) -> None:
 
 
 def test_background_command_reports_the_broken_guest() -> None:
-    class Spawner:
-        def spawn(self, cmd: str) -> SSHProcess:
+    class GoneGuest:
+        """A Spawner whose guest is gone: only spawn is used by Background."""
+
+        def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+            raise NotImplementedError
+
+        def put(self, local: Path, remote: str, mode: int = 0o644) -> None:
+            raise NotImplementedError
+
+        def get(self, remote: str, local: Path) -> None:
+            raise NotImplementedError
+
+        def spawn(self, cmd: str, timeout: float = 30.0) -> SSHProcess:
             return SSHProcess(SilentChannel(), cmd, lambda: "QEMU exited (status 1)")
 
-    bg = Background(Spawner(), "swapoff /dev/vdc")  # type: ignore[arg-type]
+    bg = Background(GoneGuest(), "swapoff /dev/vdc")
     assert bg.done()  # it will not come back: wait() says why
     with pytest.raises(GuestBroken, match="QEMU exited"):
         bg.wait(120.0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
 import os
 import time
 from pathlib import Path
@@ -19,8 +21,8 @@ ASSETS = Path(__file__).resolve().parents[2] / "harness" / "assets"
 CHUNKS = 50
 
 
-def build(out: str, started: multiprocessing.synchronize.Barrier,  # type: ignore[name-defined]
-          results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def build(out: str, started: multiprocessing.synchronize.Barrier,
+          results: multiprocessing.queues.Queue[str]) -> None:
     """One process's way to the artefact: "built" when it wrote it, "found" when another
     process had."""
     started.wait(30)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cells
+from harness import cellplan
 from harness.errors import HarnessError
 from harness.findings import Category, Finding
 from harness.results.model import Outcome, Result, results_document
@@ -56,15 +56,16 @@ def fake_pytest(args: list[str], default_paths: list[str]) -> int:
         return args[args.index(flag) + 1] if flag in args else None
     kernel, numa = opt("--kernel"), opt("--numa")
     items = truth(kernel or "debian", numa)
-    shard = cells.parse_shard(opt("--shard")) if opt("--shard") else None
+    given = opt("--shard")
+    shard = cellplan.parse_shard(given) if given else None
     if shard:
-        keep = cells.shard_items(len(items), shard, cells.position_of(opt("--cell-position")
+        keep = cellplan.shard_items(len(items), shard, cellplan.position_of(opt("--cell-position")
                                                                       or "0/1"))
         items = items[keep.start:keep.stop]
-    plan = cells.read_plan(Path(opt("--cell-plan") or ""))
+    plan = cellplan.read_plan(Path(opt("--cell-plan") or ""))
     meta = {"options": {"kernel": kernel, "numa": numa}, "host": "h",
             "kernel": {"release": f"{kernel}-rel", "commit": "abc"},
-            "cell": cells.meta(cells.Cell(kernel, numa), plan, shard, len(items))}
+            "cell": cellplan.meta(cellplan.Cell(kernel, numa), plan, shard, len(items))}
     path = Path(opt("--results-json") or "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results_document(items, meta)))
@@ -116,7 +117,7 @@ def test_shards_from_the_ci_environment_in_one_workspace(tmp_path: Path,
     cell_runs.run(_argv(kernels), root=tmp_path / "ws", env={"CI_NODE_INDEX": "1",
                                                                "CI_NODE_TOTAL": "2"})
     cell_runs.run(_argv(kernels), root=tmp_path / "ws", env={"JOB_COMPLETION_INDEX": "1",
-                                                               cells.SHARDS_ENV: "2"})
+                                                               cellplan.SHARDS_ENV: "2"})
     assert cell_runs.merge([tmp_path / "ws" / "cells"], None, tmp_path / "m") == 1
     assert _matrix(tmp_path / "whole" / "matrix") == _matrix(tmp_path / "m")
 
@@ -128,7 +129,7 @@ def test_a_missing_shard_or_cell_is_not_hidden(tmp_path: Path, kernels: list[str
     assert cell_runs.merge([tmp_path / "s1" / "cells"], None, tmp_path / "m") in (1, 2)
     assert "no results from shard(s) 2/2" in capsys.readouterr().out
     # one --cell job of four: the other three cells of the plan show as missing
-    plan = cells.plan(kernels, ["2", "512M:1,1536M:1"])
+    plan = cellplan.plan(kernels, ["2", "512M:1,1536M:1"])
     one = plan[0].id
     assert cell_runs.run(_argv(kernels) + ["--cell", one], root=tmp_path / "c", env={}) == 0
     assert cell_runs.merge([tmp_path / "c" / "cells"], None, tmp_path / "m2") == 2
@@ -136,13 +137,13 @@ def test_a_missing_shard_or_cell_is_not_hidden(tmp_path: Path, kernels: list[str
 
 
 def test_cell_ids_are_stable_and_canonical(tmp_path: Path) -> None:
-    assert cells.cell_id(None, None) == cells.cell_id("debian", "2") \
-        == cells.cell_id("debian:linux-image-amd64", "1G,1G") == cells.cell_id("debian", "1G:1,1024M")
-    assert cells.cell_id(None, None) == "debian-2node-" + cells.cell_id(None, None)[-6:]
-    assert cells.cell_id("debian:linux-image-6.12-amd64", "512M:1,1536M:1").startswith(
+    assert cellplan.cell_id(None, None) == cellplan.cell_id("debian", "2") \
+        == cellplan.cell_id("debian:linux-image-amd64", "1G,1G") == cellplan.cell_id("debian", "1G:1,1024M")
+    assert cellplan.cell_id(None, None) == "debian-2node-" + cellplan.cell_id(None, None)[-6:]
+    assert cellplan.cell_id("debian:linux-image-6.12-amd64", "512M:1,1536M:1").startswith(
         "debian-6.12-amd64-512m1c-1536m1c-")
-    assert cells.cell_id("/a/linux", "2") != cells.cell_id("/b/linux", "2")
-    assert cells.cell_id("/src/linux/arch/x86/boot/bzImage", "1").startswith("linux-1node-")
+    assert cellplan.cell_id("/a/linux", "2") != cellplan.cell_id("/b/linux", "2")
+    assert cellplan.cell_id("/src/linux/arch/x86/boot/bzImage", "1").startswith("linux-1node-")
 
 
 def test_shard_blocks_cover_every_pair_once() -> None:
@@ -150,31 +151,34 @@ def test_shard_blocks_cover_every_pair_once() -> None:
         seen = []
         for i in range(1, total + 1):
             for c in range(n_cells):
-                r = cells.shard_items(count, cells.Shard(i, total), (c, n_cells))
+                r = cellplan.shard_items(count, cellplan.Shard(i, total), (c, n_cells))
                 seen += [(c, t) for t in r]
         assert sorted(seen) == [(c, t) for c in range(n_cells) for t in range(count)]
     # N shards of N equal cells are the cells
-    assert cells.shard_items(5, cells.Shard(2, 2), (1, 2)) == range(0, 5)
-    assert cells.shard_items(5, cells.Shard(2, 2), (0, 2)) == range(0, 0)
+    assert cellplan.shard_items(5, cellplan.Shard(2, 2), (1, 2)) == range(0, 5)
+    assert cellplan.shard_items(5, cellplan.Shard(2, 2), (0, 2)) == range(0, 0)
 
 
 def test_shard_arguments_and_environment() -> None:
-    assert cells.shard_from_env({}) is None
-    assert cells.shard_from_env({"CI_NODE_INDEX": "3", "CI_NODE_TOTAL": "4"}) == cells.Shard(3, 4)
-    assert cells.shard_from_env({"JOB_COMPLETION_INDEX": "0", cells.SHARDS_ENV: "4"}) \
-        == cells.Shard(1, 4)
-    with pytest.raises(HarnessError, match=cells.SHARDS_ENV):
-        cells.shard_from_env({"JOB_COMPLETION_INDEX": "0"})
+    assert cellplan.shard_from_env({}) is None
+    assert cellplan.shard_from_env({"CI_NODE_INDEX": "3", "CI_NODE_TOTAL": "4"}) == cellplan.Shard(3, 4)
+    assert cellplan.shard_from_env({"JOB_COMPLETION_INDEX": "0", cellplan.SHARDS_ENV: "4"}) \
+        == cellplan.Shard(1, 4)
+    with pytest.raises(HarnessError, match=cellplan.SHARDS_ENV):
+        cellplan.shard_from_env({"JOB_COMPLETION_INDEX": "0"})
     for bad in ("0/2", "3/2", "x", "1/0"):
         with pytest.raises(HarnessError, match="--shard .*I/N"):
-            cells.parse_shard(bad)
+            cellplan.parse_shard(bad)
 
 
 def test_every_argument_is_checked_before_the_first_cell(tmp_path: Path, kernels: list[str],
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     ran: list[list[str]] = []
-    monkeypatch.setattr(cell_runs.session, "run_child", lambda a, d: ran.append(a) or 0)
+    def run_child(a: list[str], d: list[str]) -> int:
+        ran.append(a)
+        return 0
+    monkeypatch.setattr(cell_runs.session, "run_child", run_child)
     for bad, match in (([*kernels, "/etc/passwd"], "--kernel /etc/passwd: not a Linux kernel"),
                        ([*kernels, str(tmp_path / "nope")], "no such file"),
                        ([*kernels, "debian:foo"], "not a Debian kernel image package"),
@@ -193,12 +197,12 @@ def test_merge_reads_results_files_from_before_cells() -> None:
     """A results file without cell metadata is placed by its --kernel/--numa options."""
     data = Path(__file__).parent / "data" / "results"
     columns, problems = cell_runs.columns_of([data / "good.json"])
-    assert [c.cell for c in columns] == [cells.cell_id("/src/linux", "2")]
+    assert [c.cell for c in columns] == [cellplan.cell_id("/src/linux", "2")]
     assert problems == []
 
 
 def test_plan_formats(tmp_path: Path, kernels: list[str]) -> None:
-    plan = cells.plan(kernels, ["2", "512M:1,1536M:1"])
+    plan = cellplan.plan(kernels, ["2", "512M:1,1536M:1"])
     argv = ["--kernel", kernels[0], "--kernel", kernels[1], "--numa", "2",
             "--numa", "512M:1,1536M:1"]
     gh = json.loads(cell_runs.plan_output(plan, "github", argv, None))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_triage_options_pass_through(tmp_path: Path) -> None:
     assert json.loads(r.stdout)[0]["title"] == "WARNING in ksm_scan_thread"
 
 
-def _only_line(r, startswith: str) -> None:  # type: ignore[no-untyped-def]
+def _only_line(r: subprocess.CompletedProcess[str], startswith: str) -> None:
     """Exactly one line on stderr, status 2, nothing on stdout: pytest never started."""
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith(startswith), r.stderr

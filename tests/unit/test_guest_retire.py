@@ -1,11 +1,11 @@
-"""harness.guest.Guest: a broken VM is stopped with the verdict and its successor booted only
+"""harness.guest_handle.Guest: a broken VM is stopped with the verdict and its successor booted only
 on the guest's next use; fixtures can tell that their VM is gone without booting one."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from harness.guest import Guest
+from harness.guest_handle import Guest
 
 
 class FakeConsole:
@@ -40,7 +40,8 @@ def test_retire_stops_now_and_the_next_use_boots() -> None:
     assert events == ["boot", "stop 1"] and guest.retired
     assert guest.gone_since(first)  # asking does not boot
     assert events == ["boot", "stop 1"]
-    assert guest.vm.name == 2  # any use of the guest boots its successor
+    successor: Any = guest.vm  # any use of the guest boots its successor (boot()'s fake)
+    assert successor.name == 2
     assert events == ["boot", "stop 1", "boot"] and not guest.retired
     assert guest.gone_since(first) and not guest.gone_since(guest.generation)
 

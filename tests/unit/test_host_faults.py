@@ -176,6 +176,7 @@ def test_run_directories_are_0700_and_secret_files_0600(tmp_path: Path,
     import pexpect
 
     from harness.assets import initramfs
+    from harness.assets.kernel import Kernel
     from harness.console.reader import Console
     old = os.umask(0o022)
     try:
@@ -189,7 +190,8 @@ def test_run_directories_are_0700_and_secret_files_0600(tmp_path: Path,
         part = tmp_path / "kernel-part.cpio"
         part.write_bytes(b"\0" * 512)
         monkeypatch.setattr(initramfs, "kernel_part", lambda kernel: part)
-        initrd = initramfs.compose(None, {"ssh_host_ecdsa_key": (b"secret", 0o600)},  # type: ignore[arg-type]
+        some = Kernel(path=tmp_path / "vmlinux", boot_image=tmp_path / "vmlinux", release="6.1")
+        initrd = initramfs.compose(some, {"ssh_host_ecdsa_key": (b"secret", 0o600)},
                                    run / "initrd.img")
         assert _mode(initrd) == 0o600 and b"secret" in initrd.read_bytes()
         # the console log, also when a restored snapshot wrote it first

@@ -6,7 +6,7 @@ import pytest
 
 from harness import kernel_bugs
 from harness.kernel_bugs import kernel_version
-from harness.pytest_plugin.ksm import xfail_mark
+from harness.pytest_plugin.ksm_scenarios import xfail_mark
 from tests.helpers import REPO
 
 pytest_plugins = ["pytester"]
@@ -69,7 +69,7 @@ def test_stable_lines_with_an_unknown_fix_release_get_no_excuse() -> None:
 
 
 GATED_TEST = """
-from harness.pytest_plugin.ksm import xfail_mark
+from harness.pytest_plugin.ksm_scenarios import xfail_mark
 from tests.helpers import REPO
 
 def test_it(request):

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -286,6 +287,12 @@ def test_fast_scan_restores(k: Ksm, fake: Path) -> None:
     assert k.get("pages_to_scan") == 100 and k.get("sleep_millisecs") == 20
 
 
+class KsmdFactory(Protocol):
+    """The ``ksmd`` fixture: a started FakeKsmd on the fake sysfs directory."""
+
+    def __call__(self, period: float, at: int = 1, sharing: int = 100) -> FakeKsmd: ...
+
+
 class FakeKsmd:
     """Bumps full_scans every ``period`` seconds; merges ``sharing`` pages at scan ``at``."""
 
@@ -304,22 +311,22 @@ class FakeKsmd:
 
 
 @pytest.fixture
-def ksmd(fake: Path) -> Iterator[type[FakeKsmd]]:
+def ksmd(fake: Path) -> Iterator[KsmdFactory]:
     started: list[FakeKsmd] = []
 
-    def make(*args: object, **kw: object) -> FakeKsmd:
-        f = FakeKsmd(fake, *args, **kw)  # type: ignore[arg-type]
+    def make(period: float, at: int = 1, sharing: int = 100) -> FakeKsmd:
+        f = FakeKsmd(fake, period, at, sharing)
         f.thread.start()
         started.append(f)
         return f
 
-    yield make  # type: ignore[misc]
+    yield make
     for f in started:
         f.stop.set()
         f.thread.join()
 
 
-def test_wait_merged_needs_scans_and_the_predicate(k: Ksm, fake: Path, ksmd: type) -> None:
+def test_wait_merged_needs_scans_and_the_predicate(k: Ksm, fake: Path, ksmd: KsmdFactory) -> None:
     put(fake, run=1, pages_sharing=100, pages_shared=1)  # already true, but not yet scanned
     ksmd(0.1)
     t0 = time.monotonic()
@@ -327,7 +334,7 @@ def test_wait_merged_needs_scans_and_the_predicate(k: Ksm, fake: Path, ksmd: typ
     assert snap["full_scans"] >= 3 and time.monotonic() - t0 >= 0.25
 
 
-def test_wait_merged_exact(k: Ksm, fake: Path, ksmd: type) -> None:
+def test_wait_merged_exact(k: Ksm, fake: Path, ksmd: KsmdFactory) -> None:
     put(fake, run=1)
     ksmd(0.05, at=2, sharing=255)
     snap = k.wait_merged(lambda s: s["pages_sharing"] == 255, timeout=10, exact=True)
@@ -343,7 +350,7 @@ def test_wait_merged_reports_no_progress(k: Ksm, fake: Path) -> None:
     assert info.value.after["full_scans"] == 4
 
 
-def test_wait_merged_reports_the_wrong_state(k: Ksm, fake: Path, ksmd: type) -> None:
+def test_wait_merged_reports_the_wrong_state(k: Ksm, fake: Path, ksmd: KsmdFactory) -> None:
     put(fake, run=1)
     ksmd(0.05, at=1, sharing=10)
     with pytest.raises(KsmNoProgress, match=r"did not reach the expected state "

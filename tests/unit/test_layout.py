@@ -19,8 +19,8 @@ LAYERS = {
     "console": 1,
     "access": 2, "assets": 2,
     "machine": 3,
-    "health": 4, "guest": 4, "ksm": 4, "guestsys": 4, "workloads": 4, "spec": 4,
-    "cells": 4,
+    "health": 4, "guest_handle": 4, "ksm": 4, "guest_mm": 4, "workloads": 4, "spec": 4,
+    "cellplan": 4,
     "kernel_bugs": 4,
     "results": 5,
     "pytest_plugin": 6,
@@ -32,10 +32,10 @@ LAYERS = {
 NEVER = (
     ("harness.health", "harness.machine", "the monitor sees a guest through harness.access.port"),
     ("harness.ksm", "harness.machine", "KSM control runs on the guest port, not on a VM"),
-    ("harness.ksm", "harness.guest", "KsmGuest is typed on harness.access.port.GuestPort"),
+    ("harness.ksm", "harness.guest_handle", "KsmGuest is typed on harness.access.port.GuestPort"),
     ("harness.workloads", "harness.machine", "workloads run on a Spawner"),
-    ("harness.workloads", "harness.guest", "workloads run on a Spawner"),
-    ("harness.guestsys", "harness.machine", "guest set-up runs on a Runner"),
+    ("harness.workloads", "harness.guest_handle", "workloads run on a Spawner"),
+    ("harness.guest_mm", "harness.machine", "guest set-up runs on a Runner"),
     ("harness.console", "harness.access", "the reader and classifier know no transport"),
     ("harness.console", "harness.machine", "the reader and classifier know no transport"),
     ("harness.results", "harness.pytest_plugin", "records are written and merged without pytest"),
@@ -172,7 +172,7 @@ def test_the_checks_see_a_planted_violation(tmp_path: Path) -> None:
         "harness.health": "from harness.machine.vm import VM\n",
         "harness.console.reader": "from harness.access.remote import CommandResult\n",
         "harness.results.junit": "import harness.pytest_plugin.watch\n",
-        "harness.ksm.guest": "from harness.machine.qmp import QMP\n",
+        "harness.ksm.prepared_guest": "from harness.machine.qmp import QMP\n",
     }
     g = {}
     for module, source in planted.items():
@@ -182,7 +182,7 @@ def test_the_checks_see_a_planted_violation(tmp_path: Path) -> None:
     assert [line.split(":")[0] for line in forbidden(g)] == [
         "harness.console.reader imports harness.access.remote",
         "harness.health imports harness.machine.vm",
-        "harness.ksm.guest imports harness.machine.qmp",
+        "harness.ksm.prepared_guest imports harness.machine.qmp",
         "harness.results.junit imports harness.pytest_plugin.watch",
     ]
     assert upward(g) == [  # console (1) below access (2), results (5) below the plugin (6)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import cellplan
 from harness.errors import HarnessError
 from harness.results.model import load_results
 from harness.runs import matrix
@@ -97,8 +98,10 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
     from harness.runs import cells as cell_runs
     runs = {"A": "good", "B": "bad_warning"}
 
-    def fake(cell, rest, out, plan_file, shard, position):  # type: ignore[no-untyped-def]
+    def fake(cell: cellplan.Cell, rest: list[str], out: Path, plan_file: Path,
+             shard: cellplan.Shard | None, position: tuple[int, int]) -> Path:
         out.mkdir(parents=True, exist_ok=True)
+        assert cell.kernel is not None
         doc = json.loads((DATA / f"{runs[cell.kernel]}.json").read_text())
         doc["cell"] = {**cell.to_dict(), "plan": json.loads(plan_file.read_text())}
         (out / "results.json").write_text(json.dumps(doc))
@@ -106,7 +109,7 @@ def test_run_exits_1_on_a_new_failure(tmp_path: Path, monkeypatch: pytest.Monkey
 
     for k in runs:
         (tmp_path / k).write_bytes(b"")
-    monkeypatch.setattr(cell_runs.cells.kernel_mod, "check_spec", lambda spec, modules: None)
+    monkeypatch.setattr(cell_runs.cellplan.kernel_mod, "check_spec", lambda spec, modules: None)
     monkeypatch.setattr(cell_runs, "run_cell", fake)
     status = cell_runs.run(["--kernel", "A", "--kernel", "B", "--baseline",
                             str(DATA / "good.json")], root=tmp_path, env={})
@@ -128,5 +131,6 @@ def test_matrix_junit_has_a_case_per_scenario_per_kernel() -> None:
     bad = suites[1].findall("testcase")
     failed = [c for c in bad if c.find("failure") is not None]
     assert failed and failed[0].get("classname", "").startswith("6.1.0-b.")
-    assert failed[0].find("failure").get("message").startswith("WARNING")
+    failure = failed[0].find("failure")
+    assert failure is not None and failure.get("message", "").startswith("WARNING")
     assert all(c.find("failure") is None for c in suites[0].findall("testcase"))

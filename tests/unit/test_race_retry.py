@@ -19,7 +19,7 @@ from harness import workloads as wl
 from harness.access.shell import GuestShell
 from harness.ksm import EXACT_COUNTERS, RUN_UNMERGE, Ksm
 from harness.ksm.race import RaceNotExercised, RaceRecord
-from harness.pytest_plugin.ksm import KSM_OF_TEST, WORKLOADS_OF_TEST, exercise_race
+from harness.pytest_plugin.ksm_scenarios import KSM_OF_TEST, WORKLOADS_OF_TEST, exercise_race
 from harness.workloads import Workload, WorkloadError
 from tests.fakes import LocalSpawner
 

@@ -10,11 +10,12 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from harness.assets.kernel import Kernel
-from harness.guest import Guest
+from harness.guest_handle import Guest
 from harness.pytest_plugin import reporting, watch
 from harness.results import junit, reproducer
 
@@ -70,7 +71,7 @@ def test_skip():
 
 
 @pytest.fixture
-def run(pytester: pytest.Pytester, tmp_path: Path):
+def run(pytester: pytest.Pytester, tmp_path: Path) -> tuple[pytest.RunResult, Path]:
     pytester.makeconftest(FAKE_CONFTEST)
     pytester.makepyfile(test_fake=FAKE_TESTS)
     pytester.makeini("[pytest]\nmarkers =\n    kernel_warning: fake\n")
@@ -83,7 +84,7 @@ def run(pytester: pytest.Pytester, tmp_path: Path):
     return res, out
 
 
-def test_results_json(run) -> None:
+def test_results_json(run: tuple[pytest.RunResult, Path]) -> None:
     res, out = run
     res.assert_outcomes(passed=1, failed=2, skipped=1)
     doc = json.loads((out / "results.json").read_text())
@@ -100,7 +101,7 @@ def test_results_json(run) -> None:
     assert tests["test_ok"]["properties"]["seed"] == "42"
 
 
-def test_junit_titles_and_properties(run) -> None:
+def test_junit_titles_and_properties(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     root = ET.parse(out / "junit.xml").getroot()
     suite = root.find("testsuite")
@@ -113,15 +114,17 @@ def test_junit_titles_and_properties(run) -> None:
     failure = cases["test_warns"].find("failure")
     assert failure is not None and failure.get("message") == "WARNING in ksm_scan_thread"
     assert "mm/ksm.c:2500" in (failure.text or "")
-    msg = cases["test_counter"].find("failure").get("message")  # type: ignore[union-attr]
+    counter = cases["test_counter"].find("failure")
+    assert counter is not None
+    msg = counter.get("message", "")
     assert msg.startswith("pages_shared 3 != 0 after unmerge")
     assert "\n" not in msg
-    sysout = cases["test_warns"].find("system-out").text or ""  # type: ignore[union-attr]
+    sysout = cases["test_warns"].findtext("system-out") or ""
     assert "seed: 42" in sysout and "[[ATTACHMENT|" in sysout
 
 
 @pytest.mark.skipif(not shutil.which("xmllint"), reason="xmllint (libxml2-utils) not installed")
-def test_junit_validates_against_jenkins_xsd(run) -> None:
+def test_junit_validates_against_jenkins_xsd(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     assert junit.validate(out / "junit.xml") == []
 
@@ -136,7 +139,7 @@ def test_plain_pytest_junit_with_properties_does_not_validate(tmp_path: Path) ->
     assert junit.validate(bad)
 
 
-def test_ktap(run) -> None:
+def test_ktap(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     text = (out / "results.ktap").read_text().splitlines()
     assert text[:2] == ["KTAP version 1", "1..4"]
@@ -145,7 +148,7 @@ def test_ktap(run) -> None:
     assert any(line.endswith("# SKIP no zram in this kernel") for line in text)
 
 
-def test_markdown_summary(run) -> None:
+def test_markdown_summary(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     text = (out / "summary.md").read_text()
     assert "**2 failed, 1 passed, 1 skipped**" in text
@@ -154,7 +157,7 @@ def test_markdown_summary(run) -> None:
     assert "(skipped): no zram in this kernel" in text
 
 
-def test_reproducer_and_summary(run) -> None:
+def test_reproducer_and_summary(run: tuple[pytest.RunResult, Path]) -> None:
     _, out = run
     rdir = out / "report"
     script = rdir / "failures" / "test_fake.py_test_warns" / "reproducer.sh"
@@ -190,11 +193,14 @@ def test_guest_properties_from_funcargs(tmp_path: Path) -> None:
                     config={"CONFIG_KSM": "y"})
     spec = SimpleNamespace(kernel=kernel, accel=SimpleNamespace(name="tcg"),
                            topology=SimpleNamespace(describe=lambda: "2 node(s)"))
-    guest._vm = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    # a stand-in VM with only what guest_properties reads
+    fake_vm: Any = SimpleNamespace(spec=spec, console_log=tmp_path / "console.log", dir=tmp_path)
+    guest._vm = fake_vm
     guest.retired = False
     guest.boot_seconds = 4.25  # booted for this test: reported once
-    item = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
-    props = dict(reporting.guest_properties(item))  # type: ignore[arg-type]
+    # a stand-in test item: guest_properties reads only its funcargs
+    item: Any = SimpleNamespace(funcargs={"vm": guest, "ksm": object(), "ksm_seed": 5})
+    props = dict(reporting.guest_properties(item))
     assert props["kernel_release"] == "6.1.0-9"
     assert props["kernel_config_hash"] == kernel.config_hash != "unknown"
     assert props["console_log"] == str(tmp_path / "console.log")

@@ -6,6 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from harness.assets import keys
 from harness.errors import VMError
 from harness.machine import snapshot
@@ -46,7 +48,8 @@ def test_a_snapshot_without_its_boot_keys_is_not_complete(tmp_path: Path) -> Non
 
 
 def test_a_dead_harness_ram_files_are_removed_and_a_live_ones_kept(tmp_path: Path,
-                                                                    monkeypatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
     monkeypatch.setattr(snapshot, "SHM", tmp_path)
     dead = tmp_path / "ksm-harness-ram-999999999-abc"  # no such pid
     live = tmp_path / "ksm-harness-ram-1-abc"          # init
@@ -58,7 +61,8 @@ def test_a_dead_harness_ram_files_are_removed_and_a_live_ones_kept(tmp_path: Pat
     assert not dead.exists() and live.exists()
 
 
-def test_no_ram_files_where_the_guests_ram_would_not_fit(tmp_path: Path, monkeypatch) -> None:
+def test_no_ram_files_where_the_guests_ram_would_not_fit(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # a guest whose RAM file hits a full filesystem dies of SIGBUS: no snapshot instead
     monkeypatch.setattr(snapshot, "SHM", tmp_path)
     monkeypatch.setattr(snapshot.paths, "cache_dir", lambda: tmp_path)
@@ -89,7 +93,8 @@ def _saved(root: Path, key: str, client_key: bytes) -> snapshot.Snapshot:
 
 
 def test_an_unusable_snapshot_is_removed_and_the_vm_prepared_again(tmp_path: Path,
-                                                                    monkeypatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
     monkeypatch.setattr(snapshot, "root", lambda: tmp_path)
     logged: list[str] = []
     restore = Restore(logged.append)
@@ -119,7 +124,8 @@ def test_a_failed_restore_removes_its_snapshot(tmp_path: Path) -> None:
     assert "could not start from the snapshot (the saved guest did not load)" in logged[0]
 
 
-def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch) -> None:
+def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
     made: list[Path] = []
 
     def ram_dir(mem_mb: int) -> Path | None:

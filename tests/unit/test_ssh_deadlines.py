@@ -66,8 +66,8 @@ def unbounded_calls(source: str) -> list[str]:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr in BLOCKING and not bounded):
             found.append(f"{node.lineno}: {ast.unparse(node.func)}()")
-        for child in ast.iter_child_nodes(node):
-            visit(child, bounded)
+        for sub in ast.iter_child_nodes(node):
+            visit(sub, bounded)
 
     visit(ast.parse(source), False)
     return found

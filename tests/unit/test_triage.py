@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture()
-def log_path(tmp_path: Path):  # type: ignore[no-untyped-def]
+def log_path(tmp_path: Path) -> Callable[[str], Path]:
     """The console text of a recorded log, as a file the CLI can read."""
     def path(name: str) -> Path:
         out = tmp_path / name

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import pytest
 
 from harness import kernel_bugs
-from harness.guestsys import Unavailable
+from harness.guest_mm import Unavailable
 from harness.ksm import Ksm, KsmUnavailable
-from harness.ksm.guest import KsmGuest
+from harness.ksm.prepared_guest import KsmGuest
 from harness.ksm.race import Afresh, RaceNotExercised, RaceRecord
 from harness.workloads import CheckUnavailable, Workload
 
@@ -23,6 +24,13 @@ RACE_ATTEMPTS = 3
 # ``ksm`` fixture (the guest's KSM) and the ``workload`` fixture (the workloads it started).
 KSM_OF_TEST = pytest.StashKey[Ksm]()
 WORKLOADS_OF_TEST = pytest.StashKey[list[Workload]]()
+
+
+class RaceNode(Protocol):
+    """What exercise_race needs of the test's item (a pytest.Item is one): its properties,
+    and optionally a ``stash`` with KSM_OF_TEST to retry from nothing."""
+
+    user_properties: list[tuple[str, object]]
 
 
 @contextmanager
@@ -113,7 +121,7 @@ def xfail_mark(bug_id: str, release: str, banner: str = "",
                              reason=f"{bug.describe()} (this kernel: {release}, {version})")
 
 
-def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRecord],
+def exercise_race(node: RaceNode, what: str, attempt: Callable[[int], RaceRecord],
                   attempts: int = RACE_ATTEMPTS) -> RaceRecord:
     """Run ``attempt(i)`` until it returns (the race happened, its precondition asserted, the
     outcome checked) or ``attempts`` tries all raised RaceNotExercised: then the test is
@@ -146,7 +154,7 @@ def exercise_race(node: pytest.Item, what: str, attempt: Callable[[int], RaceRec
     pytest.skip(reason)
 
 
-def _afresh(node: pytest.Item) -> Afresh | None:
+def _afresh(node: RaceNode) -> Afresh | None:
     """The way back to the state before the first attempt; None for a test without the
     ``ksm`` fixture (no KSM of its own to reset)."""
     stash = getattr(node, "stash", None)
@@ -155,7 +163,7 @@ def _afresh(node: pytest.Item) -> Afresh | None:
     return Afresh(stash[KSM_OF_TEST], stash.get(WORKLOADS_OF_TEST, []))
 
 
-def _record(node: pytest.Item, text: str) -> None:
+def _record(node: RaceNode, text: str) -> None:
     """One ``race_overlap`` property per test (the records keep one value per name): a test
     with several races gets them joined by " | "."""
     props = node.user_properties

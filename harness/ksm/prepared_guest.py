@@ -1,7 +1,7 @@
 """A guest made ready for KSM scenarios (see :class:`KsmGuest`)."""
 from __future__ import annotations
 
-from harness import guestsys, paths, workloads
+from harness import guest_mm, paths, workloads
 from harness.access.port import GuestPort
 from harness.access.shell import GuestShell
 from harness.ksm import Ksm
@@ -35,7 +35,7 @@ class KsmGuest:
         self.binary, self.py_worker = workloads.install(self.vm, paths.cache_dir())
         # KSM's knobs as the kernel booted with them (no test has run in this guest yet).
         self.boot_knobs = k.defaults_capture()
-        self.nodes = guestsys.online_nodes(self.sh)
+        self.nodes = guest_mm.online_nodes(self.sh)
         # the kernel's banner: Debian's 6.1 releases (6.1.0-N) name the upstream version only
         # there, and harness.kernel_bugs gates expected failures on that version
         self.banner = self.sh.run("cat /proc/version", check=True).stdout.strip()
