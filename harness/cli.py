@@ -49,10 +49,12 @@ def _build(p: argparse.ArgumentParser) -> None:
                        help="Debian's linux-source-SERIES (default 6.1), fetched, built "
                        "with --flavour (default builtin) and cached: what --kernel "
                        "source:SERIES[+debug] boots")
-    p.add_argument("--flavour", choices=["builtin", "debug"], default=None,
+    p.add_argument("--flavour", choices=["builtin", "debug", "gcov"], default=None,
                    help="builtin: allnoconfig + guest-images/kernel-builtin.config + "
                    "kernel.config, no modules; debug: that + "
-                   "guest-images/kernel-debug.config (DEBUG_VM, DEBUG_LIST, KFENCE, ...)")
+                   "guest-images/kernel-debug.config (DEBUG_VM, DEBUG_LIST, KFENCE, ...); gcov: "
+                   "builtin + guest-images/kernel-gcov.config (gcov of mm/ksm.c and the "
+                   "files that treat KSM pages specially, for `ksm-harness coverage`)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
     p.add_argument("--defconfig", action="store_true",
                    help="start from x86_64 defconfig even when the tree has a .config")
