@@ -1,7 +1,9 @@
 """The gcov flavour without building it: its fragment, the per-file profiling block written
-into the shared tree's Makefiles (idempotent, valid make, inert without KSM_HARNESS_GCOV=y)."""
+into the shared tree's Makefiles (idempotent, valid make, inert without KSM_HARNESS_GCOV=y),
+and that every KSM site's file is profiled."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from harness.assets import gcovpatch
 from harness.assets import kbuild as build
+from harness.coverage import sites
 from harness.errors import HarnessError
 from tests.helpers import require_tool
 
@@ -91,3 +94,11 @@ def test_gcov_fragment_profiles_ksm_only_per_file() -> None:
     assert build.FLAVOURS["gcov"] == (build.BUILTIN, build.FRAGMENT, build.GCOV)
     assert gcovpatch.profiled(build.GCOV.read_text())[0] == "mm/ksm.c"
 
+
+def test_every_sites_file_is_profiled() -> None:
+    """A site in a file the flavour does not profile could only ever say "not profiled"."""
+    profiled = set(gcovpatch.profiled(build.GCOV.read_text()))
+    data = json.loads(sites.SITES_JSON.read_text())
+    assert data["kernel"].startswith("6.1.")
+    missing = {s["file"] for s in data["sites"]} - profiled
+    assert not missing, f"add to guest-images/kernel-gcov.config: {sorted(missing)}"

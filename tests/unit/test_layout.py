@@ -18,7 +18,7 @@ LAYERS = {
     "access": 1, "console": 1, "assets": 1,
     "machine": 2,
     "health": 3, "guest": 3, "ksm": 3, "guestsys": 3, "workloads": 3, "spec": 3,
-    "cells": 3,
+    "cells": 3, "coverage": 3,
     "kernel_bugs": 3,
     "results": 4,
     "pytest_plugin": 5,
