@@ -153,6 +153,9 @@ VERBS: dict[str, Verb] = {
     "build": Verb("configure (the tree's .config or defconfig, + guest-images/kernel.config, "
                   "checked) and build a kernel tree; or build Debian's linux-source into the "
                   "cache (--source)", "harness.runs.build:main", _build),
+    "coverage": Verb("run the suite (or -k ...) on the gcov kernel (source:6.1+gcov): lines "
+                     "and functions of mm/ksm.c and KSM sites reached, per test, lcov/HTML",
+                     "harness.runs.coverage:main"),
     "bisect-step": Verb("for `git bisect run`: build, run a scenario N times; exit 0 good, 1 "
                         "bad (same failure signature), 125 skip",
                         "harness.runs.bisect:main", _bisect_step),
