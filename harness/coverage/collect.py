@@ -52,13 +52,16 @@ def parse_dump(text: str) -> dict[str, bytes]:
 @dataclass
 class Collector:
     """Numbered buckets under ``root`` (``NNNN/<build dir>/mm/ksm.gcda``) and an index,
-    ``buckets.jsonl``: one ``{"bucket", "label", "vm", "files"}`` line per checkpoint."""
+    ``buckets.jsonl``: one ``{"bucket", "label", "vm", "files"}`` line per checkpoint.
+    ``prefix`` keeps parallel workers (pytest-xdist's gw0, gw1) out of each other's
+    numbers; their index lines are single appends."""
     root: Path
+    prefix: str = ""
     count: int = 0
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.count = len(list(self.root.glob("[0-9][0-9][0-9][0-9]")))
+        self.count = len(list(self.root.glob(f"{self.prefix}[0-9][0-9][0-9][0-9]")))
 
     def checkpoint(self, vm: Runs, label: str, vm_name: str = "") -> Path:
         """Dump and reset the counters of `vm` into a new bucket for `label`."""
@@ -69,7 +72,7 @@ class Collector:
         if not files:
             raise CollectError(f"no .gcda files under {GCOV_ROOT} in the guest")
         self.count += 1
-        bucket = self.root / f"{self.count:04d}"
+        bucket = self.root / f"{self.prefix}{self.count:04d}"
         for path, data in files.items():
             dest = bucket / path.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 or hang), ``fresh_vm`` (the test's own), ``vm_factory`` (custom topology or command line)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -99,11 +100,17 @@ class VMPool:
             self.stop(vm)
 
 
+def _worker_prefix() -> str:
+    """``gw0-`` under pytest-xdist (each worker its own bucket numbers), else ''."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"{worker}-" if worker else ""
+
+
 @pytest.fixture(scope="session")
 def vm_pool(vm_spec: VMSpec, run_dir: Path, request: pytest.FixtureRequest) -> Iterator[VMPool]:
     gcov_dir = request.config.option.gcov_dir
     pool = VMPool(vm_spec, run_dir, request.config.option.keep_runs,
-                  Collector(Path(gcov_dir)) if gcov_dir else None)
+                  Collector(Path(gcov_dir), _worker_prefix()) if gcov_dir else None)
     yield pool
     pool.stop_all()
 

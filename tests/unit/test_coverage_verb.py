@@ -82,3 +82,10 @@ def test_a_guest_that_cannot_answer_loses_its_counters_not_the_run(
     pool.stop(vm)  # type: ignore[arg-type]
     assert vm.stopped and read_index(tmp_path / "gcda") == []
     assert "gcov: no counters from 001-vm for (boot): guest hung" in capsys.readouterr().out
+
+
+def test_parallel_workers_number_their_own_buckets(tmp_path: Path) -> None:
+    answer = CommandResult(DUMP, 0, "== /sys/kernel/debug/gcov/b/mm/ksm.gcda\nAAE=\n", "", 0.1)
+    for worker in ("gw0-", "gw1-"):
+        Collector(tmp_path, worker).checkpoint(_VM(tmp_path, answer), worker)
+    assert [e["bucket"] for e in read_index(tmp_path)] == ["gw0-0001", "gw1-0001"]
