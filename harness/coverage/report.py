@@ -87,6 +87,19 @@ def per_test(labelled: list[tuple[str, Counts]], file: str = KSM_C) -> dict[str,
     return {label: sorted(fns) for label, fns in table.items()}
 
 
+def by_function(table: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The per-test table turned around: function -> the labels that reached it."""
+    out: dict[str, list[str]] = {}
+    for label, fns in table.items():
+        for fn in fns:
+            out.setdefault(fn, []).append(label)
+    return dict(sorted(out.items()))
+
+
+def unreached_functions(fc: FileCounts | None) -> list[str]:
+    return sorted(n for n, (_, c) in fc.functions.items() if not c) if fc else []
+
+
 def gcovr(merged: Path, srctree: Path, out: Path, gcov: str) -> None:
     """lcov and HTML of the merged tree by gcovr, sources from `srctree`; the profiled .c
     files only (the headers they inline would make it ~50 MB of HTML)."""
@@ -144,6 +157,12 @@ def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_vers
     with (out / "tests.txt").open("w") as fh:
         for label, fns in table.items():
             fh.write(f"{label}: {len(fns)} functions of {KSM_C}: {' '.join(fns)}\n")
+    never = unreached_functions(whole.get(KSM_C))
+    with (out / "functions.txt").open("w") as fh:
+        for name, labels in by_function(table).items():
+            fh.write(f"{name}: {len(labels)} tests: {' '.join(labels)}\n")
+        for name in never:
+            fh.write(f"{name}: not reached\n")
     with (out / "sites.txt").open("w") as fh:
         for r in reached:
             s = r.site
@@ -162,7 +181,8 @@ def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_vers
     status = {k: n for k in ("reached", "not reached", "not built", "not profiled", "no code")
               if (n := sum(1 for r in reached if r.status == k))}
     return [headline,
+            f"{KSM_C} functions no test reached: {', '.join(never) or 'none'}",
             "KSM sites outside mm/ksm.c: " + ", ".join(f"{v} {k}" for k, v in status.items()),
-            f"per test: {out / 'tests.txt'}; sites: {out / 'sites.txt'}"
+            f"per test: {out / 'tests.txt'}; per function: {out / 'functions.txt'}; sites: {out / 'sites.txt'}"
             + (f"; HTML: {out / 'html' / 'index.html'}; lcov: {out / 'coverage.lcov'}"
                if html else "")]

@@ -146,7 +146,10 @@ def test_report_tables_sites_and_gcovr(built: Built, tmp_path: Path) -> None:
     assert f"SF:{built.src}/mm/ksm.c" in lcov and "FNDA:3,merged" in lcov
     assert (out / "html/index.html").is_file()
     assert lines[0].startswith("mm/ksm.c: lines ") and "functions 2/3" in lines[0]
-    assert "1 reached, 1 not reached, 1 not built, 1 not profiled" in lines[1]
+    assert lines[1] == "mm/ksm.c functions no test reached: never"
+    assert "1 reached, 1 not reached, 1 not built, 1 not profiled" in lines[2]
+    assert (out / "functions.txt").read_text().splitlines() == [
+        "main: 2 tests: test_a test_b", "merged: 2 tests: test_a test_b", "never: not reached"]
 
 
 def test_a_gcda_of_another_build_is_one_clear_error(built: Built, tmp_path: Path) -> None:
