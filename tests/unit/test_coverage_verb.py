@@ -89,3 +89,13 @@ def test_parallel_workers_number_their_own_buckets(tmp_path: Path) -> None:
     for worker in ("gw0-", "gw1-"):
         Collector(tmp_path, worker).checkpoint(_VM(tmp_path, answer), worker)
     assert [e["bucket"] for e in read_index(tmp_path)] == ["gw0-0001", "gw1-0001"]
+
+
+def test_gcov_flavour_leaves_a_users_tree_alone(tmp_path: Path) -> None:
+    (tmp_path / "Makefile").write_text("")
+    (tmp_path / "Kconfig").write_text("")
+    r = run_harness("build", "--tree", str(tmp_path), "--flavour", "gcov")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "ksm-harness: --flavour gcov is for --source")
+    assert (tmp_path / "Makefile").read_text() == ""
