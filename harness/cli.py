@@ -49,10 +49,12 @@ def _build(p: argparse.ArgumentParser) -> None:
                        help="Debian's linux-source-SERIES (default 6.1), fetched, built "
                        "with --flavour (default builtin) and cached: what --kernel "
                        "source:SERIES[+debug] boots")
-    p.add_argument("--flavour", choices=["builtin", "debug"], default=None,
+    p.add_argument("--flavour", choices=["builtin", "debug", "gcov"], default=None,
                    help="builtin: allnoconfig + guest-images/kernel-builtin.config + "
                    "kernel.config, no modules; debug: that + "
-                   "guest-images/kernel-debug.config (DEBUG_VM, DEBUG_LIST, KFENCE, ...)")
+                   "guest-images/kernel-debug.config (DEBUG_VM, DEBUG_LIST, KFENCE, ...); gcov: "
+                   "builtin + guest-images/kernel-gcov.config (gcov of mm/ksm.c and the "
+                   "files that treat KSM pages specially, for `ksm-harness coverage`)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="make -j (default: all CPUs)")
     p.add_argument("--defconfig", action="store_true",
                    help="start from x86_64 defconfig even when the tree has a .config")
@@ -151,6 +153,9 @@ VERBS: dict[str, Verb] = {
     "build": Verb("configure (the tree's .config or defconfig, + guest-images/kernel.config, "
                   "checked) and build a kernel tree; or build Debian's linux-source into the "
                   "cache (--source)", "harness.runs.build:main", _build),
+    "coverage": Verb("run the suite (or -k ...) on the gcov kernel (source:6.1+gcov): lines "
+                     "and functions of mm/ksm.c and KSM sites reached, per test, lcov/HTML",
+                     "harness.runs.coverage:main"),
     "bisect-step": Verb("for `git bisect run`: build, run a scenario N times; exit 0 good, 1 "
                         "bad (same failure signature), 125 skip",
                         "harness.runs.bisect:main", _bisect_step),

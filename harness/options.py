@@ -101,6 +101,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("report_dir", "results.json, failures with reproducers and console logs, and "
            "summary.html of a run with guest tests (default: results/)", metavar="DIR",
            group="reports"),
+    Option("gcov_dir", "dump the guest kernel's gcov counters (a source:6.1+gcov kernel) into "
+           "DIR after every test and before every VM stops, for `ksm-harness coverage`",
+           metavar="DIR", group="reports"),
     Option("shard", "run the I-th of N contiguous slices of the selected tests (1-based)",
            metavar="I/N", group="cells"),
 )

@@ -9,7 +9,9 @@ is missing), then ``make -jN bzImage modules``, through ccache when it is instal
 ``--flavour builtin`` replaces the base with ``make allnoconfig`` + ``kernel-builtin.config``
 (just what our QEMU guest needs, everything built in, no modules: a cold build is a fraction
 of a defconfig's); ``--flavour debug`` adds ``kernel-debug.config`` (DEBUG_VM, DEBUG_LIST,
-KFENCE, page poisoning, ...: the kernel a developer bisects an mm bug with). Every option of
+KFENCE, page poisoning, ...: the kernel a developer bisects an mm bug with); ``--flavour gcov``
+adds ``kernel-gcov.config`` (gcov for mm/ksm.c and the files that treat KSM pages specially,
+by ``harness.assets.gcovpatch``: what ``ksm-harness coverage`` boots). Every option of
 every fragment is checked, later fragments overriding earlier ones. A build with ``out`` set
 goes out of tree (``make O=``), which is how one unpacked ``linux-source`` serves each
 flavour (``harness.assets.source``).
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import deps, paths, reaper
+from harness.assets import gcovpatch
 from harness.assets.kconfig import parse_config
 from harness.errors import HarnessError
 
@@ -39,10 +42,12 @@ FRAGMENT = paths.REPO / "guest-images" / "kernel.config"
 SLIM = paths.REPO / "guest-images" / "kernel-slim.config"
 BUILTIN = paths.REPO / "guest-images" / "kernel-builtin.config"
 DEBUG = paths.REPO / "guest-images" / "kernel-debug.config"
+GCOV = paths.REPO / "guest-images" / "kernel-gcov.config"
 # flavour -> fragments merged over `make allnoconfig`, in order (later ones win)
 FLAVOURS: dict[str, tuple[Path, ...]] = {
     "builtin": (BUILTIN, FRAGMENT),
     "debug": (BUILTIN, FRAGMENT, DEBUG),
+    "gcov": (BUILTIN, FRAGMENT, GCOV),
 }
 PROGRESS_EVERY = 20.0  # seconds between "still building" lines
 _SET = re.compile(r"^(CONFIG_\w+)=(.*)$")
@@ -288,6 +293,18 @@ def configure(tree: Path, fragment: Path = FRAGMENT, log: Callable[[str], None] 
     return config
 
 
+def gcov_step(tree: Path, flavour: str, log: Callable[[str], None]) -> list[str]:
+    """The flavour's per-file gcov profiling (its fragments' ``# gcov-profile:`` lines)
+    patched into the tree; the make arguments that switch it on (none without any)."""
+    files = [f for frag in flavour_fragments(flavour)
+             for f in gcovpatch.profiled(frag.read_text())]
+    if not files:
+        return []
+    for mk in gcovpatch.apply(tree, files):
+        log(f"ksm-harness: gcov: per-file profiling block written to {mk}")
+    return [gcovpatch.MAKE_VAR]
+
+
 def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
           log: Callable[[str], None] = print, defconfig: bool = False,
           slim: bool = False, flavour: str | None = None,
@@ -302,11 +319,12 @@ def build(tree: Path, jobs: int | None = None, fragment: Path = FRAGMENT,
     logfile = where / ".ksm-harness-build.log"
     logfile.write_text("")
     config = configure(tree, fragment, log, logfile, defconfig, slim, flavour, out)
+    extra = gcov_step(tree, flavour, log) if flavour else []
     tc = toolchain(where)
     log(f"ksm-harness: build: {tc.why}")
     jobs = jobs or os.cpu_count() or 1
     targets = ["bzImage"] + (["modules"] if config.get("CONFIG_MODULES") == "y" else [])
-    _run(["make", *tc.make_args, *_out(out), f"-j{jobs}", *targets], tree, log, "build",
+    _run(["make", *tc.make_args, *extra, *_out(out), f"-j{jobs}", *targets], tree, log, "build",
          logfile, progress=PROGRESS_EVERY, env=tc.env)
     image = where / "arch" / "x86" / "boot" / "bzImage"
     if not image.is_file():

@@ -2,6 +2,7 @@
 or hang), ``fresh_vm`` (the test's own), ``vm_factory`` (custom topology or command line)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from harness import paths, reaper
 from harness import spec as spec_mod
+from harness.coverage.collect import Collector
 from harness.errors import HarnessError
 from harness.guest_handle import Guest
 from harness.machine.topology import Topology
@@ -48,10 +50,13 @@ def vm_spec(request: pytest.FixtureRequest) -> VMSpec:
 class VMPool:
     """Boots VMs into numbered run sub-directories and stops them all at the end."""
 
-    def __init__(self, base: VMSpec, run_dir: Path, keep: bool) -> None:
+    def __init__(self, base: VMSpec, run_dir: Path, keep: bool,
+                 gcov: Collector | None = None) -> None:
         self.base, self.run_dir, self.keep = base, run_dir, keep
         self.count = 0
         self.live: list[VM] = []
+        self.gcov = gcov        # --gcov-dir: counters dumped per test and before a stop
+        self.label = "(boot)"   # the test the counters since the last dump belong to
 
     def boot(self, topology: Topology | None = None, cmdline: tuple[str, ...] = (),
              name: str = "vm") -> VM:
@@ -68,9 +73,22 @@ class VMPool:
             vm.start()
         except HarnessError as exc:
             raise BootFailed(f"guest failed to boot: {exc}") from None
+        self.checkpoint(vm, "(boot)")
         return vm
 
+    def checkpoint(self, vm: VM, label: str) -> None:
+        """--gcov-dir: dump and reset the guest's gcov counters, as `label`'s. A guest that
+        cannot answer (crashed, hung) loses its counters, not the test its verdict."""
+        if self.gcov is None or vm.ssh is None:
+            return
+        try:
+            self.gcov.checkpoint(vm, label, vm.dir.name)
+        except Exception as exc:  # noqa: BLE001 - any failure: warn, the run goes on
+            print(f"ksm-harness: gcov: no counters from {vm.dir.name} for {label}: {exc}")
+
     def stop(self, vm: VM) -> None:
+        if vm in self.live:
+            self.checkpoint(vm, self.label)
         vm.stop()
         if vm in self.live:
             self.live.remove(vm)
@@ -82,11 +100,34 @@ class VMPool:
             self.stop(vm)
 
 
+def _worker_prefix() -> str:
+    """``gw0-`` under pytest-xdist (each worker its own bucket numbers), else ''."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"{worker}-" if worker else ""
+
+
 @pytest.fixture(scope="session")
 def vm_pool(vm_spec: VMSpec, run_dir: Path, request: pytest.FixtureRequest) -> Iterator[VMPool]:
-    pool = VMPool(vm_spec, run_dir, request.config.option.keep_runs)
+    gcov_dir = request.config.option.gcov_dir
+    pool = VMPool(vm_spec, run_dir, request.config.option.keep_runs,
+                  Collector(Path(gcov_dir), _worker_prefix()) if gcov_dir else None)
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _gcov_per_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """--gcov-dir: what each guest test reached, dumped after its teardown (autouse: set up
+    first, torn down last); a test without a guest costs nothing."""
+    if not request.config.option.gcov_dir or "vm_pool" not in request.fixturenames:
+        yield
+        return
+    pool: VMPool = request.getfixturevalue("vm_pool")
+    pool.label = request.node.nodeid
+    yield
+    for vm in list(pool.live):
+        pool.checkpoint(vm, request.node.nodeid)
+    pool.label = "(between tests)"
 
 
 def _guest(pool: VMPool, name: str, topology: Topology | None = None,

@@ -22,6 +22,10 @@ def main(args: argparse.Namespace) -> int:
         out = source.build(spec, jobs=args.jobs, log=_log)
         print(f"ksm-harness: {out}; boot it with --kernel {spec}")
         return 0
+    if args.flavour == "gcov":
+        raise HarnessError("--flavour gcov is for --source: it writes GCOV_PROFILE lines into "
+                           "the tree's Makefiles, which would leave your tree (and a bisect's "
+                           "checkouts) dirty")
     if args.flavour and (args.defconfig or args.slim):
         raise HarnessError("--flavour starts from allnoconfig: --defconfig and --slim do not "
                            "apply")

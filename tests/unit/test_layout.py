@@ -20,7 +20,7 @@ LAYERS = {
     "access": 2, "assets": 2,
     "machine": 3,
     "health": 4, "guest_handle": 4, "ksm": 4, "guest_mm": 4, "workloads": 4, "spec": 4,
-    "cellplan": 4,
+    "cellplan": 4, "coverage": 4,
     "kernel_bugs": 4,
     "results": 5,
     "pytest_plugin": 6,
