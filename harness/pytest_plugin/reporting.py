@@ -33,6 +33,7 @@ RESULTS = pytest.StashKey[dict[str, Result]]()
 STARTED = pytest.StashKey[float]()
 PYTEST_JUNIT = pytest.StashKey[tuple[Any, str]]()
 KERNEL = pytest.StashKey[dict[str, str]]()  # the first guest's kernel, for the run's metadata
+INTERRUPT = pytest.StashKey[str]()  # what interrupted the run: SIGINT, SIGTERM
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -149,6 +150,45 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _CONFIG.append(session.config)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    config = _CONFIG[-1] if _CONFIG else None
+    if config is not None and isinstance(excinfo.value, KeyboardInterrupt):
+        # harness.cli names the signal; a plain pytest's Ctrl-C is a SIGINT too
+        config.stash[INTERRUPT] = str(excinfo.value) or "SIGINT"
+        if not config.getoption("fulltrace", False):
+            # the terminal shows only where it stopped, but renders every frame first (a
+            # second, with paramiko's): the run must stop at once
+            excinfo.traceback = excinfo.traceback[-1:]
+
+
+def pytest_runtest_logstart(nodeid: str) -> None:
+    """A record from the start: a test interrupted before its first report still has one."""
+    config = _CONFIG[-1] if _CONFIG else None
+    if config is not None and not _is_worker(config):
+        config.stash[RESULTS].setdefault(nodeid, Result(nodeid))
+
+
+def mark_interrupted(results: dict[str, Result], nodeids: list[str], why: str) -> None:
+    """The records of an interrupted run: a test that started and did not finish (no
+    teardown report) is an error saying so; one that never started, a skip saying so."""
+    for nodeid in nodeids:
+        result = results.get(nodeid)
+        if result is None:
+            results[nodeid] = Result(nodeid, outcome=Outcome.SKIPPED,
+                                     reason=f"not run: the run was interrupted ({why})")
+            continue
+        if "teardown" in result.durations:
+            continue
+        phase = "teardown" if "call" in result.durations else \
+            "call" if "setup" in result.durations else "setup"
+        title = f"interrupted ({why}) during {phase}"
+        result.add([Finding(Category.INFRA, title, title, phase=phase)])
+        if not result.failed:  # a failure already recorded stays the verdict
+            result.outcome, result.when = Outcome.ERROR, phase
+            result.text = f"{title}\n\n{result.text}".rstrip()
+
+
 def run_options(config: pytest.Config) -> dict[str, Any]:
     """The run's options as a reproducer needs them."""
     out = options.values(config.option)
@@ -184,6 +224,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _CONFIG.remove(config)
     if _is_worker(config):
         return
+    if INTERRUPT in config.stash:
+        mark_interrupted(config.stash[RESULTS], [i.nodeid for i in session.items],
+                         config.stash[INTERRUPT])
     results = list(config.stash.get(RESULTS, {}).values())
     started = config.stash[STARTED]
     meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -35,7 +35,6 @@ def _started(runs: Path) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 2: a signal mid-test loses the reports")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_test_keeps_every_report(tmp_path: Path, sig: signal.Signals) -> None:
     rep, junit = tmp_path / "rep", tmp_path / "j.xml"
