@@ -50,7 +50,6 @@ def _saved(env: dict[str, str]) -> Path:
     return _snapshot(env)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 3: a traceback on every later boot")
 def test_a_snapshot_cut_short_is_removed_and_the_guest_boots_cold(
         own_cache: dict[str, str]) -> None:
     snap = _saved(own_cache)
@@ -75,7 +74,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 6: a slow restore removes it")
 def test_a_restore_that_is_only_slow_keeps_the_snapshot(own_cache: dict[str, str]) -> None:
     snap = _saved(own_cache)
     before = {p.name: p.stat().st_ino for p in snap.iterdir()}
