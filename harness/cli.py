@@ -38,7 +38,8 @@ def _boot(p: argparse.ArgumentParser) -> None:
                         "where is said) and exit")
     p.add_argument("--keep", action="store_true",
                    help="keep the run directory (console log); a failed boot keeps it anyway")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD (default 600)")
+    p.add_argument("--timeout", type=options.seconds, default=600.0,
+                   help="seconds for CMD (default 600)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
 

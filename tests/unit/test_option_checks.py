@@ -31,13 +31,11 @@ def _refused(verb: str, flag: str, value: str, tmp_path: Path) -> None:
     assert flag in lines[0] and value in lines[0], lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 6b: run starts before checking")
 @pytest.mark.parametrize("flag,value", BAD, ids=[f for f, _ in BAD])
 def test_run_checks_every_option_first(flag: str, value: str, tmp_path: Path) -> None:
     _refused("run", flag, value, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 6b: boot accepts bad values")
 @pytest.mark.parametrize("flag,value", [*BAD, ("--timeout", "-1")],
                          ids=[f for f, _ in BAD] + ["--timeout"])
 def test_boot_checks_every_option_first(flag: str, value: str, tmp_path: Path) -> None:
