@@ -61,7 +61,6 @@ def _unharmed(out: Path) -> None:
     assert not left, left
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 5: a traceback, 0-byte reports")
 def test_a_full_report_disk_keeps_the_old_reports_and_the_results(
         tmp_path: Path, full_dir: Path) -> None:
     runs = tmp_path / "runs"
@@ -77,7 +76,6 @@ def test_a_full_report_disk_keeps_the_old_reports_and_the_results(
     assert doc["summary"] == {"passed": 1, "failed": 1}, doc["summary"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19 finding 5: a traceback, 0-byte reports")
 def test_with_nowhere_to_write_the_results_go_to_stdout(tmp_path: Path, full_dir: Path) -> None:
     r = _run(tmp_path, full_dir, full_dir / "runs")
     assert r.returncode == 1, r.stdout + r.stderr
