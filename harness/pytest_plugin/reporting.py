@@ -180,15 +180,14 @@ def mark_interrupted(results: dict[str, Result], nodeids: list[str], why: str) -
             results[nodeid] = Result(nodeid, outcome=Outcome.SKIPPED,
                                      reason=f"not run: the run was interrupted ({why})")
             continue
-        if "teardown" in result.durations:
-            continue
+        if "teardown" in result.durations or result.failed:
+            continue  # finished, or a failure already recorded: that verdict stands
         phase = "teardown" if "call" in result.durations else \
             "call" if "setup" in result.durations else "setup"
         title = f"interrupted ({why}) during {phase}"
         result.add([Finding(Category.INFRA, title, title, phase=phase)])
-        if not result.failed:  # a failure already recorded stays the verdict
-            result.outcome, result.when = Outcome.ERROR, phase
-            result.text = f"{title}\n\n{result.text}".rstrip()
+        result.outcome, result.when = Outcome.ERROR, phase
+        result.text = f"{title}\n\n{result.text}".rstrip()
 
 
 def run_options(config: pytest.Config) -> dict[str, Any]:
