@@ -38,7 +38,8 @@ def _boot(p: argparse.ArgumentParser) -> None:
                         "where is said) and exit")
     p.add_argument("--keep", action="store_true",
                    help="keep the run directory (console log); a failed boot keeps it anyway")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for CMD (default 600)")
+    p.add_argument("--timeout", type=options.seconds, default=600.0,
+                   help="seconds for CMD (default 600)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
 
 
@@ -220,11 +221,39 @@ def handler(verb: Verb) -> Callable[..., int]:
     return fn
 
 
+_CAUGHT: list[signal.Signals] = []  # the signals that stopped this run, first one first
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """SIGINT and SIGTERM stop the run the same way, through KeyboardInterrupt: pytest then
+    records the unfinished tests and writes every report, and QEMUs are stopped. Only the
+    first raises: a second one must not cut the report writing short."""
+    _CAUGHT.append(signal.Signals(signum))
+    if len(_CAUGHT) == 1:
+        raise KeyboardInterrupt(_CAUGHT[0].name)  # pytest's records say which
+
+
+def _interrupted() -> int:
+    sig = _CAUGHT[0] if _CAUGHT else signal.SIGINT
+    print(f"ksm-harness: interrupted ({sig.name})", file=sys.stderr)
+    return 128 + int(sig)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # A shell starts background jobs with SIGINT ignored, and Python then installs no
     # KeyboardInterrupt handler: Ctrl-C (or kill -INT) must always stop us and our QEMUs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (kill, CI cancelling a job) would end us silently, without reports.
+    _CAUGHT.clear()
+    before = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = parse(argv)
     except HarnessError as exc:
@@ -234,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for msg in reaper.clean_stale():
             print(f"ksm-harness: {msg}", file=sys.stderr)
-        return handler(verb)(args.rest if verb.declare is None else args)
+        status = handler(verb)(args.rest if verb.declare is None else args)
+        # pytest catches the KeyboardInterrupt, writes its reports and returns
+        return _interrupted() if _CAUGHT else status
     except HarnessError as exc:
         print(f"ksm-harness: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("ksm-harness: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except OSError as exc:
         # the host's file system failed us (full, read-only, no permission): name the file
         line = host_file_line(exc)

@@ -19,7 +19,7 @@ from harness.access.remote import CommandResult, Process
 from harness.access.ssh import SSH
 from harness.console.reader import Console
 from harness.findings import Finding
-from harness.health import Monitor
+from harness.health import INTERRUPTED, Monitor
 from harness.ksm.timeline import PhasedProcess, Sampler
 from harness.machine.qemu import QemuConfig
 from harness.machine.qmp import QMP, QMPError
@@ -105,9 +105,10 @@ class Guest(GuestPort):
         self._start()
 
     def gone_since(self, generation: int) -> bool:
-        """The VM of ``generation`` was retired or replaced (a fixture's teardown has
-        nothing to undo on it); never boots."""
-        return self.retired or self.generation != generation
+        """The VM of ``generation`` was retired or replaced, or the run was interrupted (its
+        VMs are about to be stopped): a fixture's teardown has nothing to undo on it; never
+        boots."""
+        return self.retired or self.generation != generation or INTERRUPTED.is_set()
 
     def close(self) -> None:
         self._stop(self._vm)

@@ -50,6 +50,17 @@ class Option:
         return kw
 
 
+def seconds(text: str) -> float:
+    """A duration option's value: a number >= 0 (argparse and pytest say which option)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):  # NaN fails the comparison
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
 DEFAULT_NUMA = "2"  # two nodes of 1 GiB and 1 CPU: the smallest machine where NUMA matters
 
 def _guest(help: str, default: Any = None, **declared: Any) -> Any:
@@ -80,7 +91,7 @@ class GuestOptions:
     image: str | None = _guest("use this base qcow2 image instead of the recipe's",
                                metavar="QCOW2")
     boot_timeout: float = _guest(
-        "seconds to wait for the guest (default 180 under TCG, 60 under KVM)", 0.0, type=float,
+        "seconds to wait for the guest (default 180 under TCG, 60 under KVM)", 0.0, type=seconds,
         metavar="S", reproduce=False)  # 0: chosen from the accelerator
     snapshot: str = _guest(
         "auto: the first guest of a kernel and topology is saved once ready, later ones start "

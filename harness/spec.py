@@ -2,8 +2,9 @@
 choose the kernel, image, accelerator and topology the same way."""
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,53 @@ class Options(options.GuestOptions):
         return cls(**{**options.values(source), **given})
 
 
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def check(vals: Mapping[str, Any], numas: Iterable[str] | None = None) -> None:
+    """Every guest option's value (the table is harness.options'), cheaply: nothing is
+    downloaded, built or started. Each error is one line naming the option (HarnessError):
+    what `boot` and `run` check before anything starts. ``numas``: every --numa of a
+    matrix (default: ``vals["numa"]``)."""
+    timeout = vals.get("boot_timeout")
+    if timeout is not None and not 0 <= float(timeout) < float("inf"):
+        raise HarnessError(f"--boot-timeout {timeout}: not a number of seconds >= 0 "
+                           "(0: chosen from the accelerator)")
+    available = topology.host_mem_available_mb()
+    for spec in numas if numas is not None else [vals.get("numa") or options.DEFAULT_NUMA]:
+        topology.check_fits_host(spec, topology.parse_numa(spec), available)
+    swap = vals.get("swap_disk")
+    if swap:
+        try:
+            topology.parse_size_mb(swap)
+        except HarnessError as exc:
+            raise HarnessError(f"--swap-disk {swap}: {exc}") from None
+    img = vals.get("image")
+    if img:
+        path = os.path.expanduser(img)
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as exc:
+            raise HarnessError(f"--image {img}: {(exc.strerror or str(exc)).lower()}") from None
+        if magic != QCOW2_MAGIC:
+            raise HarnessError(f"--image {img}: not a qcow2 image")
+    mods = vals.get("modules")
+    if mods and not os.path.isdir(os.path.expanduser(mods)):
+        raise HarnessError(f"--modules {mods}: no such directory (give DIR/lib/modules/"
+                           "<release> or DIR)")
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def build(opts: Options, log: Callable[[str], None] = _stderr) -> VMSpec:
-    deps.ensure(["qemu-system-x86_64", "qemu-img"])
     if opts.accel not in ("auto", "kvm", "tcg"):
         raise HarnessError(f"--accel {opts.accel}: choose auto, kvm or tcg")
     # cheap checks first: a typo must not wait for a kernel download or an image build
+    check(vars(opts))
+    deps.ensure(["qemu-system-x86_64", "qemu-img"])
     topo = Topology(nodes=parse_numa(opts.numa))
     topology.check_fits_host(opts.numa, topo.nodes, topology.host_mem_available_mb())
     if opts.swap_disk:

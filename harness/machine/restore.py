@@ -23,6 +23,20 @@ SECRET_FILES = ("authorized_keys", "ssh_host_ecdsa_key", "ssh_host_ecdsa_key.pub
 Logins = tuple[paramiko.PKey, paramiko.PKey]  # (client key, host key) to log into the guest
 
 
+def qemu_said(console: Console | None, wait: float = 1.0) -> str | None:
+    """QEMU's last error line on the console (its stderr), e.g. "backing store ... size
+    0x20000000 does not match 'size' option 0x40000000"; the reader may still be reading
+    what a QEMU that just exited wrote, hence ``wait``."""
+    end = time.monotonic() + wait
+    while console is not None:
+        said = [ln.strip() for ln in console.tail(20).splitlines()
+                if ln.startswith("qemu-system")]
+        if said or time.monotonic() > end:
+            return said[-1].split(": ", 1)[-1] if said else None
+        time.sleep(0.05)
+    return None
+
+
 class Restore:
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
@@ -70,13 +84,23 @@ class Restore:
         self.restored = snap
         return logins
 
-    def give_up(self, why: VMError) -> None:
-        """The restore failed (a stale or broken snapshot): remove it; the VM boots cold."""
-        self.log(f"ksm-harness: could not start from the snapshot ({why}); booting "
+    def give_up(self, why: VMError, gone: str | None, console: Console | None) -> None:
+        """The restore failed; the VM boots cold. QEMU ``gone`` (why, else None): it refused
+        the snapshot (a RAM file cut short, a stream it cannot read, ...) and said why on
+        its stderr, the console: the snapshot is removed and the cold boot saves a new one.
+        QEMU still there: the restore was only slow (a loaded host, a stopped QEMU), which
+        says nothing against the snapshot: it is kept, and this VM saves none."""
+        snap, self.restored = self.restored, None
+        if gone is None:
+            self.log(f"ksm-harness: the saved guest did not load in time ({why}); booting "
+                     "cold (the snapshot is kept)")
+            self.key = None
+            return
+        cause = qemu_said(console) or gone
+        self.log(f"ksm-harness: removed a snapshot QEMU could not load ({cause}); booting "
                  "cold and saving a new one")
-        if self.restored is not None:
-            self.restored.remove()
-        self.restored = None
+        if snap is not None:
+            snap.remove()
 
     def ram_for_saving(self, cfg: QemuConfig) -> None:
         """A cold boot that will save a snapshot keeps its RAM in shared files, so that the

@@ -58,7 +58,10 @@ IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 
 @cache
 def qemu_version(binary: str = "qemu-system-x86_64") -> str:
-    r = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    try:  # every wait has a timeout: a QEMU that never answers is no version
+        r = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "unknown"
     return r.stdout.splitlines()[0] if r.returncode == 0 and r.stdout else "unknown"
 
 

@@ -174,8 +174,9 @@ class VM:
             try:
                 self._wait_restored()
                 return self
-            except VMError as exc:  # a stale or broken snapshot: boot cold, once
-                self.restore.give_up(exc)
+            except VMError as exc:  # a broken snapshot, or a slow restore: boot cold, once
+                # QEMU that refused the snapshot is exiting: a moment to tell from a slow one
+                self.restore.give_up(exc, self.wait_exit(2.0), self.console)
                 self._cold_again()
         crashes = 0
         for attempt in range(5):
@@ -262,7 +263,7 @@ class VM:
             qmp.connect(10)
             self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
             self.restore.load(qmp, deadline, self.alive, self.console)
-        except QMPError as exc:
+        except (QMPError, OSError) as exc:  # OSError: QEMU refused the snapshot and quit
             raise VMError(f"QMP while loading the saved guest: {exc}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)

@@ -13,6 +13,7 @@ from harness import spec as spec_mod
 from harness.coverage.collect import Collector
 from harness.errors import HarnessError
 from harness.guest_handle import Guest
+from harness.health import INTERRUPTED
 from harness.machine.topology import Topology
 from harness.machine.vm import VM, VMSpec
 
@@ -29,6 +30,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.guest)
         elif not item.get_closest_marker("guest"):
             item.add_marker(pytest.mark.host)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """After Ctrl-C or SIGTERM, pytest tears the fixtures of the unfinished test down here,
+    and an exception from one of them would end the run before any report is written:
+    tear them down first, each failure one line (the interrupt is the verdict)."""
+    if not INTERRUPTED.is_set():
+        return
+    try:
+        session._setupstate.teardown_exact(None)
+  # what pytest's own sessionfinish does
+    except BaseException as exc:  # noqa: BLE001 -- a second signal included
+        line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+        print(f"\nksm-harness: a teardown after the interrupt failed: "
+              f"{type(exc).__name__}: {line}")
 
 
 @pytest.fixture(scope="session")

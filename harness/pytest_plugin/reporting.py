@@ -7,11 +7,13 @@ Under xdist only the controller records and writes.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
+import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from harness.findings import Category, Finding
 from harness.guest_handle import Guest
 from harness.pytest_plugin.sharding import SELECTED
 from harness.pytest_plugin.watch import PROPERTY
-from harness.results import html, junit, reproducer, writers
+from harness.results import files, html, junit, reproducer, writers
 from harness.results.model import Outcome, Result, results_document
 from harness.version import harness_version
 
@@ -33,6 +35,7 @@ RESULTS = pytest.StashKey[dict[str, Result]]()
 STARTED = pytest.StashKey[float]()
 PYTEST_JUNIT = pytest.StashKey[tuple[Any, str]]()
 KERNEL = pytest.StashKey[dict[str, str]]()  # the first guest's kernel, for the run's metadata
+INTERRUPT = pytest.StashKey[str]()  # what interrupted the run: SIGINT, SIGTERM
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -149,6 +152,44 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _CONFIG.append(session.config)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    config = _CONFIG[-1] if _CONFIG else None
+    if config is not None and isinstance(excinfo.value, KeyboardInterrupt):
+        # harness.cli names the signal; a plain pytest's Ctrl-C is a SIGINT too
+        config.stash[INTERRUPT] = str(excinfo.value) or "SIGINT"
+        if not config.getoption("fulltrace", False):
+            # the terminal shows only where it stopped, but renders every frame first (a
+            # second, with paramiko's): the run must stop at once
+            excinfo.traceback = excinfo.traceback[-1:]
+
+
+def pytest_runtest_logstart(nodeid: str) -> None:
+    """A record from the start: a test interrupted before its first report still has one."""
+    config = _CONFIG[-1] if _CONFIG else None
+    if config is not None and not _is_worker(config):
+        config.stash[RESULTS].setdefault(nodeid, Result(nodeid))
+
+
+def mark_interrupted(results: dict[str, Result], nodeids: list[str], why: str) -> None:
+    """The records of an interrupted run: a test that started and did not finish (no
+    teardown report) is an error saying so; one that never started, a skip saying so."""
+    for nodeid in nodeids:
+        result = results.get(nodeid)
+        if result is None:
+            results[nodeid] = Result(nodeid, outcome=Outcome.SKIPPED,
+                                     reason=f"not run: the run was interrupted ({why})")
+            continue
+        if "teardown" in result.durations or result.failed:
+            continue  # finished, or a failure already recorded: that verdict stands
+        phase = "teardown" if "call" in result.durations else \
+            "call" if "setup" in result.durations else "setup"
+        title = f"interrupted ({why}) during {phase}"
+        result.add([Finding(Category.INFRA, title, title, phase=phase)])
+        result.outcome, result.when = Outcome.ERROR, phase
+        result.text = f"{title}\n\n{result.text}".rstrip()
+
+
 def run_options(config: pytest.Config) -> dict[str, Any]:
     """The run's options as a reproducer needs them."""
     out = options.values(config.option)
@@ -173,8 +214,46 @@ def cell_meta(config: pytest.Config) -> dict[str, Any]:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    files.replace_text(path, text)
+
+
+class Reports:
+    """The report files of a run, each written whole or not at all (harness.results.files).
+    A file system that refuses one (full, read-only, no permission) costs one line naming
+    its directory, and the results go where they fit: a run directory, else stdout."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.refused: list[Path] = []
+
+    def write(self, path: Path, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except OSError as exc:
+            self.refused.append(path)
+            why = exc.strerror or str(exc)
+            self._say(f"ksm-harness: cannot write {path.name} in {path.parent}: {why}",
+                      sys.stderr)
+
+    def rescue(self, doc: dict[str, Any]) -> None:
+        """After a refusal: the results document where it fits."""
+        if not self.refused:
+            return
+        text = json.dumps(doc, indent=1) + "\n"
+        try:
+            out = paths.new_run_dir("results") / "results.json"
+            files.replace_text(out, text)
+            self._say(f"ksm-harness: the results are in {out}", sys.stderr)
+        except OSError:
+            self._say(text, sys.stdout)
+
+    def _say(self, text: str, stream: Any) -> None:
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is None:
+            print(text, file=stream, flush=True)
+            return
+        with capman.global_and_fixture_disabled():
+            print(text, file=stream, flush=True)
 
 
 @pytest.hookimpl(trylast=True)
@@ -184,6 +263,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _CONFIG.remove(config)
     if _is_worker(config):
         return
+    if INTERRUPT in config.stash:
+        mark_interrupted(config.stash[RESULTS], [i.nodeid for i in session.items],
+                         config.stash[INTERRUPT])
     results = list(config.stash.get(RESULTS, {}).values())
     started = config.stash[STARTED]
     meta: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -194,17 +276,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "cell": cell_meta(config), "kernel": config.stash.get(KERNEL, {})}
     doc = results_document(results, meta)
     xml = getattr(config.option, "xmlpath", None)
+    reports = Reports(config)
     if xml:
-        junit.write(Path(xml), [junit.Suite("ksm-harness", results)], started)
-        if PYTEST_JUNIT in config.stash:
+        reports.write(Path(xml), lambda: junit.write(Path(xml), [junit.Suite("ksm-harness",
+                                                                           results)], started))
+        if PYTEST_JUNIT in config.stash and not reports.refused:
             plugin, logfile = config.stash[PYTEST_JUNIT]
-            plugin.logfile = logfile
-    writers.write_all(lambda name: config.getoption(name, None), writers.Run(results, doc))
+            plugin.logfile = logfile  # its "generated xml file" line names ours
+    run = writers.Run(results, doc)
+    for w in writers.WRITERS:
+        path = config.getoption(w.name, None)
+        if path:
+            reports.write(Path(path), functools.partial(w.write, Path(path), run))
     jpath = config.getoption("results_json")
     rdir = config.getoption("report_dir")
     if rdir or any("kernel_release" in r.properties for r in results):
         out = Path(rdir or "results")
-        _write(out / "results.json", json.dumps(doc, indent=1) + "\n")
-        reproducer.write_failures(out, results, meta["options"], paths.REPO)
-        html.write(out, doc, results, junit=Path(xml) if xml else None,
-                   results_json=Path(jpath) if jpath else None)
+        reports.write(out / "results.json",
+                      lambda: _write(out / "results.json", json.dumps(doc, indent=1) + "\n"))
+        if not reports.refused:
+            reports.write(out / "failures", lambda: reproducer.write_failures(
+                out, results, meta["options"], paths.REPO))
+            reports.write(out / "summary.html", lambda: html.write(
+                out, doc, results, junit=Path(xml) if xml else None,
+                results_json=Path(jpath) if jpath else None))
+    reports.rescue(doc)

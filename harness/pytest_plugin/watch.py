@@ -191,15 +191,26 @@ def _excinfo(outcome: pluggy.Result[None]) -> BaseException | None:
     return outcome.exception
 
 
+def _interrupted(outcome: pluggy.Result[None]) -> bool:
+    """Ctrl-C or SIGTERM ended the phase: the guests are not asked again (pytest calls
+    pytest_keyboard_interrupt only once the exception has left every hook)."""
+    if isinstance(outcome.exception, KeyboardInterrupt):
+        INTERRUPTED.set()
+    return INTERRUPTED.is_set()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
-    yield
-    _open_windows(item, "setup")  # after fixtures: the guest exists
+    outcome = yield
+    if not _interrupted(outcome):
+        _open_windows(item, "setup")  # after fixtures: the guest exists
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
     outcome = yield
+    if _interrupted(outcome):
+        return
     _close_windows(item, "call", _excinfo(outcome))
     _open_windows(item, "teardown")  # teardown (e.g. run=2 in a fixture) is watched too
 
@@ -207,7 +218,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, pluggy.Result[None
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, pluggy.Result[None], None]:
     outcome = yield
-    _close_windows(item, "teardown", _excinfo(outcome))
+    if not _interrupted(outcome):
+        _close_windows(item, "teardown", _excinfo(outcome))
 
 
 def pytest_keyboard_interrupt() -> None:

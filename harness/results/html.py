@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from harness.results import files
 from harness.results.model import Result
 from harness.results.reproducer import slug
 
@@ -73,7 +74,6 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}th{{backgroun
 
 def write(rdir: Path, doc: dict[str, Any], results: list[Result], junit: Path | None = None,
           results_json: Path | None = None) -> Path:
-    rdir.mkdir(parents=True, exist_ok=True)
     out = rdir / "summary.html"
-    out.write_text(render(rdir, doc, results, junit, results_json))
+    files.replace_text(out, render(rdir, doc, results, junit, results_json))
     return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.results import files
 from harness.results.model import Outcome, Result
 
 XSD = Path(__file__).with_name("junit-10.xsd")
@@ -103,8 +104,9 @@ def document(suites: Iterable[Suite], started: float | None = None) -> ET.Elemen
 
 
 def write(path: Path, suites: Iterable[Suite], started: float | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document(suites, started).write(path, encoding="utf-8", xml_declaration=True)
+    root = document(suites, started).getroot()
+    assert root is not None
+    files.replace_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
     return path
 
 

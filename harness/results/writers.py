@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.options import Option
-from harness.results import ktap, markdown
+from harness.results import files, ktap, markdown
 from harness.results.model import Result
 
 
@@ -36,8 +36,7 @@ class Writer:
 
 
 def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    files.replace_text(path, text)
 
 
 def _json(path: Path, run: Run) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from harness import cellplan, options
+from harness import cellplan, options, spec
 from harness.errors import HarnessError
 from harness.pytest_plugin import session
 from harness.results import writers
@@ -85,6 +85,7 @@ def check(argv: list[str]) -> argparse.Namespace | None:
     if ns.shard:
         cellplan.parse_shard(ns.shard)
     cellplan.validate(ns.kernel or [], ns.numa or [], ns.modules)
+    spec.check(vars(ns), ns.numa or [options.DEFAULT_NUMA])
     found, pytest_args = options.split_repeated(argv, extra=("--baseline", "--cell", "--shard"))
     complaint = session.usage_error(pytest_args, ["tests/ksm"])
     if complaint:

@@ -115,13 +115,44 @@ def test_an_unusable_snapshot_is_removed_and_the_vm_prepared_again(tmp_path: Pat
     assert logins is None and cfg is prepared[2] and len(logged) == 1
 
 
-def test_a_failed_restore_removes_its_snapshot(tmp_path: Path) -> None:
+class _Console:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def tail(self, n: int = 40) -> str:
+        return self.text
+
+
+# what QEMU 7.2 printed for a snapshot whose ram0 was cut to half its size
+CUT_SHORT = ("qemu-system-x86_64: -object memory-backend-file,id=m0,size=1024M,mem-path=/c/ram0,"
+             "share=off: backing store /c/ram0 size 0x20000000 does not match 'size' option "
+             "0x40000000")
+
+
+def test_a_restore_qemu_refused_removes_its_snapshot_saying_why(tmp_path: Path) -> None:
     logged: list[str] = []
     restore = Restore(logged.append)
+    restore.key = "k2"
     restore.restored = _saved(tmp_path, "k2", b"x")
-    restore.give_up(VMError("the saved guest did not load"))
+    restore.give_up(VMError("QMP while loading the saved guest: Connection reset by peer"),
+                    "QEMU exited (status 1, signal None)",
+                    _Console(f"boot line\n{CUT_SHORT}\n"))  # type: ignore[arg-type]
     assert restore.restored is None and not (tmp_path / "k2").exists()
-    assert "could not start from the snapshot (the saved guest did not load)" in logged[0]
+    assert len(logged) == 1 and "removed a snapshot QEMU could not load" in logged[0]
+    assert "size 0x20000000 does not match 'size' option" in logged[0]
+    assert restore.key == "k2"  # the cold boot saves a new one
+
+
+def test_a_restore_that_is_only_slow_keeps_its_snapshot(tmp_path: Path) -> None:
+    logged: list[str] = []
+    restore = Restore(logged.append)
+    restore.key = "k3"
+    restore.restored = _saved(tmp_path, "k3", b"x")
+    restore.give_up(VMError("the saved guest did not load (QEMU status inmigrate; running)"),
+                    None, _Console(""))  # type: ignore[arg-type]
+    assert restore.restored is None and (tmp_path / "k3").is_dir()
+    assert "did not load in time" in logged[0] and "kept" in logged[0]
+    assert restore.key is None  # nothing saved over it
 
 
 def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
