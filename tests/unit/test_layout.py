@@ -22,7 +22,7 @@ LAYERS = {
     "health": 4, "guest": 4, "ksm": 4, "guestsys": 4, "workloads": 4, "spec": 4,
     "cells": 4,
     "kernel_bugs": 4,
-    "results": 5,
+    "results": 5, "fuzz": 5,
     "pytest_plugin": 6,
     "runs": 7,
     "cli": 8,
