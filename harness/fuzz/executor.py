@@ -8,6 +8,7 @@ slabs back to their baseline."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from harness.access.remote import Runner
@@ -19,6 +20,8 @@ from harness.ksm.model import describe_mismatches
 from harness.workloads import Workload
 
 PEEK_LEN = 64
+PEAKS = ("pages_shared", "pages_sharing", "stable_node_chains", "stable_node_dups",
+         "full_scans")
 SLAB_SLACK = 64  # as the ksm fixture: per-cpu slabs keep a residue
 
 
@@ -40,6 +43,9 @@ class GuestSteps:
         self.slabs: dict[str, int] = {}
         self.count = 0
         self.seconds = 0.0
+        # what the run reached, for the summary: steps per op, counter peaks
+        self.ops: Counter[str] = Counter()
+        self.peaks: Counter[str] = Counter()
 
     def begin(self) -> Model:
         """Nothing merged, the initial knobs (tree knobs while run=2): a fresh model."""
@@ -62,6 +68,7 @@ class GuestSteps:
         model.apply(step)
         self._check(model, step)
         self.count += 1
+        self.ops[step.op if step.op != "knob" else f"{step.args['name']}={step.args['value']}"] += 1
         self.seconds += time.monotonic() - t0
 
     # -- doing --
@@ -167,6 +174,8 @@ class GuestSteps:
         snap = self.ksm.exact_counters() if running else self.ksm.snapshot()
         values = {n: snap[n] for n in snap.values if snap.values[n].lstrip("-").isdigit()}
         self.samples.append((values, reset))
+        for name in PEAKS:
+            self.peaks[name] = max(self.peaks[name], values.get(name, 0))
         problems = sample_problems(values, model.clean, model.knobs)
         problems += sequence_problems(self.samples[-2:])
         if problems:

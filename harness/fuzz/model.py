@@ -91,6 +91,9 @@ class Region:
 class Proc:
     regions: dict[str, Region] = field(default_factory=dict)
     writes: int = 0  # ksmwork's write counter (unique writes so far)
+    # MADV_MERGEABLE once: KSM has its mm (until exit), so ksmd runs; with no such mm it
+    # sleeps and full_scans stands still (ksmd_should_run)
+    registered: bool = False
     children: int = 0
     child_regions: dict[str, Region] = field(default_factory=dict)  # copies at the fork
 
@@ -124,7 +127,11 @@ class Model:
         if step.op == "knob":
             return self._refuse_knob(a.get("name", ""), a.get("value"))
         if step.op == "wait":
-            return None if self.knobs.get("run") == 1 else "ksmd is not running (run != 1)"
+            if self.knobs.get("run") != 1:
+                return "ksmd is not running (run != 1)"
+            if not any(p.registered for p in self.procs.values()):
+                return "no process ever madvised MERGEABLE: ksmd sleeps"
+            return None
         if step.op == "reclaim":
             return None if env.swap and env.cgroup and self.procs else "no swap or no cgroup"
         if proc is None:
@@ -196,6 +203,8 @@ class Model:
                 proc.writes += 1
                 key = content.write_key(content.seedkey(region.seed), proc.writes)
             region.overrides[a["page"]] = key
+        elif step.op == "madvise" and a["advice"] == "merge":
+            self.procs[a["proc"]].registered = True
         elif step.op == "fork":
             proc = self.procs[a["proc"]]
             proc.children = a["n"]
@@ -203,5 +212,5 @@ class Model:
         elif step.op == "children_exit":
             proc = self.procs[a["proc"]]
             proc.children, proc.child_regions = 0, {}
-        # madvise, touch, mlock, munlock, move, migrate, wait, reclaim, children_verify:
+        # other madvise, touch, mlock, munlock, move, migrate, wait, reclaim, children_verify:
         # the content stays what it was (that is what the oracles check)
