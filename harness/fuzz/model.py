@@ -68,6 +68,7 @@ class Region:
     kind: str
     seed: int
     overrides: dict[int, int] = field(default_factory=dict)  # page -> key set by write
+    mergeable: bool = False  # MADV_MERGEABLE, not undone by MADV_UNMERGEABLE since
 
     @property
     def pattern(self) -> str:
@@ -91,9 +92,13 @@ class Region:
 class Proc:
     regions: dict[str, Region] = field(default_factory=dict)
     writes: int = 0  # ksmwork's write counter (unique writes so far)
-    # MADV_MERGEABLE once: KSM has its mm (until exit), so ksmd runs; with no such mm it
-    # sleeps and full_scans stands still (ksmd_should_run)
-    registered: bool = False
+
+    def mergeable(self) -> bool:
+        """KSM keeps this mm (or a child's) only while it has a VM_MERGEABLE area: a full
+        scan that finds none drops it (scan_get_next_rmap_item, 6.1)."""
+        return any(r.mergeable for r in (*self.regions.values(),
+                                         *(self.child_regions.values() if self.children
+                                           else ())))
     children: int = 0
     child_regions: dict[str, Region] = field(default_factory=dict)  # copies at the fork
 
@@ -129,8 +134,8 @@ class Model:
         if step.op == "wait":
             if self.knobs.get("run") != 1:
                 return "ksmd is not running (run != 1)"
-            if not any(p.registered for p in self.procs.values()):
-                return "no process ever madvised MERGEABLE: ksmd sleeps"
+            if not any(p.mergeable() for p in self.procs.values()):
+                return "no VM_MERGEABLE area left: KSM drops the mm, ksmd sleeps"
             return None
         if step.op == "reclaim":
             return None if env.swap and env.cgroup and self.procs else "no swap or no cgroup"
@@ -203,8 +208,8 @@ class Model:
                 proc.writes += 1
                 key = content.write_key(content.seedkey(region.seed), proc.writes)
             region.overrides[a["page"]] = key
-        elif step.op == "madvise" and a["advice"] == "merge":
-            self.procs[a["proc"]].registered = True
+        elif step.op == "madvise" and a["advice"] in ("merge", "unmerge"):
+            self.region(step).mergeable = a["advice"] == "merge"
         elif step.op == "fork":
             proc = self.procs[a["proc"]]
             proc.children = a["n"]
