@@ -128,6 +128,19 @@ def _export(p: argparse.ArgumentParser) -> None:
                         "current directory)")
 
 
+def _fuzz(p: argparse.ArgumentParser) -> None:
+    options.add_to_argparse(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--minutes", type=float, metavar="N",
+                      help="generate for N minutes (default 10), then shrink any failure")
+    what.add_argument("--replay", metavar="FILE",
+                      help="run a reproducer file's steps (written by a failing run)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="the generator's seed (default: today's UTC date, YYYYMMDD)")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="results and reproducers (default results/; reproducers in fuzz/)")
+
+
 def _junit_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="XML")
 
@@ -169,6 +182,8 @@ VERBS: dict[str, Verb] = {
                   "harness.runs.cells:merge_main", _merge),
     "export": Verb("export results in another system's format", "harness.runs.export:main",
                    _export),
+    "fuzz": Verb("generate KSM operation sequences checked against a model for N minutes, "
+                 "or replay a failure's minimal sequence", "harness.runs.fuzz:main", _fuzz),
     "junit-check": Verb("validate JUnit XML against Jenkins' junit-10.xsd",
                         "harness.results.junit:check", _junit_check),
 }

@@ -107,6 +107,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("ksm_seed", "seed of the KSM knob-chaos scenario (default: $KSM_SEED, else random; "
            "a failure prints the seed to rerun with)", type=int, metavar="N",
            group="selection"),
+    Option("fuzz_seed", "seed of the generated operation sequences (test_generated; default: "
+           "$KSM_FUZZ_SEED, else today's UTC date as YYYYMMDD: a new seed each night, the same "
+           "all day)", type=int, metavar="N", env="KSM_FUZZ_SEED", group="selection"),
+    Option("fuzz_minutes", "time budget of test_generated's generation (default 1.25: the "
+           "slice of a suite run; ksm-harness fuzz --minutes sets it)", type=float,
+           metavar="M", group="selection"),
+    Option("fuzz_replay", "run test_generated on a reproducer file's steps instead of "
+           "generating (ksm-harness fuzz --replay)", metavar="FILE", group="selection"),
     Option("keep_runs", "keep each VM's run directory (overlay, initrd) after the run",
            switch=True, group="reports"),
     Option("report_dir", "results.json, failures with reproducers and console logs, and "

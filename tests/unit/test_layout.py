@@ -22,7 +22,7 @@ LAYERS = {
     "health": 4, "guest_handle": 4, "ksm": 4, "guest_mm": 4, "workloads": 4, "spec": 4,
     "cellplan": 4, "coverage": 4,
     "kernel_bugs": 4,
-    "results": 5,
+    "results": 5, "fuzz": 5,
     "pytest_plugin": 6,
     "runs": 7,
     "cli": 8,
