@@ -1,10 +1,12 @@
 """How often does the suite fail a kernel that has no bug? Runs the KSM suite N times on one
 kernel and prints every test that failed (or errored) in any run, with its titles and rate.
 
-    python bench/false_alarms.py --runs 10 [--kernel K] [pytest args, e.g. -k merge]
+    python bench/false_alarms.py --runs 10 [--kernel K] [--seed S] [pytest args, e.g. -k merge]
 
-Each run is a child pytest process writing results/false-alarms/run-<i>/results.json. On a
-clean kernel every row printed is a false alarm of ours: a flake to fix at its cause.
+Each run is a child pytest process writing results/false-alarms/run-<i>/results.json, with a
+seed of its own for the generated sequences (test_generated): S, S+1, ... (default S: today's
+UTC date, as the main job's). On a clean kernel every row printed is a false alarm of ours: a
+flake to fix at its cause.
 """
 from __future__ import annotations
 
@@ -29,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--kernel", default=None)
     p.add_argument("--out", type=Path, default=Path("results/false-alarms"))
+    p.add_argument("--seed", type=int, default=None,
+                   help="first run's --fuzz-seed (default: today's UTC date as YYYYMMDD)")
     args, rest = p.parse_known_args(argv)
+    first = args.seed if args.seed is not None else int(time.strftime("%Y%m%d", time.gmtime()))
+    seeds: list[int] = []
     runs: list[list[Result]] = []
     seconds: list[float] = []
     for i in range(1, args.runs + 1):
@@ -37,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").unlink(missing_ok=True)
         extra = ["--kernel", args.kernel] if args.kernel else []
+        seeds.append(first + i - 1)
+        extra += ["--fuzz-seed", str(seeds[-1])]
         t0 = time.monotonic()
         session.run_child([*rest, *extra, "-q", "-p", "no:cacheprovider",
                            "--results-json", str(out / "results.json"),
@@ -46,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             else []
         runs.append(results)
         bad = sum(r.failed for r in results)
-        print(f"run {i}/{args.runs}: {len(results)} tests, {bad} failed, "
-              f"{seconds[-1]:.0f}s", flush=True)
+        print(f"run {i}/{args.runs} (fuzz seed {seeds[-1]}): {len(results)} tests, {bad} "
+              f"failed, {seconds[-1]:.0f}s", flush=True)
     failed: dict[str, list[str]] = defaultdict(list)
     for results in runs:
         for r in results:
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed[r.nodeid].append(r.title)
     total = sum(len(r) for r in runs)
     out = [f"{args.runs} runs, {total} test runs, kernel {args.kernel or 'default'}, "
-           f"{min(seconds, default=0):.0f}-{max(seconds, default=0):.0f}s a run"]
+           f"{min(seconds, default=0):.0f}-{max(seconds, default=0):.0f}s a run, "
+           f"fuzz seeds {seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}"]
     if not failed:
         out.append("no test failed in any run")
     for nodeid, titles in sorted(failed.items(), key=lambda kv: -len(kv[1])):
