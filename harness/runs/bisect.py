@@ -147,8 +147,19 @@ def run_scenario(tree: Path, scenario: str, out: Path, extra: Iterable[str] = ()
     return load_results(out)[1]
 
 
+GIT_TIMEOUT = 120.0  # seconds: rev-parse and log on a kernel tree take well under one
+
+
 def _git(tree: Path, *args: str, check: bool = True) -> str:
-    r = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+    try:
+        r = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
+                           timeout=GIT_TIMEOUT)
+    except FileNotFoundError:
+        raise BisectError("git is not installed (apt-get install git): bisect reads the "
+                          "tree's commits with it") from None
+    except subprocess.TimeoutExpired:
+        raise BisectError(f"git {' '.join(args)} in {tree}: no answer in {GIT_TIMEOUT:.0f}s"
+                          ) from None
     if check and r.returncode != 0:
         raise BisectError(f"git {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
     return r.stdout.strip()

@@ -178,3 +178,10 @@ def test_slim_fragment_never_turns_off_what_the_suite_needs() -> None:
     wanted = build.parse_fragment(build.FRAGMENT.read_text())
     assert slim and all(v is None for v in slim.values())
     assert not set(slim) & set(wanted)
+
+
+def test_git_missing_is_one_line_not_a_traceback(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no git on it
+    with pytest.raises(b.BisectError, match="git is not installed"):
+        b._git(tmp_path, "rev-parse", "HEAD")
