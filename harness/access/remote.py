@@ -41,6 +41,10 @@ class CommandTimeout(Exception):
     def __init__(self, command: str, timeout: float) -> None:
         self.command = command
         self.timeout = timeout
+        # set when the deadline ended on the wall-time cap while the host kept the guest
+        # off its CPUs (harness.access.guestclock): says nothing of the kernel under test
+        self.host_starved = False
+        self.starved = ""  # "; the host starved the guest: ..." when it did
         super().__init__(f"guest command still running after {timeout:.0f}s: {command}")
 
 

@@ -20,6 +20,7 @@ from types import TracebackType
 import paramiko
 from fabric import Connection
 
+from harness.access.guestclock import SAMPLE_EVERY, Budget
 from harness.access.remote import (
     Abort,
     CommandFailed,
@@ -64,14 +65,14 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._armed: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._armed: dict[int, tuple[Budget, Callable[[], None]]] = {}
         self._keys = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, seconds: float, expire: Callable[[], None]) -> int:
+    def arm(self, budget: Budget, expire: Callable[[], None]) -> int:
         with self._cond:
             key = next(self._keys)
-            self._armed[key] = (time.monotonic() + seconds, expire)
+            self._armed[key] = (budget, expire)
             if self._thread is None or not self._thread.is_alive():  # first use, or forked
                 self._thread = threading.Thread(target=self._run, name="ssh-deadlines",
                                                 daemon=True)
@@ -86,12 +87,14 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                now = time.monotonic()
-                due = [k for k, (t, _) in self._armed.items() if t <= now]
+                due = [k for k, (b, _) in self._armed.items() if b.over()]
                 expired = [self._armed.pop(k)[1] for k in due]
                 if not expired:
-                    first = min((t for t, _ in self._armed.values()), default=now + 60)
-                    self._cond.wait(first - now)
+                    # a budget that counts the guest's time moves slower than the clock:
+                    # look again within SAMPLE_EVERY
+                    first = min((b.left() if b.pid is None else min(b.left(), SAMPLE_EVERY)
+                                 for b, _ in self._armed.values()), default=60.0)
+                    self._cond.wait(max(first, 0.01))
                     continue
             for expire in expired:  # outside the lock: closing a transport takes a while
                 expire()
@@ -107,14 +110,15 @@ class Deadline:
     naming ``d.step``, whatever the interrupted call raised or returned."""
 
     def __init__(self, command: str, seconds: float, give_up: Callable[[], None],
-                 step: str = "waiting", console: Callable[[], str] | None = None) -> None:
+                 step: str = "waiting", console: Callable[[], str] | None = None,
+                 pid: int | None = None) -> None:
         self.command, self.seconds, self.step = command, seconds, step
-        self._give_up, self._console = give_up, console
+        self._give_up, self._console, self._pid = give_up, console, pid
+        self.budget = Budget(seconds)
         self._lock = threading.Lock()
         self._done = self._fired = False
         self._stuck = step
         self._key = -1
-        self._t0 = 0.0
 
     def _expire(self) -> None:
         with self._lock:
@@ -128,8 +132,8 @@ class Deadline:
             pass
 
     def __enter__(self) -> Deadline:
-        self._t0 = time.monotonic()
-        self._key = _WATCHDOG.arm(self.seconds, self._expire)
+        self.budget = Budget(self.seconds, self._pid)
+        self._key = _WATCHDOG.arm(self.budget, self._expire)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -147,13 +151,28 @@ class Deadline:
                     console = self._console()
                 except Exception:  # noqa: BLE001 -- diagnostics only
                     console = ""
-            raise SSHDeadline(self.command, self._stuck, self.seconds,
-                              time.monotonic() - self._t0, console) from None
+            exc = SSHDeadline(self.command, self._stuck, self.seconds, self.budget.wall(),
+                              console)
+            _starved(exc, self.budget)
+            raise exc from None
 
 
-def _timeout(cmd: str, timeout: float, console: Callable[[], str] | None) -> CommandTimeout:
+def _starved(exc: CommandTimeout, budget: Budget) -> CommandTimeout:
+    """Say in ``exc`` how long the host kept the guest waiting for a CPU, if it did; a
+    deadline that ended on its wall-time cap is the host's doing (``host_starved``)."""
+    note = budget.note()
+    if note:
+        exc.args = (f"{exc.args[0]}{note}",)
+        exc.starved = note
+        exc.host_starved = budget.capped() and budget.used() < budget.seconds
+    return exc
+
+
+def _timeout(cmd: str, timeout: float, console: Callable[[], str] | None,
+             budget: Budget | None = None) -> CommandTimeout:
     """CommandTimeout for a command past its deadline, with the console's last line (what
-    the guest last said: a prompt, a stack trace, nothing since it froze)."""
+    the guest last said: a prompt, a stack trace, nothing since it froze) and the host's
+    starving of the guest, if any."""
     exc = CommandTimeout(cmd, timeout)
     try:
         line = console().strip() if console is not None else ""
@@ -161,7 +180,7 @@ def _timeout(cmd: str, timeout: float, console: Callable[[], str] | None) -> Com
         line = ""
     if line:
         exc.args = (f"{exc.args[0]}; the console's last line: {line!r}",)
-    return exc
+    return _starved(exc, budget) if budget is not None else exc
 
 
 def _closer(channel: paramiko.Channel) -> Callable[[], None]:
@@ -182,17 +201,19 @@ class SSHProcess:
     """A guest program on its own channel, driven line by line (see remote.Process)."""
 
     def __init__(self, channel: paramiko.Channel, cmd: str, abort: Abort | None = None,
-                 timeout: float = 30.0, console: Callable[[], str] | None = None) -> None:
+                 timeout: float = 30.0, console: Callable[[], str] | None = None,
+                 pid: int | None = None) -> None:
         self.channel = channel
         self.cmd = cmd
         self.abort = abort
         self.console = console
+        self.pid = pid  # QEMU's: deadlines count the time the guest could run
         self._buf = b""
         with self._deadline(timeout, "sending the exec request"):
             channel.exec_command(cmd)
 
     def _deadline(self, seconds: float, step: str) -> Deadline:
-        return Deadline(self.cmd, seconds, _closer(self.channel), step, self.console)
+        return Deadline(self.cmd, seconds, _closer(self.channel), step, self.console, self.pid)
 
     def send_line(self, line: str) -> None:
         with self._deadline(SEND_TIMEOUT + GRACE, "sending it a line"):
@@ -200,14 +221,14 @@ class SSHProcess:
             self.channel.sendall((line + "\n").encode())
 
     def read_line(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
+        budget = Budget(timeout, self.pid)
         with self._deadline(timeout + GRACE, "reading its output"):
             while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CommandTimeout(self.cmd, timeout)
+                left = budget.left()
+                if budget.over():
+                    raise _starved(CommandTimeout(self.cmd, timeout), budget)
                 _check(self.abort, self.cmd)
-                self.channel.settimeout(min(left, 0.2))
+                self.channel.settimeout(max(0.01, min(left, 0.2)))
                 try:
                     chunk = self.channel.recv(65536)
                 except TimeoutError:
@@ -229,11 +250,11 @@ class SSHProcess:
         return out.decode(errors="replace")
 
     def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
+        budget = Budget(timeout, self.pid)
         with self._deadline(timeout + GRACE, "waiting for its exit"):
             while not self.channel.exit_status_ready():
-                if time.monotonic() > deadline:
-                    raise CommandTimeout(self.cmd, timeout)
+                if budget.over():
+                    raise _starved(CommandTimeout(self.cmd, timeout), budget)
                 _check(self.abort, self.cmd)
                 if self.channel.recv_ready():
                     self._buf += self.channel.recv(65536)
@@ -258,6 +279,8 @@ class SSH:
         self.abort: Abort | None = None
         # set by the VM: the console's last line, for the message of an SSHDeadline
         self.console: Callable[[], str] | None = None
+        # set by the VM: QEMU's pid, so deadlines count only the time the guest could run
+        self.qemu_pid: int | None = None
 
     def _deadline(self, cmd: str, seconds: float, step: str) -> Deadline:
         """A Deadline that gives up on this connection."""
@@ -266,7 +289,7 @@ class SSH:
         def give_up() -> None:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
-        return Deadline(cmd, seconds, give_up, step, self.console)
+        return Deadline(cmd, seconds, give_up, step, self.console, self.qemu_pid)
 
     def _new_connection(self, timeout: float) -> Connection:
         conn = Connection(self.host, user="root", port=self.port,
@@ -323,7 +346,7 @@ class SSH:
         """Run ``cmd``; every step (channel open, exec request, input, output, exit) within
         ``timeout`` (SSHDeadline when a paramiko call blocked past it)."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
+        budget = Budget(timeout, self.qemu_pid)
         _check(self.abort, cmd)  # a broken guest may not even open a channel
         chan = self._channel(timeout, cmd)
         with self._deadline(cmd, timeout + GRACE, "sending the exec request") as d:
@@ -334,8 +357,8 @@ class SSH:
                 if stdin is not None:
                     view = memoryview(stdin)
                     while view:
-                        if time.monotonic() > deadline:
-                            raise _timeout(cmd, timeout, self.console)
+                        if budget.over():
+                            raise _timeout(cmd, timeout, self.console, budget)
                         try:
                             sent = chan.send(bytes(view[:32768]))
                         except TimeoutError:
@@ -346,8 +369,8 @@ class SSH:
                 out, err = bytearray(), bytearray()
                 stdout_eof = False
                 while not (stdout_eof and chan.exit_status_ready()):
-                    if time.monotonic() > deadline:
-                        raise _timeout(cmd, timeout, self.console)
+                    if budget.over():
+                        raise _timeout(cmd, timeout, self.console, budget)
                     _check(self.abort, cmd)
                     if (not self.conn or not self.conn.transport
                             or not self.conn.transport.is_active()):
@@ -393,7 +416,8 @@ class SSH:
 
     def spawn(self, cmd: str, timeout: float = 30.0) -> SSHProcess:
         _check(self.abort, cmd)
-        return SSHProcess(self._channel(timeout, cmd), cmd, self.abort, timeout, self.console)
+        return SSHProcess(self._channel(timeout, cmd), cmd, self.abort, timeout, self.console,
+                          self.qemu_pid)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -239,6 +239,7 @@ class VM:
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
         self.ssh.console = self._console_line
+        self.ssh.qemu_pid = self.child.pid if self.child is not None else None
         try:
             self.ssh.connect(max(5.0, spec.boot_timeout - (time.monotonic() - start)),
                              alive=self.alive)
@@ -268,6 +269,7 @@ class VM:
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
         self.ssh.console = self._console_line
+        self.ssh.qemu_pid = self.child.pid if self.child is not None else None
         try:
             self.ssh.connect(max(5.0, deadline - time.monotonic()), alive=self.alive)
             self.timings["ssh_connected"] = time.monotonic() - self.t_spawn

@@ -167,7 +167,14 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
             found = _with_holders(guest, found)
         found += guest.monitor.claim(allow=allowed, phase=phase)  # printed while we looked
         tail = guest.vm.console.tail(60) if guest.vm.console else ""
-        if hung:
+        if hung and getattr(excinfo, "host_starved", False):
+            # the deadline ran out on its wall-time cap while QEMU waited for a host CPU:
+            # the host's verdict, not the kernel's (harness.access.guestclock)
+            findings.append(Finding(Category.INFRA, f"host too busy: {excinfo}",
+                                    f"{evidence}\n--- console tail ---\n{tail}",
+                                    time=time.time(), phase=phase))
+            guest.broken = "hung"
+        elif hung:
             cause = excinfo if isinstance(excinfo, HANG_ERRORS) else "the guest stopped answering"
             findings.append(Finding(Category.HANG, f"guest hung: {cause}",
                                     f"{evidence}\n--- console tail ---\n{tail}",

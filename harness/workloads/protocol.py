@@ -92,9 +92,10 @@ class WorkloadTimeout(WorkloadError):
     (the hang's evidence asks the guest about it)."""
 
     def __init__(self, message: str, workload: str = "", command: str = "", reply: str = "",
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, host_starved: bool = False) -> None:
         super().__init__(message, workload, command, reply)
         self.pid = pid
+        self.host_starved = host_starved  # the host, not the guest, ran out the deadline
 
 
 class WorkloadDied(WorkloadError):

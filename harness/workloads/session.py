@@ -89,11 +89,11 @@ class Session:
         except GuestBroken:
             self._unusable = "the guest broke"
             raise
-        except CommandTimeout:
+        except CommandTimeout as exc:
             self.kill()
             raise WorkloadTimeout(f"workload '{self.name}' answered {line} ({reply}) but "
-                                  f"still runs after {timeout:.0f}s", self.name, line,
-                                  str(reply)) from None
+                                  f"still runs after {timeout:.0f}s{exc.starved}", self.name,
+                                  line, str(reply), host_starved=exc.host_starved) from None
         self.exit_status = status
         self._unusable = f"it exited with status {status}"
         return status
@@ -150,11 +150,11 @@ class Session:
         except GuestBroken:  # not the workload's hang: the wait was cut short
             self._unusable = "the guest broke"
             raise
-        except CommandTimeout:
+        except CommandTimeout as exc:
             self._unusable = f"'{line}' timed out"
             raise WorkloadTimeout(f"workload '{self.name}' (pid {self.pid}) did not answer "
-                                  f"'{line}' within {timeout:.0f}s", self.name, line,
-                                  pid=self.pid) from None
+                                  f"'{line}' within {timeout:.0f}s{exc.starved}", self.name,
+                                  line, pid=self.pid, host_starved=exc.host_starved) from None
         except (EOFError, OSError) as e:
             raise self._died(line, "", f"closed its output ({type(e).__name__})") from None
         reply = Reply(line, text)
