@@ -1,0 +1,97 @@
+"""``--kernel debian:SUITE[:PACKAGE]`` without a network: the spec's forms, the private apt
+that leaves the host's alone, and the one-line errors for a suite or package the mirror
+lacks (a fake apt-get answering from recorded Packages stanzas)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.assets import aptsources, debindex, debsuite, kernel
+from harness.errors import KernelError
+from tests.unit.test_debian_index import HOST_SOURCES
+
+pytestmark = pytest.mark.host
+
+DATA = Path(__file__).parent / "data" / "debian"
+R = "7.2.13+deb14-amd64"
+
+
+# --- the spec and the private apt -----------------------------------------------------------
+
+@pytest.mark.parametrize("spec, want", [
+    ("debian", (None, "linux-image-amd64")),
+    ("debian:linux-image-6.12-amd64", (None, "linux-image-6.12-amd64")),
+    ("debian:unstable", ("unstable", "linux-image-amd64")),
+    ("debian:trixie", ("trixie", "linux-image-amd64")),
+    ("debian:bookworm-backports", ("bookworm-backports", "linux-image-amd64")),
+    ("debian:unstable:linux-image-amd64", ("unstable", "linux-image-amd64")),
+    ("debian:bookworm:linux-image-6.12-amd64", ("bookworm", "linux-image-6.12-amd64"))])
+def test_debian_specs(spec: str, want: tuple[str | None, str]) -> None:
+    assert kernel.debian_spec(spec) == want
+    kernel.check_spec(spec)  # nothing fetched
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("debian:foo", "'foo' is not a Debian kernel image package name .* nor a suite"),
+    ("debian:unstable:bash", "'bash' is not a Debian kernel image package name"),
+    ("debian:unstable:linux-image-amd64:x", "nor a suite"),
+    ("debian:Unstable", "nor a suite")])
+def test_bad_debian_specs_are_one_line(spec: str, match: str) -> None:
+    with pytest.raises(KernelError, match=match):
+        kernel.check_spec(spec)
+    with pytest.raises(KernelError, match="--modules is for a kernel path"):
+        kernel.check_spec("debian:unstable", modules="/tmp")
+
+
+def test_private_apt_touches_nothing_of_the_hosts() -> None:
+    opts = debsuite.apt_options(Path("/c/apt/unstable"))
+    pairs = dict(o.split("=", 1) for o in opts[1::2])
+    for key in ("Dir::State", "Dir::State::lists", "Dir::State::status", "Dir::Cache",
+                "Dir::Cache::archives", "Dir::Etc::sourcelist", "Dir::Etc::sourceparts"):
+        assert pairs[key].startswith("/c/apt/unstable"), key
+    assert "Dir::Etc::trusted" not in pairs  # the host's keyrings check the signatures
+
+
+def _fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, indextargets: str,
+              update_err: str) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (tmp_path / "targets").write_text(indextargets)
+    (tmp_path / "update-err").write_text(update_err + "\n")
+    fake = bindir / "apt-get"
+    fake.write_text("#!/bin/sh\nfor a; do case $a in\n"
+                    f"  indextargets) cat '{tmp_path / 'targets'}'; exit 0;;\n"
+                    f"  update) cat '{tmp_path / 'update-err'}' >&2; exit 100;;\n"
+                    "esac; done\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr(aptsources, "host_sources", lambda: aptsources.parse_deb822(HOST_SOURCES))
+    monkeypatch.setattr(aptsources, "host_codename", lambda: "bookworm")
+
+
+def test_a_suite_the_mirror_lacks_is_one_line(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_apt(tmp_path, monkeypatch, "", "E: The repository 'http://deb.debian.org/debian "
+              "stabel Release' does not have a Release file.")
+    with pytest.raises(KernelError, match="suite stable: the host's mirror has no such suite, "
+                                          "or it could not be fetched .E: The repository"):
+        debsuite.resolve("stable", "linux-image-amd64", log=lambda m: None)
+    written = (debsuite.apt_root("stable") / "etc/sources.list.d/ksm.sources").read_text()
+    assert "Suites: stable\n" in written and "Suites: stable-security\n" in written
+
+
+def test_a_package_the_suite_lacks_is_one_line_and_missing_pockets_are_fine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_apt(tmp_path, monkeypatch, f"unstable {DATA / 'unstable_Packages'}\n",
+              "E: The repository 'http://deb.debian.org/debian-security unstable-security "
+              "Release' does not have a Release file.")
+    logs: list[str] = []
+    closure = debsuite.resolve("unstable", "linux-image-amd64", log=logs.append)
+    assert debindex.image_part(closure).package == f"linux-image-{R}"
+    assert (debsuite.apt_root("unstable") / ".updated").is_file()  # not retried every run
+    assert b"Package: kmod" not in (debsuite.apt_root("unstable") / "kernel-packages").read_bytes()
+    assert not any("failed" in m for m in logs), logs
+    with pytest.raises(KernelError, match="suite unstable has no package linux-image-nope"):
+        debsuite.resolve("unstable", "linux-image-nope", log=logs.append)
