@@ -162,7 +162,10 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path:
 
 
 def _find_config(path: Path, tree: Path | None, data: bytes) -> dict[str, str]:
-    cands = [path.parent / ".config", path.parent / f"config-{path.name.split('-', 1)[-1]}"]
+    # .config of a tree, boot/config-R beside boot/vmlinuz-R, or the ``config`` that 7.x's
+    # linux-base-R puts beside usr/lib/modules/R/vmlinuz
+    cands = [path.parent / ".config", path.parent / f"config-{path.name.split('-', 1)[-1]}",
+             path.parent / "config"]
     if tree is not None:
         cands.insert(0, tree / ".config")
     # arch/x86/boot/bzImage lives three levels below the tree's .config
@@ -179,11 +182,26 @@ def _find_modules(modules: Path | str | None, release: str) -> Path | None:
     if modules is None:
         return None
     mods = Path(modules).expanduser()
-    for cand in (mods, mods / release, mods / "lib/modules" / release):
+    for cand in (mods, mods / release, mods / "lib/modules" / release,
+                 mods / "usr/lib/modules" / release):
         if (cand / "modules.order").exists() or (cand / "kernel").is_dir():
+            if not (cand / "modules.dep").exists():
+                _depmod(cand)
             return cand
     raise KernelError(f"--modules {mods}: no module tree for {release} there "
                       "(expected DIR/lib/modules/<release> or DIR itself)")
+
+
+def _depmod(moddir: Path) -> None:
+    """modules.dep for a tree that lacks it (Debian's linux-modules-R of 7.x ships none; a
+    ``make modules_install`` tree may not either): the boot modules are found through it.
+    ``-b`` is the directory above lib/modules, i.e. usr/ in the merged-/usr layout."""
+    deps.ensure(["depmod"])
+    base = moddir.resolve().parents[2]
+    r = subprocess.run(["depmod", "-b", str(base), moddir.name], capture_output=True, text=True)
+    if r.returncode:
+        raise KernelError(f"--modules {moddir}: depmod failed: "
+                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def check_required(kernel: Kernel) -> None:

@@ -95,3 +95,54 @@ def test_a_package_the_suite_lacks_is_one_line_and_missing_pockets_are_fine(
     assert not any("failed" in m for m in logs), logs
     with pytest.raises(KernelError, match="suite unstable has no package linux-image-nope"):
         debsuite.resolve("unstable", "linux-image-nope", log=logs.append)
+
+
+# --- the unpacked tree ----------------------------------------------------------------------
+
+def _split_tree(root: Path, with_base: bool = True) -> Path:
+    """What linux-binary-R, linux-modules-R (and linux-base-R) unpack to: everything under
+    usr/lib/modules/R, no modules.dep."""
+    from tests.unit.test_cells import fake_bzimage
+    mods = root / "usr/lib/modules" / R
+    (mods / "kernel/drivers/virtio").mkdir(parents=True)
+    (mods / "kernel/drivers/virtio/virtio_pci.ko.xz").write_bytes(b"")
+    fake_bzimage(mods / "vmlinuz", R)
+    if with_base:
+        (mods / "config").write_text("CONFIG_KSM=y\nCONFIG_VIRTIO_PCI=m\n")
+        (mods / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    return mods
+
+
+def test_split_layout_tree_gives_kernel_config_and_modules(tmp_path: Path) -> None:
+    mods = _split_tree(tmp_path)
+    (mods / "modules.dep").write_text("kernel/drivers/virtio/virtio_pci.ko.xz:\n")
+    k = kernel.from_tree(tmp_path, f"debian:unstable:linux-image-{R}")
+    assert (k.release, k.path, k.modules_dir) == (R, mods / "vmlinuz", mods)
+    assert k.builtin("CONFIG_KSM") and k.has("CONFIG_VIRTIO_PCI")
+    assert debsuite.module_trees(tmp_path) == [mods]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KernelError, match="hold no boot/vmlinuz-. nor usr/lib/modules/./vmlinuz"):
+        kernel.from_tree(tmp_path / "empty", "debian:x")
+
+
+def test_a_hand_unpacked_split_kernel_gets_its_modules_dep(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """boot --kernel usr/lib/modules/R/vmlinuz --modules usr/lib/modules/R: depmod runs on
+    the tree (base usr/, as -b wants) before the boot drivers are looked up."""
+    mods = _split_tree(tmp_path)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "depmod").write_text('#!/bin/sh\n[ "$1" = -b ] || exit 1\n'
+                                   'echo "kernel/drivers/virtio/virtio_pci.ko.xz:" '
+                                   '> "$2/lib/modules/$3/modules.dep"\n')
+    (bindir / "depmod").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    k = kernel.load(mods / "vmlinuz", modules=mods)
+    assert k.modules_dir == mods and (mods / "modules.dep").is_file()
+    assert k.release == R and k.builtin("CONFIG_KSM")  # the config beside vmlinuz
+    (bindir / "depmod").write_text("#!/bin/sh\necho 'depmod: FATAL: could not search' >&2\n"
+                                   "exit 1\n")
+    (mods / "modules.dep").unlink()
+    with pytest.raises(KernelError, match="depmod failed: depmod: FATAL: could not search"):
+        kernel.load(mods / "vmlinuz", modules=tmp_path / "usr")
