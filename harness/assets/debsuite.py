@@ -59,9 +59,12 @@ def _apt(root: Path, *args: str, cwd: Path | None = None, timeout: float = 600
                           "mirror reachable?") from None
 
 
-def _errors(r: subprocess.CompletedProcess[str]) -> str:
+def _errors(r: subprocess.CompletedProcess[str], suite: str = "") -> str:
+    """apt's error lines, those about ``suite`` itself (not its pockets) when there are any."""
     lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.startswith(("E:", "Err:"))]
-    return "; ".join(lines[-2:]) or (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    own = [ln for ln in lines if re.search(rf" {re.escape(suite)}(?: |/|'|$)", ln)] if suite else []
+    return "; ".join((own or lines)[-2:]) or (
+        r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
 
 
 def apt_root(suite: str) -> Path:
@@ -111,7 +114,7 @@ def update(suite: str, log: Callable[[str], None]) -> Path:
         have = _index_files(root)
         if suite not in have:
             raise KernelError(f"suite {suite}: the host's mirror has no such suite, or it "
-                              f"could not be fetched ({_errors(r)})")
+                              f"could not be fetched ({_errors(r, suite)})")
         tmp = kept.with_name(f".{kept.name}.tmp-{os.getpid()}")
         tmp.write_bytes(b"".join(debindex.kernel_stanzas(p.read_bytes())
                                  for paths in have.values() for p in paths))

@@ -73,10 +73,14 @@ def _fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, indextargets: str
 
 def test_a_suite_the_mirror_lacks_is_one_line(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_apt(tmp_path, monkeypatch, "", "E: The repository 'http://deb.debian.org/debian "
-              "stabel Release' does not have a Release file.")
+    _fake_apt(tmp_path, monkeypatch, "",
+              "E: The repository 'http://deb.debian.org/debian stable Release' does not have "
+              "a Release file.\nE: The repository 'http://deb.debian.org/debian-security "
+              "stable-security Release' does not have a Release file.")
     with pytest.raises(KernelError, match="suite stable: the host's mirror has no such suite, "
-                                          "or it could not be fetched .E: The repository"):
+                                          "or it could not be fetched .E: The repository "
+                                          "'http://deb.debian.org/debian stable Release' does "
+                                          r"not have a Release file.\)$"):
         debsuite.resolve("stable", "linux-image-amd64", log=lambda m: None)
     written = (debsuite.apt_root("stable") / "etc/sources.list.d/ksm.sources").read_text()
     assert "Suites: stable\n" in written and "Suites: stable-security\n" in written
@@ -146,3 +150,25 @@ def test_a_hand_unpacked_split_kernel_gets_its_modules_dep(tmp_path: Path,
     (mods / "modules.dep").unlink()
     with pytest.raises(KernelError, match="depmod failed: depmod: FATAL: could not search"):
         kernel.load(mods / "vmlinuz", modules=tmp_path / "usr")
+
+
+def test_boot_drivers_known_missing_only_from_config_or_modules_builtin(tmp_path: Path) -> None:
+    from harness.assets import initramfs
+    mods = _split_tree(tmp_path, with_base=False)
+    (mods / "modules.dep").write_text("kernel/drivers/virtio/virtio_pci.ko.xz:\n")
+    image = mods / "vmlinuz"
+
+    def missing(config: dict[str, str]) -> list[str]:
+        return initramfs.missing_boot_drivers(kernel.Kernel(
+            path=image, boot_image=image, release=R, config=config, modules_dir=mods))
+
+    # binary + modules alone: no config, no modules.builtin: nothing known, the boot tells
+    assert missing({}) == []
+    (mods / "modules.builtin").write_text("kernel/drivers/block/virtio_blk.ko\n"
+                                          "kernel/drivers/net/virtio_net.ko\n")
+    assert missing({}) == ["CONFIG_EXT4_FS (ext4)"]
+    config = {"CONFIG_VIRTIO_BLK": "y", "CONFIG_VIRTIO_NET": "y", "CONFIG_EXT4_FS": "m",
+              "CONFIG_VIRTIO_PCI": "m"}
+    assert missing(config) == ["CONFIG_EXT4_FS (ext4)"]  # the config wins over the file
+    config["CONFIG_EXT4_FS"] = "y"
+    assert missing(config) == []
