@@ -233,6 +233,22 @@ def _apt_target(package: str) -> str:
                       "(or pass --kernel PATH)")
 
 
+def _apt_parts(target: str) -> list[str]:
+    """``target`` and the parts of the same kernel it depends on, as the host's apt knows
+    them: on a host whose suite splits the kernel (7.x: linux-binary-R, linux-modules-R,
+    linux-base-R) the image package alone holds no kernel."""
+    from harness.assets.debindex import KERNEL_PART
+    parts, todo = [target], [target]
+    while todo:
+        r = subprocess.run(["apt-cache", "depends", "--important", todo.pop()],
+                           capture_output=True, text=True)
+        for m in re.finditer(r"^\s*\|?Depends:\s*(\S+)", r.stdout, re.M):
+            if KERNEL_PART.fullmatch(m.group(1)) and m.group(1) not in parts:
+                parts.append(m.group(1))
+                todo.append(m.group(1))
+    return parts
+
+
 DEBIAN_PACKAGE = re.compile(r"linux-image-[a-z0-9][a-z0-9.+~-]*")
 # suites the Debian mirror carries (codenames from bullseye, their aliases) and their pockets;
 # a name outside it is a typo far more often than a release newer than this list
@@ -354,16 +370,20 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
             shutil.rmtree(root)
         root.mkdir(parents=True)
         try:  # a failure leaves nothing behind: no partial .deb, no half-unpacked tree
-            r = subprocess.run(["apt-get", "download", target], cwd=root, capture_output=True,
+            parts = _apt_parts(target)
+            r = subprocess.run(["apt-get", "download", *parts], cwd=root, capture_output=True,
                                text=True)
             debs = list(root.glob("*.deb"))
             if r.returncode != 0 or not debs:
-                raise KernelError(f"apt-get download {target} failed: {r.stderr.strip()[-300:]}")
-            _run_or_fail(["dpkg-deb", "-x", str(debs[0]), str(root)])
-            debs[0].unlink()
-            for mods in (root / "lib/modules").iterdir():
-                _run_or_fail(["depmod", "-b", str(root), mods.name])
-            (root / ".complete").write_text(target + "\n")
+                raise KernelError(f"apt-get download {' '.join(parts)} failed: "
+                                  f"{r.stderr.strip()[-300:]}")
+            for deb in debs:
+                _run_or_fail(["dpkg-deb", "-x", str(deb), str(root)])
+                deb.unlink()
+            from harness.assets.debsuite import module_trees
+            for mods in module_trees(root):  # -b: the directory above lib/modules
+                _run_or_fail(["depmod", "-b", str(mods.parents[2]), mods.name])
+            (root / ".complete").write_text(" ".join(parts) + "\n")
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

@@ -172,3 +172,49 @@ def test_boot_drivers_known_missing_only_from_config_or_modules_builtin(tmp_path
     assert missing(config) == ["CONFIG_EXT4_FS (ext4)"]  # the config wins over the file
     config["CONFIG_EXT4_FS"] = "y"
     assert missing(config) == []
+
+
+# `apt-cache depends --important PKG` on a host whose suite is unstable (recorded through the
+# private apt of debian:unstable)
+APT_CACHE_DEPENDS = {
+    "linux-image-7.2.13+deb14-amd64": (
+        "linux-image-7.2.13+deb14-amd64\n  PreDepends: linux-base\n |Depends: dracut\n"
+        " |Depends: initramfs-tools\n  Depends: <linux-initramfs-tool>\n    dracut\n"
+        "    initramfs-tools\n    tiny-initramfs\n  Depends: linux-base-7.2.13+deb14-amd64\n"
+        "  Depends: linux-binary-7.2.13+deb14-amd64\n"
+        "  Depends: linux-modules-7.2.13+deb14-amd64\n"),
+    "linux-modules-7.2.13+deb14-amd64": (
+        "linux-modules-7.2.13+deb14-amd64\n  Depends: kmod\n"
+        "  Depends: linux-base-7.2.13+deb14-amd64\n"),
+    "linux-base-7.2.13+deb14-amd64": "linux-base-7.2.13+deb14-amd64\n",
+    "linux-binary-7.2.13+deb14-amd64": (
+        "linux-binary-7.2.13+deb14-amd64\n  Depends: linux-base-7.2.13+deb14-amd64\n"),
+}
+
+
+def test_host_apt_on_a_split_suite_fetches_every_part(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """debian / debian:PACKAGE on a host that runs unstable: the image package's kernel parts
+    are downloaded with it."""
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for name, text in APT_CACHE_DEPENDS.items():
+        (answers / name).write_text(text)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "apt-cache").write_text(f'#!/bin/sh\nfor a; do last=$a; done\n'
+                                      f'cat "{answers}/$last" 2>/dev/null || exit 100\n')
+    (bindir / "apt-cache").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    assert kernel._apt_parts(f"linux-image-{R}") == [
+        f"linux-image-{R}", f"linux-base-{R}", f"linux-binary-{R}", f"linux-modules-{R}"]
+    assert kernel._apt_parts("linux-image-6.1.0-57-amd64") == ["linux-image-6.1.0-57-amd64"]
+
+
+def test_cell_names_of_suite_kernels_hold_no_colon() -> None:
+    from harness import cellplan
+    assert cellplan.cell_id("debian:unstable", "2").startswith("debian-unstable-2node-")
+    assert cellplan.cell_id("debian:bookworm:linux-image-6.12-amd64", "2").startswith(
+        "debian-bookworm-6.12-amd64-2node-")
+    assert cellplan.cell_id("debian:linux-image-6.12-amd64", "2").startswith(
+        "debian-6.12-amd64-2node-")
