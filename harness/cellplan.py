@@ -36,8 +36,9 @@ def _kernel_key(kernel: str | None) -> str:
 
 def _kernel_name(key: str) -> str:
     if key == "debian" or key.startswith("debian:"):
-        return "debian" + ("-" + key[len("debian:"):].removeprefix("linux-image-")
-                           if ":" in key else "")
+        # debian:unstable -> debian-unstable, debian:bookworm:linux-image-6.12-amd64 ->
+        # debian-bookworm-6.12-amd64 (a cell name holds no colon)
+        return "-".join(["debian", *(p.removeprefix("linux-image-") for p in key.split(":")[1:])])
     path = Path(key)
     if path.name == "bzImage" and path.parent.name == "boot" and len(path.parents) > 3:
         return path.parents[3].name or "kernel"  # TREE/arch/x86/boot/bzImage

@@ -49,6 +49,19 @@ def building(out: Path) -> Iterator[Path | None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock (the one ``building`` takes) for work that refreshes rather
+    than builds once: an apt index brought up to date in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(path), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -126,14 +126,31 @@ def _kernel_archive(kernel: Kernel, mods: list[str], init: bytes) -> bytes:
     return arc.to_bytes(compress=True)
 
 
+def builtin_modules(moddir: Path | None) -> set[str] | None:
+    """Module names in ``modules.builtin`` (built into the kernel), None without the file."""
+    path = moddir / "modules.builtin" if moddir is not None else None
+    if path is None or not path.is_file():
+        return None
+    return {Path(line).name.split(".ko")[0].replace("-", "_")
+            for line in path.read_text(errors="replace").split()}
+
+
 def missing_boot_drivers(kernel: Kernel) -> list[str]:
-    """Boot drivers neither built in nor available as modules: the guest cannot boot."""
+    """Boot drivers neither built in nor available as modules: the guest cannot boot. Built
+    in is read from the config, else from modules.builtin; with neither (Debian 7.x's
+    linux-binary-R and linux-modules-R unpacked without linux-base-R) nothing is known to be
+    missing, and the guest's boot tells."""
     have = {Path(p).name.split(".ko")[0].replace("-", "_") for p in boot_module_paths(kernel)}
+    builtin = builtin_modules(kernel.modules_dir)
     missing = []
     for name, opt in BOOT_OPTIONS.items():
-        if name in have or kernel.builtin(opt) or name == "crc32c_generic":
+        if name in have or name == "crc32c_generic":
             continue
-        if kernel.config or kernel.modules_dir is not None:
+        if kernel.config:
+            known_missing = not kernel.builtin(opt)
+        else:
+            known_missing = builtin is not None and name not in builtin
+        if known_missing:
             missing.append(f"{opt} ({name})")
     return missing
 

@@ -162,7 +162,10 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path:
 
 
 def _find_config(path: Path, tree: Path | None, data: bytes) -> dict[str, str]:
-    cands = [path.parent / ".config", path.parent / f"config-{path.name.split('-', 1)[-1]}"]
+    # .config of a tree, boot/config-R beside boot/vmlinuz-R, or the ``config`` that 7.x's
+    # linux-base-R puts beside usr/lib/modules/R/vmlinuz
+    cands = [path.parent / ".config", path.parent / f"config-{path.name.split('-', 1)[-1]}",
+             path.parent / "config"]
     if tree is not None:
         cands.insert(0, tree / ".config")
     # arch/x86/boot/bzImage lives three levels below the tree's .config
@@ -179,11 +182,26 @@ def _find_modules(modules: Path | str | None, release: str) -> Path | None:
     if modules is None:
         return None
     mods = Path(modules).expanduser()
-    for cand in (mods, mods / release, mods / "lib/modules" / release):
+    for cand in (mods, mods / release, mods / "lib/modules" / release,
+                 mods / "usr/lib/modules" / release):
         if (cand / "modules.order").exists() or (cand / "kernel").is_dir():
+            if not (cand / "modules.dep").exists():
+                _depmod(cand)
             return cand
     raise KernelError(f"--modules {mods}: no module tree for {release} there "
                       "(expected DIR/lib/modules/<release> or DIR itself)")
+
+
+def _depmod(moddir: Path) -> None:
+    """modules.dep for a tree that lacks it (Debian's linux-modules-R of 7.x ships none; a
+    ``make modules_install`` tree may not either): the boot modules are found through it.
+    ``-b`` is the directory above lib/modules, i.e. usr/ in the merged-/usr layout."""
+    deps.ensure(["depmod"])
+    base = moddir.resolve().parents[2]
+    r = subprocess.run(["depmod", "-b", str(base), moddir.name], capture_output=True, text=True)
+    if r.returncode:
+        raise KernelError(f"--modules {moddir}: depmod failed: "
+                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def check_required(kernel: Kernel) -> None:
@@ -215,10 +233,52 @@ def _apt_target(package: str) -> str:
                       "(or pass --kernel PATH)")
 
 
+def _apt_parts(target: str) -> list[str]:
+    """``target`` and the parts of the same kernel it depends on, as the host's apt knows
+    them: on a host whose suite splits the kernel (7.x: linux-binary-R, linux-modules-R,
+    linux-base-R) the image package alone holds no kernel."""
+    from harness.assets.debindex import KERNEL_PART
+    parts, todo = [target], [target]
+    while todo:
+        r = subprocess.run(["apt-cache", "depends", "--important", todo.pop()],
+                           capture_output=True, text=True)
+        for m in re.finditer(r"^\s*\|?Depends:\s*(\S+)", r.stdout, re.M):
+            if KERNEL_PART.fullmatch(m.group(1)) and m.group(1) not in parts:
+                parts.append(m.group(1))
+                todo.append(m.group(1))
+    return parts
+
+
 DEBIAN_PACKAGE = re.compile(r"linux-image-[a-z0-9][a-z0-9.+~-]*")
-KERNEL_SYNTAX = ("a bzImage, a vmlinux, a kernel build tree, debian[:PACKAGE] "
-                 "(e.g. debian:linux-image-6.12-amd64) or source[:SERIES][+FLAVOUR] "
-                 "(e.g. source:6.1+debug)")
+# suites the Debian mirror carries (codenames from bullseye, their aliases) and their pockets;
+# a name outside it is a typo far more often than a release newer than this list
+DEBIAN_SUITES = ("unstable", "sid", "testing", "stable", "oldstable", "oldoldstable",
+                 "experimental", "bullseye", "bookworm", "trixie", "forky", "duke")
+DEBIAN_SUITE = re.compile(rf"(?:{'|'.join(DEBIAN_SUITES)})"
+                          r"(?:-(?:updates|security|backports|backports-sloppy|proposed-updates))?")
+KERNEL_SYNTAX = ("a bzImage, a vmlinux, a kernel build tree, debian[:PACKAGE] (e.g. "
+                 "debian:linux-image-6.12-amd64), debian:SUITE[:PACKAGE] (e.g. debian:unstable)"
+                 " or source[:SERIES][+FLAVOUR] (e.g. source:6.1+debug)")
+
+
+def debian_spec(spec: str) -> tuple[str | None, str]:
+    """(suite, package) of ``debian``, ``debian:PACKAGE``, ``debian:SUITE`` or
+    ``debian:SUITE:PACKAGE``; suite None is the host's own apt."""
+    parts = spec.split(":")[1:]
+    if len(parts) == 1 and DEBIAN_PACKAGE.fullmatch(parts[0]):
+        return None, parts[0]
+    if len(parts) in (1, 2) and DEBIAN_SUITE.fullmatch(parts[0]):
+        if len(parts) == 1:
+            return parts[0], DEFAULT_PACKAGE
+        if DEBIAN_PACKAGE.fullmatch(parts[1]):
+            return parts[0], parts[1]
+        raise KernelError(f"--kernel {spec}: {parts[1]!r} is not a Debian kernel image "
+                          f"package name (linux-image-...); use {KERNEL_SYNTAX}")
+    if not parts:
+        return None, DEFAULT_PACKAGE
+    raise KernelError(f"--kernel {spec}: {':'.join(parts)!r} is not a Debian kernel image "
+                      f"package name (linux-image-...) nor a suite ({', '.join(DEBIAN_SUITES)}"
+                      f"); use {KERNEL_SYNTAX}")
 
 
 def check_spec(spec: str | None, modules: str | None = None) -> None:
@@ -228,10 +288,7 @@ def check_spec(spec: str | None, modules: str | None = None) -> None:
     if spec is None or spec == "debian":
         return
     if spec.startswith("debian:") and not Path(spec).exists():
-        package = spec.partition(":")[2]
-        if not DEBIAN_PACKAGE.fullmatch(package):
-            raise KernelError(f"--kernel {spec}: {package!r} is not a Debian kernel image "
-                              f"package name (linux-image-...); use {KERNEL_SYNTAX}")
+        debian_spec(spec)
         if modules:
             raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "
                               "brings its own modules)")
@@ -270,7 +327,8 @@ def choose(spec: str | None, modules: str | None = None,
            log=lambda msg: print(msg, file=sys.stderr)) -> Kernel:
     """--kernel: a path (bzImage, vmlinux, build tree); ``debian`` or ``debian:PACKAGE``
     for a Debian kernel package (so a matrix can put a packaged kernel beside a tree, or
-    bookworm's 6.1 beside its 6.12); ``source:6.1`` or ``source:6.1+debug`` for Debian's
+    bookworm's 6.1 beside its 6.12); ``debian:SUITE[:PACKAGE]`` for one from another suite
+    of the host's mirror (harness.assets.debsuite); ``source:6.1`` or ``source:6.1+debug`` for Debian's
     linux-source-6.1 built with our built-in config (harness.assets.source, cached); None
     for Debian's default."""
     from harness.assets import source
@@ -286,7 +344,12 @@ def choose(spec: str | None, modules: str | None = None,
         if modules:
             raise KernelError(f"--modules is for a kernel path, not {spec} (a Debian package "
                               "brings its own modules)")
-        return default(spec.partition(":")[2] or DEFAULT_PACKAGE, log=log)
+        suite, package = debian_spec(spec)
+        if suite is None:
+            return default(package, log=log)
+        from harness.assets import debsuite
+        tree = debsuite.fetch(suite, package, log=log)
+        return from_tree(tree, f"debian:{suite}:{tree.name.partition('_')[0]}")
     return load(spec, modules) if spec else default(log=log)
 
 
@@ -300,7 +363,6 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
     deps.ensure(["apt-get", "dpkg-deb", "depmod"])
     target = _apt_target(package)
     root = cache_dir() / "kernels" / target
-    boot = root / "boot"
     if not (root / ".complete").exists():
         log(f"ksm-harness: fetching kernel package {target} with apt-get download")
         t0 = time.monotonic()
@@ -308,29 +370,52 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
             shutil.rmtree(root)
         root.mkdir(parents=True)
         try:  # a failure leaves nothing behind: no partial .deb, no half-unpacked tree
-            r = subprocess.run(["apt-get", "download", target], cwd=root, capture_output=True,
+            parts = _apt_parts(target)
+            r = subprocess.run(["apt-get", "download", *parts], cwd=root, capture_output=True,
                                text=True)
             debs = list(root.glob("*.deb"))
             if r.returncode != 0 or not debs:
-                raise KernelError(f"apt-get download {target} failed: {r.stderr.strip()[-300:]}")
-            _run_or_fail(["dpkg-deb", "-x", str(debs[0]), str(root)])
-            debs[0].unlink()
-            for mods in (root / "lib/modules").iterdir():
-                _run_or_fail(["depmod", "-b", str(root), mods.name])
-            (root / ".complete").write_text(target + "\n")
+                raise KernelError(f"apt-get download {' '.join(parts)} failed: "
+                                  f"{r.stderr.strip()[-300:]}")
+            for deb in debs:
+                _run_or_fail(["dpkg-deb", "-x", str(deb), str(root)])
+                deb.unlink()
+            from harness.assets.debsuite import module_trees
+            for mods in module_trees(root):  # -b: the directory above lib/modules
+                _run_or_fail(["depmod", "-b", str(mods.parents[2]), mods.name])
+            (root / ".complete").write_text(" ".join(parts) + "\n")
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
         log(f"ksm-harness: kernel package {target} fetched and unpacked in "
             f"{time.monotonic() - t0:.0f}s")
-    images = sorted(boot.glob("vmlinuz-*"))
+    return from_tree(root, f"debian:{target}")
+
+
+def from_tree(root: Path, origin: str) -> Kernel:
+    """The kernel in unpacked Debian packages: ``boot/vmlinuz-R`` + ``boot/config-R`` +
+    ``lib/modules/R`` (up to 6.x), or everything in ``usr/lib/modules/R`` (``vmlinuz``,
+    ``config``, the modules: the split packaging of 7.x)."""
+    images = sorted((root / "boot").glob("vmlinuz-*")) + sorted(
+        p for base in ("lib/modules", "usr/lib/modules") for p in (root / base).glob("*/vmlinuz"))
     if not images:
-        raise KernelError(f"{root}: package {target} holds no /boot/vmlinuz-*")
+        raise KernelError(f"{root}: the packages hold no boot/vmlinuz-* nor "
+                          "usr/lib/modules/*/vmlinuz")
     image = images[0]
-    release = image.name[len("vmlinuz-"):]
-    kernel = Kernel(path=image, boot_image=_cached_vmlinux(image, image.read_bytes()),
-                    release=release,
-                    config=parse_config((boot / f"config-{release}").read_text()),
-                    modules_dir=root / "lib/modules" / release, origin=f"debian:{target}")
+    release = image.name[len("vmlinuz-"):] if image.name != "vmlinuz" else image.parent.name
+    boot = _cached_vmlinux(image, image.read_bytes())
+    config: dict[str, str] = {}
+    for cand in (root / "boot" / f"config-{release}", root / "lib/modules" / release / "config",
+                 root / "usr/lib/modules" / release / "config"):
+        if cand.is_file():
+            config = parse_config(cand.read_text(errors="replace"))
+            break
+    else:
+        text = embedded_config(boot.read_bytes())
+        config = parse_config(text) if text else {}
+    mods = next((d for d in (root / "usr/lib/modules" / release, root / "lib/modules" / release)
+                 if (d / "modules.dep").is_file() or (d / "kernel").is_dir()), None)
+    kernel = Kernel(path=image, boot_image=boot, release=release, config=config,
+                    modules_dir=mods, origin=origin)
     check_required(kernel)
     return kernel
