@@ -219,7 +219,7 @@ int ksm_view(const char *who, const struct region *r, size_t first, size_t n,
 	     struct ksm_view *v);
 void ksm_view_free(struct ksm_view *v);
 void app_ksm_view(const struct ksm_view *v, const char *unknown_if_count, const char *unknown);
-int ksm_view_refuse(const char *who, const struct ksm_view *v);
+int ksm_view_refuse(const char *who, struct ksm_view *v);
 int probe_is_ksm(int pmfd, int kfd, int cfd, uintptr_t addr);
 int cmd_kpftrust(int argc, char **argv);
 

@@ -25,8 +25,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* -1 not checked yet, 0 KPF_KSM believed, 1 not (see kpf_ksm_lies_on) */
-static int kpf_ksm_lies = -1;
+/* -1 not checked yet, 0 KPF_KSM believed, 1 not (see kpf_ksm_lies_on); forced: by kpftrust */
+static int kpf_ksm_lies = -1, kpf_forced;
 
 /* Checked once, on a page of our own that KSM never looked at. */
 int kpf_ksm_lies_on(int kfd)
@@ -61,6 +61,7 @@ int cmd_kpftrust(int argc, char **argv)
 	if (argc > 2 || (argc == 2 && strcmp(argv[1], "no") != 0))
 		return err("usage: kpftrust [no]");
 	kpf_ksm_lies = argc == 2;
+	kpf_forced = 1;
 	return ok("%s", argc == 2 ? "distrusted" : "trusted");
 }
 
@@ -258,13 +259,17 @@ int ksm_view(const char *who, const struct region *r, size_t first, size_t n,
 			v->ksm[i - off] = v->trusted ? pfn && flags[i] != ~0ULL &&
 							   (flags[i] >> KPF_KSM) & 1
 						     : proven[i];
-			/* kpageflags believed: the maps proof must agree with it page by page */
-			v->disagree += v->trusted && proven[i] && !v->ksm[i - off];
+			/* kpageflags believed: the maps proof must agree with it page by page
+			 * (unless believed by order, to test it: "kpftrust") */
+			v->disagree += v->trusted && !kpf_forced && proven[i] && !v->ksm[i - off];
 		}
 	}
 	free(proven);
 	v->smaps = smaps_ksm;
-	if (v->trusted) {
+	if (v->trusted && kpf_forced) {
+		v->by = "kpageflags,trusted";
+		v->known = 2;
+	} else if (v->trusted) {
 		v->by = smaps_ksm >= 0 ? "kpageflags,checked:maps+smaps" : "kpageflags,checked:maps";
 		v->known = 2;
 		if (smaps_ksm >= 0 && (long)span_kpf != smaps_ksm)
@@ -310,11 +315,18 @@ void app_ksm_view(const struct ksm_view *v, const char *unknown_if_count, const 
 		app(" ksm_unknown=%s", unknown);
 }
 
-/* The methods disagreeing is a finding (a kernel bug or ours), never a count to trust. */
-int ksm_view_refuse(const char *who, const struct ksm_view *v)
+/* The methods disagreeing on a settled look is a finding (a kernel bug or ours), never a
+ * count to trust. On a look the pagemap moved under three times (ksmd or migration busy
+ * right then) it is the race: kpageflags, where believed, answers as it always did; the
+ * other methods' answer is dropped (ksm_unknown). */
+int ksm_view_refuse(const char *who, struct ksm_view *v)
 {
 	if (!v->disagree)
 		return 0;
+	if (!v->settled) {
+		v->known = v->trusted ? v->known : 0;
+		return 0;
+	}
 	return err("%s: which pages are KSM pages: the methods disagree (%zu pages or counts; "
 		   "ksm_by=%s ksm=%zu ksm_maps=%zu ksm_smaps=%ld settled=%d)", who, v->disagree,
 		   v->by, v->count, v->proven, v->smaps, v->settled);

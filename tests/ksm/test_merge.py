@@ -268,12 +268,13 @@ def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload: WorkloadFac
 
 def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug
                                          ) -> None:
-    """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM), so that ABI is
-    checked first: pages never merged are not KSM pages; merged ones are, on exactly
+    """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM) where it can be
+    believed, so that ABI is checked first: pages never merged are not KSM pages; merged ones are, on exactly
     pages_shared distinct PFNs; after run=2 none is. Broken from 6.10 until 81401cebfc15
     (kernel_bugs ``kpageflags-ksm-all-anon``): every anonymous page is flagged. On such a
-    kernel the other scenarios' KPF_KSM readings refuse (the workload checks one page of its
-    own first) and those scenarios skip with the reason; this one reads the flags anyway."""
+    kernel the other scenarios find KSM pages by their mappings and smaps' KSM: count (the
+    workload checks one page of its own first; ksmwork_ksmpages.c); this one reads the flags
+    anyway, unchecked."""
     known_bug("kpageflags-ksm-all-anon")
     w = workload()
     w.trust_kpageflags()
