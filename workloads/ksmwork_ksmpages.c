@@ -327,7 +327,7 @@ int ksm_view_refuse(const char *who, struct ksm_view *v)
 		v->known = v->trusted ? v->known : 0;
 		return 0;
 	}
-	return err("%s: which pages are KSM pages: the methods disagree (%zu pages or counts; "
+	return err("%s: which pages are KSM pages: the methods disagree (%zu contradictions; "
 		   "ksm_by=%s ksm=%zu ksm_maps=%zu ksm_smaps=%ld settled=%d)", who, v->disagree,
 		   v->by, v->count, v->proven, v->smaps, v->settled);
 }
