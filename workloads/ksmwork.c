@@ -51,23 +51,33 @@
  *                          with "all": KSM pages move only then) -> ok mbind NAME node=N
  *   moved NAME             the region's PFNs now against "kpf NAME save"'s (root)
  *                          -> ok same=S changed=C gone=G ksm=K changed_ksm=B unreadable=U
+ *                             ksm_by=.. (as pageflags)
  *   punch NAME STRIDE      MADV_DONTNEED all but every STRIDE-th page of a zero region
  *   smaps NAME             -> ok vmas=V rss_kb=.. anon_kb=.. anonhuge_kb=.. swap_kb=..
  *                             locked_kb=.. mergeable=M (VMAs with the "mg" flag)
+ *                             ksm_kb=K ("KSM:", 6.6+; -1 before)
  *   pageflags NAME [FIRST COUNT]
  *        what backs each page, from /proc/self/pagemap and /proc/kpageflags (root: PFNs):
- *        -> ok present=P swapped=S ksm=K ksmpfns=D thp=T zero=Z nopfn=N
+ *        -> ok present=P swapped=S ksm=K ksmpfns=D thp=T zero=Z nopfn=N ksm_by=HOW
+ *              ksm_maps=M ksm_smaps=V [ksm_unknown=KEYS]
  *           ksm: pages mapping a KSM page, ksmpfns: distinct KSM pages among them, thp: pages
  *           in a transparent huge page, zero: pages mapping the zero page, nopfn: present
- *           pages whose PFN was hidden (no CAP_SYS_ADMIN) or unreadable in kpageflags
- *   kpf NAME save          remember the PFNs of the region's present pages -> ok saved=N
+ *           pages whose PFN was hidden (no CAP_SYS_ADMIN) or unreadable in kpageflags.
+ *           Which pages are KSM pages (ksmwork_ksmpages.c): ksm_by=kpageflags,checked:...
+ *           where KPF_KSM is believed, else maps+smaps (each page proven by its mappings,
+ *           all of them by smaps' count) or smaps (only the count, of whole VMAs); ksm_maps:
+ *           pages proven by their mappings, ksm_smaps: smaps' KSM pages of the VMAs around
+ *           (-1: before 6.6); ksm_unknown: the keys no method could tell (left out). The
+ *           methods contradicting each other is an error ("the methods disagree").
+ *   kpf NAME save          remember the PFNs of the region's present pages (and which map a
+ *                          KSM page) -> ok saved=N ksm_by=.. ksm_maps=.. ksm_smaps=..
  *   kpf NAME               /proc/kpageflags of those PFNs now, mapped or not (e.g. a KSM page
  *                          swapped out but still in swapcache) -> ok saved=N ksm=K
- *                          swapcache=S ksm_swapcache=B mapped=M unreadable=U
- *   (pageflags, kpf and moved end with kpf_ksm_lies=1, and race's probe answers "err ...:
- *    kpageflags-ksm-unreliable: ...", on a kernel whose kpageflags flags every anonymous
- *    page KSM: see kpf_ksm_lies_on)
- *   kpftrust               read KPF_KSM even so (the test of that ABI) -> ok trusted
+ *                          swapcache=S ksm_swapcache=B mapped=M unreadable=U ksm_by=HOW
+ *                          (where KPF_KSM lies, ksm_by=saved: a KSM page when saved, still
+ *                          an anonymous page now)
+ *   kpftrust [no]          read KPF_KSM even on a kernel where it lies (the test of that
+ *                          ABI) -> ok trusted; "no": never (the other methods alone)
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
  *        a race with guest-side timestamps (CLOCK_MONOTONIC, microseconds): a helper spawned
@@ -77,10 +87,12 @@
  *        the first ones), the others exit at once. delay=MS: wait
  *        for the write to return first, then fork once (a race forced off, for tests).
  *        Before each fork the probe reads the first and last page of PAGES pages at ADDR in
- *        process PID (pagemap + kpageflags): k = both KSM, p = first no longer KSM but last
+ *        process PID (pagemap + kpageflags; where KPF_KSM lies, /proc/kpagecount > 1: PID
+ *        must have no fork children): k = both KSM, p = first no longer KSM but last
  *        still KSM (that mm is being unmerged right now), u = neither, s = other.
  *        -> ok race rc=R t0=.. t1=.. forks=N kept=K inside=I inside_p=P inside_k=Q
- *           kept_inside_ksm=C first=.. last=.. probes=kkpu... pids=a,b
+ *           kept_inside_ksm=C first=.. last=.. probe_by=kpageflags|kpagecount
+ *           probes=kkpu... pids=a,b
  *           (rc: the write's errno, 0 = done; inside: forks that started after t0 and
  *           returned before t1; _p/_k: with that probe state; kept_inside_ksm: kept children
  *           forked inside while the probed pages were still KSM, k or p)

@@ -13,6 +13,7 @@
  *                      hole, punch
  *   ksmwork_numa.c     NUMA placement: nodes, move, migrate, policy, mbind
  *   ksmwork_pageinfo.c what backs the pages: smaps, pageflags, kpf, moved, kpcg
+ *   ksmwork_ksmpages.c which pages are KSM pages, on every kernel: ksm_view, kpftrust
  *   ksmwork_abi.c      userfaultfd, MADV_COLLAPSE, PR_SET_MEMORY_MERGE
  *   ksmwork_children.c forked children: fork, children, pids
  *   ksmwork_race.c     races with guest-side timestamps: race, exitwhen, kidsexitwhen
@@ -65,7 +66,9 @@
 #define PM_PFN_MASK ((1ULL << 55) - 1)
 #define PM_SWAP (1ULL << 62)
 #define PM_PRESENT (1ULL << 63)
+#define SAVED_KSM (1ULL << 63) /* in saved_pfns: above any PFN */
 #define KPF_MMAP 11
+#define KPF_ANON 12
 #define KPF_SWAPCACHE 13
 #define KPF_KSM 21
 #define KPF_THP 22
@@ -101,7 +104,8 @@ struct region {
 	uint64_t seed;
 	uint64_t seedkey;
 	uint64_t *override; /* per-page key set by "write", 0 = pattern's */
-	uint64_t *saved_pfns; /* "kpf NAME save": PFNs of the present pages, 0 = none */
+	uint64_t *saved_pfns; /* "kpf NAME save": PFNs of the present pages, 0 = none; with
+			       * SAVED_KSM when the page mapped a KSM page then */
 	uint32_t *poke; /* "poke"/"hole": per page 0, POKE_HOLE or (OFFSET << 8 | XOR) */
 	int used;
 };
@@ -193,10 +197,34 @@ int cmd_migrate(int argc, char **argv);
 int cmd_policy(int argc, char **argv);
 int cmd_mbind(int argc, char **argv);
 
-/* ---- ksmwork_pageinfo.c ---- */
-int kpf_ksm_usable(const char *who, int kfd);
-int cmd_smaps(int argc, char **argv);
+/* ---- ksmwork_ksmpages.c ---- */
+/* Which of a range's pages map a KSM page, and how that was told (see ksmwork_ksmpages.c). */
+struct ksm_view {
+	size_t n;            /* pages in the range */
+	uint64_t *pm;        /* their pagemap entries */
+	uint64_t *flags;     /* their PFNs' kpageflags, ~0 unreadable */
+	unsigned char *ksm;  /* 1: maps a KSM page (meaningful when known == 2) */
+	int known;           /* 2 page by page, 1 only the count, 0 not even that */
+	int trusted;         /* KPF_KSM believed */
+	int settled;         /* the pagemap did not change while it was read */
+	size_t count;        /* pages mapping a KSM page (known >= 1) */
+	size_t proven;       /* of them proven by the maps method */
+	long smaps;          /* KSM pages of the span's VMAs by smaps' "KSM:", -1 no field */
+	size_t disagree;     /* pages (or counts) where the methods contradict each other */
+	const char *by;      /* the method: kpageflags,checked:..., maps+smaps, smaps, maps */
+};
+int kpf_ksm_lies_on(int kfd);
+uint64_t kpage_read(int fd, uint64_t pfn);
+int ksm_view(const char *who, const struct region *r, size_t first, size_t n,
+	     struct ksm_view *v);
+void ksm_view_free(struct ksm_view *v);
+void app_ksm_view(const struct ksm_view *v, const char *unknown_if_count, const char *unknown);
+int ksm_view_refuse(const char *who, struct ksm_view *v);
+int probe_is_ksm(int pmfd, int kfd, int cfd, uintptr_t addr);
 int cmd_kpftrust(int argc, char **argv);
+
+/* ---- ksmwork_pageinfo.c ---- */
+int cmd_smaps(int argc, char **argv);
 int cmd_pageflags(int argc, char **argv);
 int cmd_kpf(int argc, char **argv);
 int cmd_moved(int argc, char **argv);

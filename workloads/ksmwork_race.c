@@ -11,25 +11,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* KSM flag of the page at addr in process pid: 1 KSM, 0 present and not KSM, -1 otherwise. */
-static int page_is_ksm(int pmfd, int kfd, uintptr_t addr)
-{
-	uint64_t pm = 0, flags = 0;
-	if (pread(pmfd, &pm, sizeof(pm), (off_t)(addr / page_size * sizeof(uint64_t))) !=
-	    sizeof(pm) || !(pm & PM_PRESENT) || !(pm & PM_PFN_MASK))
-		return -1;
-	if (pread(kfd, &flags, sizeof(flags), (off_t)((pm & PM_PFN_MASK) * sizeof(uint64_t))) !=
-	    sizeof(flags))
-		return -1;
-	return (flags >> KPF_KSM) & 1;
-}
-
-static char probe_state(int pmfd, int kfd, uintptr_t addr, uint64_t pages)
+static char probe_state(int pmfd, int kfd, int cfd, uintptr_t addr, uint64_t pages)
 {
 	if (pmfd < 0 || kfd < 0)
 		return '-';
-	int first = page_is_ksm(pmfd, kfd, addr);
-	int last = page_is_ksm(pmfd, kfd, addr + (pages - 1) * page_size);
+	int first = probe_is_ksm(pmfd, kfd, cfd, addr);
+	int last = probe_is_ksm(pmfd, kfd, cfd, addr + (pages - 1) * page_size);
 	if (first == 1 && last == 1)
 		return 'k';
 	if (first == 0 && last == 1)
@@ -94,7 +81,8 @@ int cmd_race(int argc, char **argv)
 			return err("race: unknown option '%s'", argv[i]);
 		}
 	}
-	int pmfd = -1, kfd = -1;
+	int pmfd = -1, kfd = -1, cfd = -1;
+	const char *probe_by = "-";
 	if (have_probe) {
 		char path[64];
 		snprintf(path, sizeof(path), "/proc/%llu/pagemap", (unsigned long long)ppid);
@@ -108,16 +96,19 @@ int cmd_race(int argc, char **argv)
 				close(kfd);
 			return err("race: probe %s: %s", pmfd < 0 ? path : "/proc/kpageflags", errstr(e));
 		}
-		if (kpf_ksm_usable("race: probe", kfd) < 0) {
+		/* where KPF_KSM lies: /proc/kpagecount > 1 (PID has no fork children) */
+		probe_by = kpf_ksm_lies_on(kfd) ? "kpagecount" : "kpageflags";
+		if (kpf_ksm_lies_on(kfd) && (cfd = open("/proc/kpagecount", O_RDONLY)) < 0) {
 			close(pmfd);
 			close(kfd);
-			return -1;
+			return err("race: probe: kpageflags-ksm-unreliable, /proc/kpagecount: %s",
+				   errstr(errno));
 		}
 	}
 	int outfd = -1, st = 0, first_kept = nchildren, nforks = 0, kept = 0;
 	pid_t parent = getpid();
 	/* Already forking when the write starts: one fork (exiting at once) before the writer. */
-	probes[0] = probe_state(pmfd, kfd, (uintptr_t)paddr, ppages);
+	probes[0] = probe_state(pmfd, kfd, cfd, (uintptr_t)paddr, ppages);
 	iskept[0] = 0;
 	fstart[0] = now_us();
 	fflush(NULL);
@@ -133,6 +124,8 @@ int cmd_race(int argc, char **argv)
 		int e = errno;
 		if (pmfd >= 0)
 			close(pmfd), close(kfd);
+		if (cfd >= 0)
+			close(cfd);
 		return err("race: spawning the writer: %s", errstr(e));
 	}
 	int running = 1;
@@ -147,7 +140,7 @@ int cmd_race(int argc, char **argv)
 			running = 0;
 		if (nforks >= RACE_MAX_FORKS)
 			break;
-		probes[nforks] = probe_state(pmfd, kfd, (uintptr_t)paddr, ppages);
+		probes[nforks] = probe_state(pmfd, kfd, cfd, (uintptr_t)paddr, ppages);
 		fstart[nforks] = now_us();
 		/* With a probe, keep the children forked while the probed mm is part-unmerged. */
 		iskept[nforks] = (uint64_t)kept < maxkept && (!have_probe || probes[nforks] == 'p');
@@ -172,6 +165,8 @@ int cmd_race(int argc, char **argv)
 	probes[nforks] = 0;
 	if (pmfd >= 0)
 		close(pmfd), close(kfd);
+	if (cfd >= 0)
+		close(cfd);
 	char wout[256] = "";
 	ssize_t n = read(outfd, wout, sizeof(wout) - 1);
 	close(outfd);
@@ -195,9 +190,9 @@ int cmd_race(int argc, char **argv)
 		kept_inside_ksm += iskept[i] && (probes[i] == 'k' || probes[i] == 'p');
 	}
 	ok("race rc=%s t0=%lld t1=%lld forks=%d kept=%d inside=%d inside_p=%d inside_k=%d "
-	   "kept_inside_ksm=%d first=%lld last=%lld probes=%s pids=", rc, t0, t1, nforks, kept,
+	   "kept_inside_ksm=%d first=%lld last=%lld probe_by=%s probes=%s pids=", rc, t0, t1, nforks, kept,
 	   inside, inside_p, inside_k, kept_inside_ksm, nforks ? fstart[0] : -1, nforks ? fend[nforks - 1] : -1,
-	   nforks ? probes : "-");
+	   probe_by, nforks ? probes : "-");
 	for (int i = first_kept; i < nchildren; i++)
 		app("%s%d", i == first_kept ? "" : ",", (int)children[i].pid);
 	if (!WIFEXITED(st))

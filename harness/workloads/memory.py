@@ -76,35 +76,40 @@ class MemoryCommands(Session):
         self.command("munlockall", self._timeout(self._pages(None)))
 
     def smaps(self, name: str) -> dict[str, int]:
-        """rss_kb anon_kb anonhuge_kb swap_kb locked_kb, vmas and mergeable (VMAs flagged mg)."""
+        """rss_kb anon_kb anonhuge_kb swap_kb locked_kb, vmas, mergeable (VMAs flagged mg) and
+        ksm_kb ("KSM:", 6.6+; -1 before), summed over the VMAs the region overlaps."""
         return {k: int(v) for k, v in self.command(f"smaps {name}").fields.items()}
 
     def pageflags(self, name: str, first: int | None = None,
-                  count: int | None = None) -> dict[str, int]:
+                  count: int | None = None) -> PageCounts:
         """What backs the region's pages (C workload, root in the guest): present, swapped,
         ksm (pages mapping a KSM page), ksmpfns (distinct KSM pages), thp, zero (the zero
-        page), nopfn (PFN hidden or unreadable)."""
+        page), nopfn (PFN hidden or unreadable); ksm_maps and ksm_smaps (-1: no such field)
+        what the other methods found; ``.method`` how ksm was found (ksmwork_ksmpages.c)."""
         line = f"pageflags {name}" + range_args(first, count)
         f = self.command(line, self._timeout(count or self._pages(name))).fields
         return PageCounts(f, ("ksm", "ksmpfns"), self.name, line)
 
-    def trust_kpageflags(self) -> None:
+    def trust_kpageflags(self, trust: bool = True) -> None:
         """Read KPF_KSM even on a kernel known to set it on every anonymous page (the test of
-        that ABI); otherwise such readings raise CheckUnavailable."""
-        self.command("kpftrust")
+        that ABI; otherwise such kernels' KSM pages are found another way), or never
+        (``trust=False``: the other methods alone, for their own tests)."""
+        self.command("kpftrust" + ("" if trust else " no"))
 
     def kpf_save(self, name: str) -> int:
-        """Remember the PFNs of the region's present pages; returns how many."""
+        """Remember the PFNs of the region's present pages (and which map a KSM page);
+        returns how many."""
         return self.command(f"kpf {name} save", self._timeout(self._pages(name))).number("saved")
 
-    def kpf(self, name: str) -> dict[str, int]:
+    def kpf(self, name: str) -> PageCounts:
         """/proc/kpageflags of the PFNs saved by :meth:`kpf_save`, mapped or not: saved, ksm,
-        swapcache, ksm_swapcache (both), mapped, unreadable."""
+        swapcache, ksm_swapcache (both), mapped, unreadable. Where KPF_KSM lies, ksm is
+        "a KSM page when saved and still an anonymous page" (method ``saved``)."""
         f = self.command(f"kpf {name}", self._timeout(self._pages(name))).fields
-        # all about KSM pages, and copied whole by its callers: refuse at once where it lies
+        # all about KSM pages, and copied whole by its callers: refuse at once if unknown
         return PageCounts(f, ("ksm", "ksm_swapcache"), self.name, f"kpf {name}").known()
 
-    def moved(self, name: str) -> dict[str, int]:
+    def moved(self, name: str) -> PageCounts:
         """The region's PFNs against :meth:`kpf_save`'s: same, changed, gone, ksm (now a KSM
         page), changed_ksm, unreadable."""
         f = self.command(f"moved {name}", self._timeout(self._pages(name))).fields

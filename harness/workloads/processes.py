@@ -41,10 +41,11 @@ class ProcessCommands(Session):
                    timeout: float = 300.0) -> dict[str, str]:
         """Write VALUE to PATH from a helper (this mm not copied) while forking in a loop until
         the write returns; the first ``keep`` children are kept (see ``children``). probe:
-        (pid, addr, pages) whose first and last page are checked for KSM before each fork.
-        delay_ms: the race forced off (one fork, after the write returned). Returns the
+        (pid, addr, pages) whose first and last page are checked for KSM before each fork
+        (kpageflags; where it lies, /proc/kpagecount > 1: that pid must have no fork children;
+        the reply's probe_by says which). delay_ms: the race forced off (one fork, after the write returned). Returns the
         reply's fields (rc, t0, t1 in guest microseconds, forks, kept, inside, inside_p,
-        inside_k, probes, pids)."""
+        inside_k, probe_by, probes, pids)."""
         line = f"race {path} {value} fork {int(keep)}"
         if probe is not None:
             line += f" probe={int(probe[0])}:{int(probe[1]):#x}:{int(probe[2])}"

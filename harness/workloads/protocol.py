@@ -25,23 +25,36 @@ class CheckUnavailable(WorkloadError):
 
 KPF_KSM_LIES = ("this kernel's /proc/kpageflags flags a never-merged anonymous page KPF_KSM "
                 "(every anonymous page, from 6.10 until the fix 81401cebfc15 \"fs/proc: fix "
-                "KPF_KSM reported for all anonymous pages\"): which pages are KSM pages "
-                "cannot be read")
+                "KPF_KSM reported for all anonymous pages\")")
+
+# What a reply's ksm_by= names (ksmwork_ksmpages.c): how its KSM counts were found.
+KSM_METHODS = {
+    "kpageflags": "/proc/kpageflags KPF_KSM",
+    "maps": "PFNs mapped where no fork explains them (pagemap, /proc/kpagecount)",
+    "smaps": "/proc/PID/smaps' KSM: count of whole VMAs",
+    "saved": "PFNs that were KSM pages when saved and are still anonymous pages",
+}
 
 
 class PageCounts(dict[str, int]):
-    """A pageflags/kpf/moved answer. On a kernel whose KPF_KSM flags every anonymous page
-    (the reply's kpf_ksm_lies=1) its KSM counts are left out, and reading one raises
-    CheckUnavailable: a scenario that needs them skips with the reason; one that reads only
-    present/swapped/thp/... runs."""
+    """A pageflags/kpf/moved answer: its numbers, and ``method`` (the reply's ksm_by=, e.g.
+    ``maps+smaps`` or ``kpageflags,checked:maps+smaps``), shown in its repr so every check
+    that prints it says how its KSM pages were found. KSM counts that no method could tell
+    (the reply's ksm_unknown=, e.g. which distinct KSM pages, where smaps gave only a count)
+    are left out, and reading one raises CheckUnavailable: the scenario skips with the
+    reason; one that reads only present/swapped/thp/... runs."""
 
     def __init__(self, fields: dict[str, str], ksm_keys: tuple[str, ...],
                  workload: str = "", command: str = "") -> None:
-        lies = fields.get("kpf_ksm_lies") == "1"
-        self.unknown = ksm_keys if lies else ()
+        unknown = tuple(k for k in fields.get("ksm_unknown", "").split(",") if k)
+        self.unknown = tuple(k for k in ksm_keys if k in unknown)
+        self.method = fields.get("ksm_by", "")
         self.where = (workload, command)
         super().__init__({k: int(v) for k, v in fields.items()
-                          if k != "kpf_ksm_lies" and k not in self.unknown})
+                          if k not in ("ksm_by", "ksm_unknown") and k not in self.unknown})
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + (f", ksm_by: {self.method}}}" if self.method else "}")
 
     def known(self) -> PageCounts:
         """This answer, or CheckUnavailable now when its KSM counts cannot be read (for an
@@ -55,17 +68,20 @@ class PageCounts(dict[str, int]):
 
     def __missing__(self, key: str) -> int:
         if key in self.unknown:
-            raise CheckUnavailable(f"cannot check on this kernel: {key}: {KPF_KSM_LIES}",
-                                   *self.where)
+            used = set(re.split(r"[,:+]", self.method))
+            methods = "; ".join(KSM_METHODS[m] for m in KSM_METHODS if m in used)
+            raise CheckUnavailable(f"cannot check on this kernel: {key}: {KPF_KSM_LIES}, and "
+                                   f"the other methods ({methods or 'none'}) could not tell "
+                                   f"(ksm_by={self.method}, {dict(self)})", *self.where)
         raise KeyError(key)
 
 
 def refusal(workload: str, line: str, text: str) -> WorkloadError:
     """What an ``err`` reply (other than corruption or a crash) raises."""
-    if "kpageflags-ksm-unreliable" in text:  # race's probe: "err race: probe: kpageflags-..."
+    if "kpageflags-ksm-unreliable" in text:  # race's probe, without /proc/kpagecount either
         who = text.removeprefix("err ").split(": kpageflags-ksm-unreliable")[0]
-        return CheckUnavailable(f"cannot check on this kernel: {who}: {KPF_KSM_LIES}",
-                                workload, line, text)
+        return CheckUnavailable(f"cannot check on this kernel: {who}: {KPF_KSM_LIES}; "
+                                f"{text}", workload, line, text)
     return WorkloadError(f"workload '{workload}' refused '{line}': {text}", workload, line,
                          text)
 

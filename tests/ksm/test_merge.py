@@ -266,14 +266,67 @@ def test_stalled_ksmd_is_reported_not_waited_for(ksm: Ksm, workload: WorkloadFac
     assert "full_scans=" in str(stalled.value)
 
 
+def test_ksm_pages_told_by_every_method(ksm: Ksm, workload: WorkloadFactory) -> None:
+    """Which pages are KSM pages, by each method this kernel has (ksmwork_ksmpages.c): the
+    default one (kpageflags where it can be believed, checked against the others; where it
+    lies, the mappings completed by smaps' KSM:) and the mappings and smaps alone. They
+    agree on A's merged pages, each proven by its mappings (one KSM page at 252 addresses of
+    A/s; A/u's pages mapped by B too); on B's pages whose A twin a write took back (a KSM
+    page mapped once: only smaps counts it); and on pages that are not KSM pages: never
+    merged, or rewritten: none by any method."""
+    a, b = workload(name="A"), workload(name="B")
+    a.alloc("plain", 64, "same:91")  # one content, never madvised: never merged
+    a.alloc("s", 256, "same:92")
+    for w in (a, b):
+        w.alloc("u", 128, "unique:93")  # A's page i == B's page i
+    for w, region in ((a, "s"), (a, "u"), (b, "u")):
+        w.madvise(region, "merge")
+    layout = Layout().same("same:92", 256)
+    for i in range(128):
+        layout.same(f"pair{i}", 2)
+    ksm.set("run", 1)
+    ksm.wait_counts(layout.expected(), what="A/s merged, A/u and B/u merged in pairs")
+    ksm.set("run", 0)
+    for page in range(8):  # COW: A's copies are private again, B's stay KSM pages
+        a.write("u", page)
+    for page in range(4):
+        a.write("s", page)
+
+    default = {r: a.pageflags(r) for r in ("plain", "s", "u")}
+    got = [(default[r]["ksm"], default[r]["ksm_maps"]) for r in ("plain", "s", "u")]
+    assert got == [(0, 0), (252, 252), (120, 120)], default
+    assert (default["s"]["ksmpfns"], default["u"]["ksmpfns"]) == (1, 120), default
+    rewritten = a.pageflags("u", 0, 8), a.pageflags("s", 0, 4)
+    assert [f["ksm"] for f in rewritten] == [0, 0], f"rewritten pages count as KSM: {rewritten}"
+    bu = b.pageflags("u")
+    assert (bu["ksm"], bu["ksm_maps"]) == (128, 120), f"B/u: {bu}"
+    smaps = bu["ksm_smaps"] >= 0  # "KSM:" from 6.6 on
+    if smaps:
+        assert bu["ksm_smaps"] == 128, f"B/u: {bu}"
+
+    for w in (a, b):
+        w.trust_kpageflags(False)
+    alone = {r: a.pageflags(r) for r in ("plain", "s", "u")}
+    assert [alone[r]["ksm_maps"] for r in alone] == [0, 252, 120], alone
+    if smaps:  # else the mappings only prove, and the counts are refused (ksm_unknown)
+        assert [alone[r]["ksm"] for r in alone] == [0, 252, 120], alone
+        assert alone["u"].method == "maps+smaps", alone
+        bu = b.pageflags("u")
+        assert (bu["ksm"], bu.method) == (128, "smaps"), f"B/u: {bu}"
+        assert a.pageflags("u", 0, 8)["ksm"] == 0
+    a.verify()
+    b.verify()
+
+
 def test_kpageflags_marks_only_ksm_pages(ksm: Ksm, workload: WorkloadFactory, known_bug: KnownBug
                                          ) -> None:
-    """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM), so that ABI is
-    checked first: pages never merged are not KSM pages; merged ones are, on exactly
+    """The suite's "no KSM page mapped" checks read /proc/kpageflags (KPF_KSM) where it can be
+    believed, so that ABI is checked first: pages never merged are not KSM pages; merged ones are, on exactly
     pages_shared distinct PFNs; after run=2 none is. Broken from 6.10 until 81401cebfc15
     (kernel_bugs ``kpageflags-ksm-all-anon``): every anonymous page is flagged. On such a
-    kernel the other scenarios' KPF_KSM readings refuse (the workload checks one page of its
-    own first) and those scenarios skip with the reason; this one reads the flags anyway."""
+    kernel the other scenarios find KSM pages by their mappings and smaps' KSM: count (the
+    workload checks one page of its own first; ksmwork_ksmpages.c); this one reads the flags
+    anyway, unchecked."""
     known_bug("kpageflags-ksm-all-anon")
     w = workload()
     w.trust_kpageflags()

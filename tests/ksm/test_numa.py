@@ -109,7 +109,8 @@ def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep:
     rec.facts.update({"forks": int(f["forks"]), "inside run=2": int(f["inside"]),
                       f"inside while {d.name}/{region} was part-unmerged": int(f["inside_p"]),
                       "kept children forked inside from KSM pages": kept_ksm,
-                      f"probes of {d.name}/{region}": runs(f["probes"])})
+                      f"probes of {d.name}/{region}": runs(f["probes"]),
+                      "probed by": f.get("probe_by", "?")})
     missed = []
     if not (forks.t0 <= run2.t0 and forks.t1 >= run2.t1):
         missed.append("the forks did not cover the whole of run=2")

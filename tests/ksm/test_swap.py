@@ -197,7 +197,15 @@ def ksm_pages_in_swapcache(ksm: Ksm, workload: WorkloadFactory, attempt: int,
     a.madvise("k", "pageout")
     if fault_back:
         a.verify("k")
-    return a, d, {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
+    return a, d, swapcache_state(a)
+
+
+def swapcache_state(a: Workload) -> dict[str, int]:
+    """A/k's swap entries (pagemap) and what its saved PFNs are now (kpf; its repr names how
+    their KSM pages were found)."""
+    where = a.kpf("k")
+    where["pagemap"] = a.pageflags("k")["swapped"]
+    return where
 
 
 def assert_in_swapcache(where: dict[str, int], when: str) -> None:
@@ -231,7 +239,7 @@ def test_ksm_page_in_swapcache_when_run2_passes(ksm: Ksm, workload: WorkloadFact
         vm_before = guest_mm.vmstat(sh)
         run2 = write_interval(timed_ksm_write(ksm_guest.sh, ksm_guest.binary, "run",
                                               RUN_UNMERGE), "run", RUN_UNMERGE)
-        after = {"pagemap": a.pageflags("k")["swapped"], **a.kpf("k")}
+        after = swapcache_state(a)
         rec = RaceRecord("KSM pages in swapcache while run=2 passes")
         rec.add(run2)
         rec.facts.update({"KSM pages in swapcache before": before["ksm_swapcache"],

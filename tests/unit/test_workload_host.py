@@ -411,20 +411,49 @@ def test_poke_and_hole_keep_verify_exact(work: Workload) -> None:
     assert (bad.value.page, bad.value.offset) == (2, 0)
 
 
-def test_page_counts_refuse_ksm_counts_where_kpageflags_lies() -> None:
-    # a kernel whose KPF_KSM flags every anonymous page (6.10 until 81401cebfc15): the other
-    # counts are read, the KSM ones skip the scenario instead of failing or passing it
-    fields = {"present": "4", "swapped": "0", "ksm": "4", "ksmpfns": "4", "kpf_ksm_lies": "1"}
-    counts = wl.PageCounts(fields, ("ksm", "ksmpfns"), "c0", "pageflags r")
-    assert counts["present"] == 4 and "ksm" not in counts
-    for read in (lambda: counts["ksm"], lambda: counts.get("ksmpfns")):
-        with pytest.raises(wl.CheckUnavailable, match="cannot check on this kernel: ksm"):
+def test_page_counts_say_their_method_and_refuse_what_no_method_could_tell() -> None:
+    # recorded from Debian 6.12.118 (KPF_KSM on every anonymous page): one VMA of 32 pages
+    # merged with another process's, smaps counted them but the mappings proved only some
+    # (the rest mapped once each), so which distinct KSM pages is unknown, the count is not
+    reply = ("ok present=32 swapped=0 ksm=32 ksmpfns=0 thp=0 zero=0 nopfn=0 ksm_by=smaps "
+             "ksm_maps=30 ksm_smaps=32 ksm_unknown=ksmpfns")
+    fields = wl.Reply("pageflags s", reply).fields
+    counts = wl.PageCounts(fields, ("ksm", "ksmpfns"), "c0", "pageflags s")
+    assert counts["ksm"] == 32 and counts["ksm_maps"] == 30 and counts.method == "smaps"
+    assert "ksm_by: smaps" in repr(counts) and "ksmpfns" not in counts
+    for read in (lambda: counts["ksmpfns"], lambda: counts.get("ksmpfns"), counts.known):
+        with pytest.raises(wl.CheckUnavailable, match="cannot check on this kernel: ksmpfns: "
+                           "this kernel's /proc/kpageflags .*/smaps' KSM: count"):
             read()
-    with pytest.raises(wl.CheckUnavailable):
-        counts.known()
-    believed = wl.PageCounts({**fields, "kpf_ksm_lies": "0"}, ("ksm", "ksmpfns"))
-    assert believed.known() is believed
-    assert believed == {"present": 4, "swapped": 0, "ksm": 4, "ksmpfns": 4}
+    proven = wl.PageCounts(wl.Reply("pageflags s", reply.replace(" ksm_unknown=ksmpfns", "")
+                                    .replace("ksm_by=smaps", "ksm_by=maps+smaps")).fields,
+                           ("ksm", "ksmpfns"))
+    assert proven.known() is proven and proven["ksmpfns"] == 0
+    assert proven.method == "maps+smaps" and "ksm_by: maps+smaps" in repr(proven)
+    old = wl.PageCounts({"present": "4", "ksm": "4"}, ("ksm",))  # a reply without ksm_by
+    assert repr(old) == "{'present': 4, 'ksm': 4}" and old.known() is old
+
+
+def test_pageflags_finds_ksm_pages_without_kpageflags_and_not_where_there_are_none(
+        work: Workload) -> None:
+    # The maps method alone (as where KPF_KSM lies), on pages KSM never merged: same-content
+    # pages at distinct PFNs, the zero page mapped at ten addresses, pages shared with forked
+    # children (mapped 3 times, all explained by fork): none may count as KSM pages.
+    work.alloc("s", 16, "same:1")
+    work.alloc("z", 20, "zero", thp=False)
+    assert work.punch("z", 2) == 10 and work.verify("z") == 20  # ten zero-page mappings
+    work.trust_kpageflags(False)
+    work.fork(2)
+    for name in ("s", "z"):
+        flags = work.pageflags(name)
+        if flags["nopfn"]:
+            pytest.skip("PFNs are hidden here (no CAP_SYS_ADMIN)")
+        assert flags.method in ("maps+smaps", "maps"), flags
+        assert (flags["ksm_maps"], flags.get("ksm", 0)) == (0, 0), flags
+    assert work.pageflags("z")["zero"] == 10
+    work.children_exit()
+    with pytest.raises(WorkloadError, match="usage: kpftrust"):
+        work.command("kpftrust maybe")
 
 
 def test_pageflags_checks_kpageflags_once_and_says_so(work: Workload) -> None:
@@ -433,12 +462,14 @@ def test_pageflags_checks_kpageflags_once_and_says_so(work: Workload) -> None:
     assert flags["present"] == 8
     if os.geteuid() == 0 and flags["nopfn"] == 0:  # PFNs readable: the self-check ran
         assert flags["ksm"] == 0  # this host's kernel reads a never-merged page right
+        assert flags.method.startswith("kpageflags,checked:maps"), flags
     work.trust_kpageflags()
     assert work.pageflags("r")["present"] == 8
 
 
 def test_race_probe_refusal_is_a_skip_with_the_reason() -> None:
-    e = refusal("c0", "race /x 2 fork 1", "err race: probe: kpageflags-ksm-unreliable")
+    e = refusal("c0", "race /x 2 fork 1", "err race: probe: kpageflags-ksm-unreliable, "
+                "/proc/kpagecount: ENOENT")
     assert isinstance(e, wl.CheckUnavailable)
     assert str(e).startswith("cannot check on this kernel: race: probe: this kernel's /proc/")
     other = refusal("c0", "alloc r 1 x", "err alloc: bad pattern")
