@@ -48,6 +48,16 @@ from harness.ksm.sysfs import (
     selected_value,
 )
 
+# mm/ksm.c skip_age(): a page KSM could not merge for 9 or more scans is skipped for the next
+# 8 (then looked at once, then skipped again) while smart_scan is on
+SMART_SCAN_SKIPS = 8
+
+
+def scans_to_allow(before: KsmSnapshot, min_full_scans: int) -> int:
+    """Full scans a wait's deadline allows for: with smart_scan on (6.7+) a page that stayed
+    unmerged is skipped for up to SMART_SCAN_SKIPS scans, and its twin may be skipped in
+    turn after it, so a merge the counters await can come that much later."""
+    return min_full_scans + (2 * SMART_SCAN_SKIPS if before.get("smart_scan") else 0)
 
 class Ksm:
     """KSM control over a :class:`harness.remote.Runner` (one guest command per call, so
@@ -263,7 +273,7 @@ class Ksm:
                 pages = sum(before.get(n) for n in ("pages_shared", "pages_sharing",
                                                     "pages_unshared", "pages_volatile"))
             timeout = scan_deadline(pages, before["pages_to_scan"], before["sleep_millisecs"],
-                                    min_full_scans)
+                                    scans_to_allow(before, min_full_scans))
         start = time.monotonic()
         deadline = start + timeout
         base = before["full_scans"]

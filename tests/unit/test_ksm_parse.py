@@ -387,3 +387,10 @@ def test_process_stat_of_a_host_process(k: Ksm) -> None:
     assert all(isinstance(v, int) for v in stats.values())
     with pytest.raises(KsmError, match="no process"):
         k.process_stat(2**22 + 7)
+
+
+def test_a_wait_allows_for_smart_scans_skips_only_when_it_is_on() -> None:
+    from harness.ksm.control import SMART_SCAN_SKIPS, scans_to_allow
+    assert scans_to_allow(KsmSnapshot({"run": "1"}), 2) == 2                    # 6.1: no knob
+    assert scans_to_allow(KsmSnapshot({"smart_scan": "0"}), 2) == 2
+    assert scans_to_allow(KsmSnapshot({"smart_scan": "1"}), 2) == 2 + 2 * SMART_SCAN_SKIPS
