@@ -1,7 +1,9 @@
 """Every site operation of the generator (harness.fuzz.siteops) once, on KSM pages, in a fixed
 sequence: where the rest of the kernel meets a KSM page (memory_failure, idle page tracking,
 NUMA balancing's scan, DAMON's physical-address sampling, a write fault through the swap
-cache) is reached by every run, not only when the generator's draw falls on it. Each step
+cache) is reached by every run, not only when the generator's draw falls on it (measured on
+source:6.1+gcov: every site but do_swap_page's swap-cache check, which only the generator
+reached that run: reclaim need not swap the KSM page out before the write). Each step
 goes through the generator's executor, so every oracle of a generated step holds after it
 (every byte equals the model, read two ways; the counter invariants) and at the end (every
 counter 0 after run=2, the KSM slabs back). An operation the guest's kernel lacks is skipped
