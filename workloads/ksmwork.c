@@ -23,7 +23,8 @@
  *        itself, which KSM's zero-page counters do not see); shared maps MAP_SHARED (shmem,
  *        KSM ignores it).
  *        -> ok NAME addr=0x... pages=N bytes=B ms=T
- *   madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed [FIRST COUNT]
+ *   madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed|hwpoison|soft_offline
+ *        [FIRST COUNT] (hwpoison, soft_offline: memory-failure.c, root; poison stays)
  *   verify [NAME]          -> ok verified N pages ms=T
  *                          | err corrupt NAME page P offset O expected 0xXX got 0xYY pages=K
  *                            (first bad byte; pages=K bad pages; without NAME also total=)
@@ -78,6 +79,9 @@
  *                          an anonymous page now)
  *   kpftrust [no]          read KPF_KSM even on a kernel where it lies (the test of that
  *                          ABI) -> ok trusted; "no": never (the other methods alone)
+ *   idle NAME PAGE         mark the page's PFN idle in /sys/kernel/mm/page_idle/bitmap and
+ *                          read the bit back (root) -> ok idle pfn=P idle=0|1 lru=L ksm=K
+ *                          (kpageflags after, -1 unreadable; pfn=0: not present, no-op)
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
  *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
  *        a race with guest-side timestamps (CLOCK_MONOTONIC, microseconds): a helper spawned
@@ -206,7 +210,7 @@ static int dispatch(char *line)
 		{"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"prctl", cmd_prctl},
 		{"fork", cmd_fork}, {"children", cmd_children}, {"pids", cmd_pids},
 		{"race", cmd_race}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
-		{"reserve", cmd_reserve}, {"vmop", cmd_vmop},
+		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"idle", cmd_idle},
 	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;

@@ -230,6 +230,9 @@ int cmd_kpf(int argc, char **argv);
 int cmd_moved(int argc, char **argv);
 int cmd_kpcg(int argc, char **argv);
 
+/* ---- ksmwork_sites.c ---- */
+int cmd_idle(int argc, char **argv);
+
 /* ---- ksmwork_abi.c ---- */
 int cmd_uffd(int argc, char **argv);
 int cmd_collapse(int argc, char **argv);

@@ -169,6 +169,13 @@ int cmd_free(int argc, char **argv)
 	return ok("freed %s", argv[1]);
 }
 
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
+
 int cmd_madvise(int argc, char **argv)
 {
 	static const struct { const char *name; int advice; } advs[] = {
@@ -176,11 +183,13 @@ int cmd_madvise(int argc, char **argv)
 		{"hugepage", MADV_HUGEPAGE},	{"nohugepage", MADV_NOHUGEPAGE},
 		{"pageout", MADV_PAGEOUT},	{"cold", MADV_COLD},
 		{"willneed", MADV_WILLNEED},
+		/* memory-failure.c (CONFIG_MEMORY_FAILURE, CAP_SYS_ADMIN): poison is for good */
+		{"hwpoison", MADV_HWPOISON},	{"soft_offline", MADV_SOFT_OFFLINE},
 	};
 	size_t first = 0, count = 0;
 	if (argc < 3)
 		return err("usage: madvise NAME merge|unmerge|hugepage|nohugepage|pageout|cold|willneed"
-			   " [FIRST COUNT]");
+			   "|hwpoison|soft_offline [FIRST COUNT]");
 	struct region *r = need_region("madvise", argv[1]);
 	if (!r || parse_range("madvise", r, argc, argv, 3, &first, &count))
 		return -1;

@@ -17,6 +17,7 @@ from harness.coverage.gcovdata import Counts, FileCounts
 KSM_C = "mm/ksm.c"
 GCOVR_TIMEOUT = 900.0  # seconds: gcovr runs gcov on ~15 files and writes the HTML
 NEAR = (0, -1, -2, -3, 1)  # a site on a continuation line is counted on its statement's line
+GENERATED = "test_generated"  # the generator's test: its buckets are "with the generator"
 
 
 @dataclass
@@ -46,6 +47,12 @@ class SiteReach:
     site: sites.Site
     status: str           # reached, not reached, not built, not profiled, no code
     by: list[str]         # the labels (tests, "(boot)") whose bucket reached it
+    reason: str = ""      # why no guest can reach it (ksm_site_reasons.json), if it has one
+
+    def shown(self) -> str:
+        """The status as sites.txt shows it: with its reason when it has one."""
+        return (f"{self.status} (reason: {self.reason})" if self.reason
+                and self.status != "reached" else self.status)
 
 
 def site_line(fc: FileCounts, line: int) -> int | None:
@@ -57,10 +64,34 @@ def site_line(fc: FileCounts, line: int) -> int | None:
 
 
 def reach(site_list: list[sites.Site], labelled: list[tuple[str, Counts]], whole: Counts,
-          profiled: frozenset[str] = frozenset()) -> list[SiteReach]:
+          profiled: frozenset[str] = frozenset(),
+          reasons: list[sites.Reason] | None = None) -> list[SiteReach]:
     """Each site's status and the labels that reached it. "reached" means its line ran
     (the kernel looked at the page there), not that the KSM branch was taken. A file the
-    flavour profiles but the guest has no counters for is "not built" (its config is off)."""
+    flavour profiles but the guest has no counters for is "not built" (its config is off).
+    A site with a reason carries it (shown unless the site was reached after all)."""
+    why = {r.key: r.reason for r in reasons or []}
+    out = []
+    for r in _reach(site_list, labelled, whole, profiled):
+        r.reason = why.get((r.site.file, r.site.line), "")
+        out.append(r)
+    return out
+
+
+def tally(reached: list[SiteReach]) -> tuple[int, int, int]:
+    """(reached, unreachable with a reason, neither)."""
+    hit = sum(1 for r in reached if r.status == "reached")
+    reasoned = sum(1 for r in reached if r.status != "reached" and r.reason)
+    return hit, reasoned, len(reached) - hit - reasoned
+
+
+def split_generated(labelled: list[tuple[str, Counts]]) -> list[tuple[str, Counts]]:
+    """The buckets of every test but the generator's: today's scenarios alone."""
+    return [(label, counts) for label, counts in labelled if GENERATED not in label]
+
+
+def _reach(site_list: list[sites.Site], labelled: list[tuple[str, Counts]], whole: Counts,
+           profiled: frozenset[str]) -> list[SiteReach]:
     out = []
     for s in site_list:
         fc = whole.get(s.file)
@@ -128,9 +159,23 @@ def gcovr_figures(summary: Path, file: str) -> Figures | None:
     return None
 
 
+TALLY = ("reached", "with a reason", "neither")
+
+
+def side_by_side(alone: Figures, alone_sites: tuple[int, int, int], every: Figures,
+                 every_sites: tuple[int, int, int]) -> str:
+    """Today's scenarios alone, then with the generator (gcov's raw records both)."""
+    def part(f: Figures, t: tuple[int, int, int]) -> str:
+        return (f.line(KSM_C).removeprefix(f"{KSM_C}: ") + f", sites {t[0]} reached/"
+                f"{t[1]} with a reason/{t[2]} neither")
+    return (f"scenarios alone: {part(alone, alone_sites)} | with the generator: "
+            f"{part(every, every_sites)}")
+
+
 def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_version: str,
                  site_list: list[sites.Site] | None = None, html: bool = True,
-                 profiled: frozenset[str] = frozenset()) -> list[str]:
+                 profiled: frozenset[str] = frozenset(),
+                 reasons: list[sites.Reason] | None = None) -> list[str]:
     """Read every bucket, write coverage.json, tests.txt, sites.txt (and lcov/HTML); the
     summary lines to print."""
     gcov, gcov_tool = gcovdata.tools_for(cc_version)
@@ -146,13 +191,20 @@ def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_vers
         labelled.append((entry["label"], counts))
     whole = gcovdata.total([c for _, c in labelled])
     site_list = sites.load()[1] if site_list is None else site_list
-    reached = reach(site_list, labelled, whole, profiled)
+    reasons = sites.load_reasons() if reasons is None else reasons
+    reached = reach(site_list, labelled, whole, profiled, reasons)
+    alone = split_generated(labelled)
+    alone_whole = gcovdata.total([c for _, c in alone])
+    alone_reached = reach(site_list, alone, alone_whole, profiled, reasons)
     table = per_test(labelled)
     ksm = figures(whole.get(KSM_C))
     per_file = {f: asdict(figures(fc)) for f, fc in sorted(whole.items()) if f.endswith(".c")}
     (out / "coverage.json").write_text(json.dumps({
         "ksm_c": asdict(ksm), "files": per_file, "per_test": table,
-        "sites": [{**asdict(r.site), "status": r.status, "by": r.by} for r in reached],
+        "scenarios_alone": {"ksm_c": asdict(figures(alone_whole.get(KSM_C))),
+                            "sites": dict(zip(TALLY, tally(alone_reached)))},
+        "sites": [{**asdict(r.site), "status": r.status, "by": r.by, "reason": r.reason}
+                  for r in reached],
     }, indent=1) + "\n")
     with (out / "tests.txt").open("w") as fh:
         for label, fns in table.items():
@@ -166,7 +218,7 @@ def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_vers
     with (out / "sites.txt").open("w") as fh:
         for r in reached:
             s = r.site
-            fh.write(f"{r.status:12} {s.file}:{s.line} {s.function} {s.symbol}"
+            fh.write(f"{r.shown():12} {s.file}:{s.line} {s.function} {s.symbol}"
                      f"{' by ' + ', '.join(r.by) if r.by else ''}\n")
     if html:
         merged = gcovdata.merge_tree([gcda_root / e["bucket"] for e in index], build,
@@ -178,11 +230,16 @@ def build_report(gcda_root: Path, build: Path, srctree: Path, out: Path, cc_vers
         if g is not None:
             headline = (g.line(KSM_C) + f" (gcovr; gcov's raw records: {ksm.lines_hit}/"
                         f"{ksm.lines} lines, {ksm.functions_hit}/{ksm.functions} functions)")
-    status = {k: n for k in ("reached", "not reached", "not built", "not profiled", "no code")
-              if (n := sum(1 for r in reached if r.status == k))}
+    neither = {k: n for k in ("not reached", "not built", "not profiled", "no code")
+               if (n := sum(1 for r in reached if r.status == k and not r.reason))}
+    hit, reasoned, rest = tally(reached)
     return [headline,
             f"{KSM_C} functions no test reached: {', '.join(never) or 'none'}",
-            "KSM sites outside mm/ksm.c: " + ", ".join(f"{v} {k}" for k, v in status.items()),
+            f"KSM sites outside mm/ksm.c: {hit} reached, {reasoned} unreachable with a reason, "
+            f"{rest} neither" + (" (" + ", ".join(f"{v} {k}" for k, v in neither.items()) + ")"
+                                 if neither else ""),
+            side_by_side(figures(alone_whole.get(KSM_C)), tally(alone_reached), ksm,
+                         (hit, reasoned, rest)),
             f"per test: {out / 'tests.txt'}; per function: {out / 'functions.txt'}; sites: {out / 'sites.txt'}"
             + (f"; HTML: {out / 'html' / 'index.html'}; lcov: {out / 'coverage.lcov'}"
                if html else "")]

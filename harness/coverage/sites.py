@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SITES_JSON = Path(__file__).with_name("ksm_sites.json")
+# why a site cannot be reached in a guest: kept apart, so regenerating the list keeps them
+REASONS_JSON = Path(__file__).with_name("ksm_site_reasons.json")
 # the special treatments of a KSM page, as named in issue 21
 SYMBOLS = ("PageKsm", "folio_test_ksm", "ksm_might_need_to_copy", "ksm_madvise", "ksm_fork",
            "ksm_exit", "KSM_RUN", "rmap_walk_ksm", "folio_migrate_ksm", "ksm_memory_callback")
@@ -100,6 +102,31 @@ def tree_version(tree: Path) -> str:
 def load(path: Path = SITES_JSON) -> tuple[str, list[Site]]:
     data = json.loads(path.read_text())
     return data["kernel"], [Site(**s) for s in data["sites"]]
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why one site (``file``:``line`` in ``function``) cannot be reached in a guest."""
+    file: str
+    line: int
+    function: str
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.file, self.line
+
+
+def load_reasons(path: Path = REASONS_JSON) -> list[Reason]:
+    return [Reason(**r) for r in json.loads(path.read_text())["reasons"]]
+
+
+def stale_reasons(reasons: list[Reason], site_list: list[Site]) -> list[str]:
+    """The reasons that name no site of the list (same file, line and function): after the
+    list is regenerated from another kernel, each must be moved or dropped by hand."""
+    known = {(s.file, s.line, s.function) for s in site_list}
+    return [f"{r.file}:{r.line} {r.function}" for r in reasons
+            if (r.file, r.line, r.function) not in known or not r.reason.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

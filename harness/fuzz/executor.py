@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from harness.access.remote import Runner
+from harness.fuzz import siteops
 from harness.fuzz.invariants import sample_problems, sequence_problems
 from harness.fuzz.model import INITIAL_KNOBS, Env, Model, Region, Step
 from harness.guest_mm import MemCgroup
@@ -23,6 +24,8 @@ PEEK_LEN = 64
 PEAKS = ("pages_shared", "pages_sharing", "stable_node_chains", "stable_node_dups",
          "full_scans")
 SLAB_SLACK = 64  # as the ksm fixture: per-cpu slabs keep a residue
+SITE_OPS = ("hwpoison", "damon", "numa_scan", "soft_offline", "idle", "swap_write")
+SWAP_WRITE_RECLAIM_KB = 16384  # more than every generated page (3 x 3 x 256 pages, 9 MiB)
 
 
 class OracleFailure(AssertionError):
@@ -53,6 +56,8 @@ class GuestSteps:
         for name, value in INITIAL_KNOBS.items():
             if name != "run" and name in self.env.knobs and self.ksm.get(name) != value:
                 self.ksm.set(name, value)
+        if self.env.numa_balancing:
+            siteops.numa_setup(self.runner)
         self.slabs = leaks.slab_objects(self.runner)
         model = Model(self.env)
         self._sample(model, reset=True)
@@ -90,6 +95,9 @@ class GuestSteps:
             assert self.cgroup is not None
             self.cgroup.reclaim(f"{int(a['kb'])}K")
             return
+        if step.op in SITE_OPS:
+            self.ops[f"{step.op}->{self._site(step)}"] += 1
+            return
         w = self.workloads[a["proc"]]
         if step.op == "exit":
             status = w.exit(check=False)
@@ -125,6 +133,27 @@ class GuestSteps:
             w.migrate(a["src"], a["dst"])
         elif step.op != "children_verify":
             raise ValueError(f"unknown op {step.op!r}")
+
+    def _site(self, step: Step) -> str:
+        """A site operation (harness.fuzz.siteops); what happened, for the summary."""
+        a = step.args
+        if step.op == "hwpoison":
+            return siteops.hwpoison(self.start, self.count, self.log)
+        if step.op == "damon":
+            return siteops.damon(self.runner)
+        w = self.workloads[a["proc"]]
+        if step.op == "numa_scan":
+            return siteops.numa_scan(self.runner, w, self.log)
+        if step.op == "soft_offline":
+            return siteops.soft_offline(w, a["region"], a["page"])
+        if step.op == "idle":
+            return siteops.idle(w, a["region"], a["page"])
+        assert step.op == "swap_write" and self.cgroup is not None
+        # as much of the group as goes out, so that the page's swap entry, shared by every
+        # mapping of a KSM page, is what the write faults on
+        self.cgroup.reclaim(f"{SWAP_WRITE_RECLAIM_KB}K")
+        w.write(a["region"], a["page"], a.get("same"))
+        return "written"
 
     def _knob(self, name: str, value: int) -> None:
         if name == "run" and value == RUN_UNMERGE:

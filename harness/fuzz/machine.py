@@ -31,7 +31,10 @@ SEEDS = st.integers(1, 3)
 # merging happens) most, knob flips and processes coming and going less.
 WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 5), ("run", 3),
            ("madvise", 2), ("region_op", 2), ("fork", 2), ("children", 2), ("knob", 2),
-           ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1))  # few seeds: regions of different processes match, and merge
+           ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1),
+           # the site operations (harness.fuzz.siteops), where the guest has them
+           ("hwpoison", 1), ("soft_offline", 1), ("idle", 1), ("numa_scan", 1), ("damon", 1),
+           ("swap_write", 1))  # few seeds: regions of different processes match, and merge
 
 
 @dataclass
@@ -125,6 +128,12 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 "run": True,
                 "knob": True,
                 "wait": m.refuse(Step("wait", {"scans": 1})) is None,
+                "hwpoison": m.refuse(Step("hwpoison")) is None,
+                "damon": m.env.damon,
+                "numa_scan": m.env.numa_balancing and bool(m.procs),
+                "soft_offline": m.env.hwpoison and bool(self.with_regions()),
+                "idle": m.env.page_idle and bool(self.with_regions()),
+                "swap_write": m.env.swap and m.env.cgroup and bool(self.with_regions()),
             }[op]
 
         @rule(data=st.data())
@@ -181,6 +190,31 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             self.do("write", proc=proc, region=region,
                     page=data.draw(st.integers(0, pages - 1)),
                     same=data.draw(st.none() | SEEDS))
+
+        # -- the site operations --
+        def draw_hwpoison(self, data: st.DataObject) -> None:
+            self.do("hwpoison")
+
+        def draw_damon(self, data: st.DataObject) -> None:
+            self.do("damon")
+
+        def draw_numa_scan(self, data: st.DataObject) -> None:
+            self.do("numa_scan", proc=data.draw(st.sampled_from(self.live())))
+
+        def draw_soft_offline(self, data: st.DataObject) -> None:
+            self.draw_page_op("soft_offline", data)
+
+        def draw_idle(self, data: st.DataObject) -> None:
+            self.draw_page_op("idle", data)
+
+        def draw_swap_write(self, data: st.DataObject) -> None:
+            self.draw_page_op("swap_write", data, same=data.draw(st.none() | SEEDS))
+
+        def draw_page_op(self, op: str, data: st.DataObject, **extra: object) -> None:
+            proc, region = data.draw(st.sampled_from(self.with_regions()))
+            pages = self.model.procs[proc].regions[region].pages
+            self.do(op, proc=proc, region=region, page=data.draw(st.integers(0, pages - 1)),
+                    **extra)
 
         def draw_move(self, data: st.DataObject) -> None:
             proc, region = data.draw(st.sampled_from(self.with_regions()))

@@ -28,6 +28,9 @@ KNOB_VALUES: dict[str, tuple[int, ...]] = {
 # Where every generated run starts (written in this order by the executor).
 INITIAL_KNOBS = {"run": 2, "merge_across_nodes": 1, "max_page_sharing": 256,
                  "use_zero_pages": 0, "pages_to_scan": 10000, "sleep_millisecs": 0}
+# The site operations (harness.fuzz.siteops) on one page of a region; hwpoison and damon take
+# no process, numa_scan a process.
+SITE_PAGE_OPS = ("soft_offline", "idle", "swap_write")
 # Only while nothing is merged (mm/ksm.c answers EBUSY otherwise): after run=2.
 TREE_KNOBS = ("merge_across_nodes", "max_page_sharing")
 
@@ -60,6 +63,11 @@ class Env:
     nodes: int = 1
     swap: bool = False
     cgroup: bool = False
+    # the site operations' interfaces (harness.fuzz.siteops.probe)
+    hwpoison: bool = False        # MADV_HWPOISON / MADV_SOFT_OFFLINE (CONFIG_MEMORY_FAILURE)
+    page_idle: bool = False       # /sys/kernel/mm/page_idle/bitmap
+    numa_balancing: bool = False  # kernel.numa_balancing
+    damon: bool = False           # DAMON's sysfs with the paddr operations
 
 
 @dataclass
@@ -139,6 +147,9 @@ class Model:
             return None
         if step.op == "reclaim":
             return None if env.swap and env.cgroup and self.procs else "no swap or no cgroup"
+        site = self._refuse_site(step)
+        if site != "":
+            return site
         if proc is None:
             return f"no process {a.get('proc')!r}"
         if step.op in ("exit",):
@@ -168,7 +179,28 @@ class Model:
             return None if env.nodes >= 2 and 0 <= a.get("node", -1) < 2 else "needs 2 nodes"
         if step.op in ("free", "touch", "mlock", "munlock"):
             return None
+        if step.op in SITE_PAGE_OPS:
+            return None if 0 <= a.get("page", -1) < region.pages else "page out of range"
         return f"unknown op {step.op!r}"
+
+    def _refuse_site(self, step: Step) -> str | None:
+        """The site operations' preconditions on the guest ("": not a site operation, or
+        one whose process and region the common checks look at)."""
+        env, op = self.env, step.op
+        need = {"hwpoison": env.hwpoison, "soft_offline": env.hwpoison,
+                "idle": env.page_idle, "numa_scan": env.numa_balancing, "damon": env.damon,
+                "swap_write": env.swap and env.cgroup}
+        if op not in need:
+            return ""
+        if not need[op]:
+            return f"this guest has no interface for {op}"
+        if op == "hwpoison":  # its helper's pages merge only while ksmd runs
+            return None if self.knobs.get("run") == 1 else "ksmd is not running (run != 1)"
+        if op == "damon":
+            return None
+        if step.args.get("proc") not in self.procs:
+            return f"no process {step.args.get('proc')!r}"
+        return None if op == "numa_scan" else ""
 
     def _refuse_knob(self, name: str, value: Any) -> str | None:
         if name not in self.env.knobs:
@@ -200,7 +232,7 @@ class Model:
                 a["pages"], a["kind"], 0 if a["kind"] == "zero" else a.get("seed", 0))
         elif step.op == "free":
             del self.procs[a["proc"]].regions[a["region"]]
-        elif step.op == "write":
+        elif step.op in ("write", "swap_write"):
             proc, region = self.procs[a["proc"]], self.region(step)
             if a.get("same") is not None:
                 key = content.seedkey(a["same"])
@@ -217,5 +249,6 @@ class Model:
         elif step.op == "children_exit":
             proc = self.procs[a["proc"]]
             proc.children, proc.child_regions = 0, {}
-        # other madvise, touch, mlock, munlock, move, migrate, wait, reclaim, children_verify:
-        # the content stays what it was (that is what the oracles check)
+        # other madvise, touch, mlock, munlock, move, migrate, wait, reclaim, children_verify,
+        # and the site operations but swap_write (a write): the content stays what it was
+        # (that is what the oracles check)

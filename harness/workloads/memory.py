@@ -63,6 +63,12 @@ class MemoryCommands(Session):
         return bytes.fromhex(self.command(f"peek {name} {page} {offset} {length}")
                              .fields["hex"])
 
+    def idle(self, name: str, page: int) -> dict[str, int]:
+        """Mark the page's PFN idle (/sys/kernel/mm/page_idle/bitmap, C workload, root) and
+        read it back: {pfn, idle, lru, ksm} (pfn 0: not present; lru/ksm -1: unreadable)."""
+        f = self.command(f"idle {name} {page}").fields
+        return {k: int(f[k]) for k in ("pfn", "idle", "lru", "ksm")}
+
     def mlock(self, name: str) -> None:
         self.command(f"mlock {name}", self._timeout(self._pages(name)))
 

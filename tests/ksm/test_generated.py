@@ -18,6 +18,7 @@ import pytest
 
 from harness import guest_mm
 from harness.fuzz import machine as gen
+from harness.fuzz import siteops
 from harness.fuzz.executor import GuestSteps
 from harness.fuzz.model import Env, Model
 from harness.fuzz.replay import Reproducer, load
@@ -64,7 +65,8 @@ def test_generated(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
         print(f"no reclaim steps: {e}")
         cgroup = None
     env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
-              nodes=len(ksm_guest.nodes), swap=swap, cgroup=cgroup is not None)
+              nodes=len(ksm_guest.nodes), swap=swap, cgroup=cgroup is not None,
+              **siteops.probe(ksm_guest.sh))  # the site operations this kernel offers
 
     def make() -> GuestSteps:
         return GuestSteps(ksm, lambda name: workload(name=name, cgroup=cgroup), env,

@@ -135,7 +135,8 @@ def test_report_tables_sites_and_gcovr(built: Built, tmp_path: Path) -> None:
                  sites.Site("mm/rmap.c", 5, "rmap_walk", "rmap_walk_ksm", "..."),
                  sites.Site("mm/swapfile.c", 5, "unuse_pte", "ksm_might_need_to_copy", "...")]
     lines = report.build_report(tmp_path / "gcda", built.build, built.src, out, built.cc,
-                                site_list, html=True, profiled=frozenset({"mm/swapfile.c"}))
+                                site_list, html=True, profiled=frozenset({"mm/swapfile.c"}),
+                                reasons=[])
     data = json.loads((out / "coverage.json").read_text())
     assert data["ksm_c"] == {"lines_hit": 6, "lines": 8, "functions_hit": 2, "functions": 3}
     assert data["per_test"] == {"test_a": ["main", "merged"], "test_b": ["main", "merged"]}
@@ -147,7 +148,9 @@ def test_report_tables_sites_and_gcovr(built: Built, tmp_path: Path) -> None:
     assert (out / "html/index.html").is_file()
     assert lines[0].startswith("mm/ksm.c: lines ") and "functions 2/3" in lines[0]
     assert lines[1] == "mm/ksm.c functions no test reached: never"
-    assert "1 reached, 1 not reached, 1 not built, 1 not profiled" in lines[2]
+    assert lines[2].endswith("1 reached, 0 unreachable with a reason, 3 neither (1 not reached, "
+                             "1 not built, 1 not profiled)")
+    assert lines[3].startswith("scenarios alone: lines 6/8 (75.0%), functions 2/3")
     assert (out / "functions.txt").read_text().splitlines() == [
         "main: 2 tests: test_a test_b", "merged: 2 tests: test_a test_b", "never: not reached"]
 

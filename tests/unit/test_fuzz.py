@@ -13,8 +13,9 @@ from types import ModuleType
 
 import pytest
 
+from harness.access.remote import CommandResult
 from harness.errors import HarnessError
-from harness.fuzz import content
+from harness.fuzz import content, siteops
 from harness.fuzz import machine as gen
 from harness.fuzz.executor import GuestSteps, OracleFailure
 from harness.fuzz.invariants import sample_problems, sequence_problems
@@ -278,3 +279,107 @@ def test_fuzz_verb_bad_input_is_one_line(args: list[str], message: str,
     assert cli.main(["fuzz", *args]) != 0
     err = capsys.readouterr().err
     assert err.startswith("ksm-harness: ") and message in err and err.count("\n") == 1
+
+
+# -- the site operations (harness.fuzz.siteops) --
+
+SITES_ENV = Env(KNOBS, nodes=2, swap=True, cgroup=True, hwpoison=True, page_idle=True,
+                numa_balancing=True, damon=True)
+SITE_OPS = {"hwpoison", "soft_offline", "idle", "numa_scan", "damon", "swap_write"}
+
+
+def test_site_ops_are_refused_without_their_interface() -> None:
+    m = Model(Env(KNOBS, nodes=2))
+    m.apply(Step("start", {"proc": "P0"}))
+    m.apply(Step("alloc", {"proc": "P0", "region": "r0", "pages": 4, "kind": "same",
+                           "seed": 1}))
+    page = {"proc": "P0", "region": "r0", "page": 1}
+    for step in (Step("hwpoison"), Step("damon"), Step("numa_scan", {"proc": "P0"}),
+                 Step("soft_offline", page), Step("idle", page), Step("swap_write", page)):
+        assert m.refuse(step) == f"this guest has no interface for {step.op}"
+    s = Model(SITES_ENV, procs=m.procs)
+    assert s.refuse(Step("hwpoison")) == "ksmd is not running (run != 1)"
+    s.apply(Step("knob", {"name": "run", "value": 1}))
+    assert s.refuse(Step("hwpoison")) is None and s.refuse(Step("damon")) is None
+    assert s.refuse(Step("numa_scan", {"proc": "P0"})) is None
+    assert s.refuse(Step("numa_scan", {"proc": "P1"})) == "no process 'P1'"
+    assert s.refuse(Step("idle", {**page, "page": 4})) == "page out of range"
+    assert s.refuse(Step("idle", {**page, "region": "r1"})) == "no region 'r1'"
+
+
+def test_swap_write_is_a_write_for_the_model() -> None:
+    a, b = Model(SITES_ENV), Model(SITES_ENV)
+    for m, op in ((a, "write"), (b, "swap_write")):
+        m.apply(Step("start", {"proc": "P0"}))
+        m.apply(Step("alloc", {"proc": "P0", "region": "r0", "pages": 4, "kind": "same",
+                               "seed": 2}))
+        m.apply(Step(op, {"proc": "P0", "region": "r0", "page": 3, "same": None}))
+    assert a.procs["P0"].regions["r0"].page(3) == b.procs["P0"].regions["r0"].page(3)
+    assert b.procs["P0"].regions["r0"].page(3) != b.procs["P0"].regions["r0"].page(2)
+
+
+def test_the_generator_draws_every_site_op_where_the_guest_has_it() -> None:
+    seen: set[str] = set()
+
+    class Clean(FakeGuest):
+        def begin(self) -> Model:
+            return Model(SITES_ENV)
+
+        def step(self, model: Model, step: Step) -> None:
+            assert model.refuse(step) is None, f"generated a refused step: {step}"
+            seen.add(step.op)
+            model.apply(step)
+
+    budget, recorder = gen.Budget(60), gen.Recorder()
+    gen.run(gen.machine(Clean, SITES_ENV, budget, recorder), seed=3, budget=budget,
+            examples=60)
+    assert SITE_OPS <= seen, SITE_OPS - seen
+
+
+class FakeRunner:
+    def __init__(self, out: str) -> None:
+        self.out, self.cmds = out, []  # type: ignore[var-annotated]
+
+    def run(self, cmd: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        self.cmds.append(cmd)
+        return CommandResult(cmd, 0, self.out, "", 0.0)
+
+
+def test_probe_names_what_the_guest_has() -> None:
+    got = siteops.probe(FakeRunner("/proc/sys/vm/memory_failure_early_kill\n"
+                                   "/proc/sys/kernel/numa_balancing\n"))  # type: ignore[arg-type]
+    assert got == {"hwpoison": True, "page_idle": False, "numa_balancing": True,
+                   "damon": False}
+    assert set(got) <= set(Env.__dataclass_fields__)
+
+
+def test_damon_watches_the_largest_ram_range() -> None:
+    iomem = ("00001000-0009fbff : System RAM\n00100000-7ffdffff : System RAM\n"
+             "  01000000-01c01fff : Kernel code\n")
+    assert siteops.ram_range(FakeRunner(iomem)) == (0x100000, 0x7ffe0000)  # type: ignore[arg-type]
+    with pytest.raises(siteops.SiteOracleFailure, match="no System RAM"):
+        siteops.ram_range(FakeRunner(""))  # type: ignore[arg-type]
+
+
+class IdleWorkload:
+    def __init__(self, **reply: int) -> None:
+        self.reply = reply
+
+    def idle(self, name: str, page: int) -> dict[str, int]:
+        return self.reply
+
+
+@pytest.mark.parametrize("reply, outcome", [
+    ({"pfn": 0x1234, "idle": 1, "lru": 1, "ksm": 1}, "ksm"),
+    ({"pfn": 0x1234, "idle": 0, "lru": 0, "ksm": 0}, "plain"),  # off the LRU: skipped
+    ({"pfn": 0, "idle": 0, "lru": -1, "ksm": -1}, "absent"),
+    ({"pfn": 0x1234, "idle": 0, "lru": 1, "ksm": 1}, None),
+])
+def test_an_untouched_idle_page_must_read_idle(reply: dict[str, int],
+                                               outcome: str | None) -> None:
+    w = IdleWorkload(**reply)
+    if outcome is None:
+        with pytest.raises(siteops.SiteOracleFailure, match="yet reads not idle"):
+            siteops.idle(w, "r0", 3)  # type: ignore[arg-type]
+    else:
+        assert siteops.idle(w, "r0", 3) == outcome  # type: ignore[arg-type]

@@ -1,0 +1,91 @@
+"""Every site operation of the generator (harness.fuzz.siteops) once, on KSM pages, in a fixed
+sequence: where the rest of the kernel meets a KSM page (memory_failure, idle page tracking,
+NUMA balancing's scan, DAMON's physical-address sampling, a write fault through the swap
+cache) is reached by every run, not only when the generator's draw falls on it (measured on
+source:6.1+gcov: every site but do_swap_page's swap-cache check, which only the generator
+reached that run: reclaim need not swap the KSM page out before the write). Each step
+goes through the generator's executor, so every oracle of a generated step holds after it
+(every byte equals the model, read two ways; the counter invariants) and at the end (every
+counter 0 after run=2, the KSM slabs back). An operation the guest's kernel lacks is skipped
+and named."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from harness import guest_mm
+from harness.fuzz import siteops
+from harness.fuzz.executor import GuestSteps
+from harness.fuzz.model import Env, Step
+from harness.guest_mm import MemCgroup, Unavailable
+from harness.ksm import Ksm
+from harness.ksm.prepared_guest import KsmGuest
+from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
+
+ZRAM_MB = 64
+PAGES = 64
+SETUP = (Step("start", {"proc": "P0"}), Step("start", {"proc": "P1"}),
+         *(Step(op, {"proc": p, "region": "r0", **args}) for p in ("P0", "P1")
+           for op, args in (("alloc", {"pages": PAGES, "kind": "same", "seed": 1}),
+                            ("madvise", {"advice": "merge"}))),
+         Step("knob", {"name": "run", "value": 1}), Step("wait", {"scans": 2}))
+SITES = (Step("idle", {"proc": "P0", "region": "r0", "page": 5}),
+         Step("numa_scan", {"proc": "P0"}),
+         Step("damon"),
+         Step("hwpoison"),
+         Step("soft_offline", {"proc": "P1", "region": "r0", "page": 7}),
+         Step("swap_write", {"proc": "P0", "region": "r0", "page": 3, "same": None}),
+         Step("idle", {"proc": "P1", "region": "r0", "page": 9}))
+
+
+@pytest.fixture
+def zram_swap(ksm_guest: KsmGuest) -> Iterator[bool]:
+    """A small zram swap device when the kernel has zram (else no swap_write)."""
+    try:
+        dev = guest_mm.zram_create(ksm_guest.sh, ZRAM_MB)
+    except Unavailable as e:
+        print(f"no swap: {e}")
+        yield False
+        return
+    guest_mm.swapon(ksm_guest.sh, dev, priority=20)
+    generation = ksm_guest.current
+    yield True
+    if not ksm_guest.gone_since(generation):
+        guest_mm.zram_remove(ksm_guest.sh, dev)
+
+
+def test_site_operations_on_ksm_pages(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
+                                      memcg: MemcgFactory, zram_swap: bool) -> None:
+    try:
+        cgroup: MemCgroup | None = memcg("sites")
+    except pytest.skip.Exception as e:
+        print(f"no swap_write: {e}")
+        cgroup = None
+    env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
+              nodes=len(ksm_guest.nodes), swap=zram_swap, cgroup=cgroup is not None,
+              **siteops.probe(ksm_guest.sh))
+    guest = GuestSteps(ksm, lambda name: workload(name=name, cgroup=cgroup), env,
+                       ksm_guest.sh, cgroup, log=print)
+    model = guest.begin()
+    ran, skipped = [], []
+    try:
+        for step in SETUP:
+            guest.step(model, step)
+        merged = ksm.snapshot()
+        assert merged["pages_sharing"] > 0, f"nothing merged to begin with: {merged.summary()}"
+        for step in SITES:
+            why = model.refuse(step)
+            if why is not None:
+                skipped.append(f"{step.op} ({why})")
+                continue
+            guest.step(model, step)
+            ran.append(step.op)
+        guest.end(model)
+    except BaseException:
+        guest.abandon()
+        raise
+    print(f"site operations: ran {', '.join(k for k in guest.ops if '->' in k) or 'none'}; "
+          f"skipped {', '.join(skipped) or 'none'}")
+    if not ran:
+        pytest.skip(f"this guest offers none of the site operations: {', '.join(skipped)}")
