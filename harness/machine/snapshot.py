@@ -44,7 +44,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import faultpoints, paths
 from harness.assets import initramfs
 
 FORMAT = "3"  # bump when what a snapshot holds changes
@@ -197,6 +197,7 @@ def save(snap: Snapshot, command: Callable[..., Any], *, ram: list[Path], disk: 
         command("migrate", uri=f"exec:cat > {shlex.quote(str(snap.state))}")
         status = wait_migration(command, 120)
         if status == "completed":
+            faultpoints.reached("snapshot-save")
             copy_ram(ram, snap)
             shutil.copyfile(disk, snap.disk)
             shutil.copyfile(initrd, snap.initrd)

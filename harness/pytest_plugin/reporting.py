@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 import pytest
 
-from harness import cellplan, options, paths
+from harness import cellplan, faultpoints, options, paths
 from harness.assets.kernel import Kernel
 from harness.errors import HarnessError
 from harness.findings import Category, Finding
@@ -263,6 +263,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         _CONFIG.remove(config)
     if _is_worker(config):
         return
+    faultpoints.reached("report-writing")
     if INTERRUPT in config.stash:
         mark_interrupted(config.stash[RESULTS], [i.nodeid for i in session.items],
                          config.stash[INTERRUPT])
