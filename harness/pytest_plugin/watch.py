@@ -153,7 +153,10 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
         # after a fatal report the report is the evidence, and the guest is not asked again
         fatal = guest.monitor.broken
         hung = isinstance(excinfo, HANG_ERRORS) and dead is None and not fatal
-        evidence = _stuck_process(guest.vm, excinfo) + guest.monitor.hang_evidence() if hung else ""
+        # a stopped QEMU answers neither sysrq nor QMP: that it is stopped is the evidence
+        frozen = guest.vm.frozen() if hung else None
+        evidence = frozen or (_stuck_process(guest.vm, excinfo) + guest.monitor.hang_evidence()
+                              if hung else "")
         found = guest.monitor.end(window, allow=allowed, responsive=not (hung or fatal))
         if fatal and dead is None:
             guest.broken = "fatal kernel report"
@@ -169,6 +172,7 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
         tail = guest.vm.console.tail(60) if guest.vm.console else ""
         if hung:
             cause = excinfo if isinstance(excinfo, HANG_ERRORS) else "the guest stopped answering"
+            cause = f"{frozen}: {cause}" if frozen else cause
             findings.append(Finding(Category.HANG, f"guest hung: {cause}",
                                     f"{evidence}\n--- console tail ---\n{tail}",
                                     time=time.time(), phase=phase))

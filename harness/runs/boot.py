@@ -34,7 +34,8 @@ def guest_failed(vm: VM, why: str) -> int:
     from harness import health
     from harness.console.classify import classify_text
     from harness.findings import rank
-    vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
+    if not vm.frozen():  # a stopped QEMU will not exit: no 5 s for nothing
+        vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
     try:
         text = vm.console_log.read_text(errors="replace")
     except OSError:
@@ -99,6 +100,8 @@ def run_command(vm: VM, command: list[str], timeout: float) -> tuple[int, bool]:
     except CommandTimeout as exc:
         if vm.alive() is not None:
             return guest_failed(vm, str(exc)), True
+        if vm.frozen():  # not CMD's slowness: the guest cannot run at all
+            return guest_failed(vm, f"{vm.frozen()}; {exc}"), True
         _say(f"{exc}; console log kept: {vm.console_log}")
         return TIMED_OUT, True
     except Exception as exc:  # noqa: BLE001 -- the connection died with the guest
