@@ -30,6 +30,8 @@ from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
+# signals that end a QEMU from outside (the OOM killer, a user): not the snapshot's fault
+KILLED_FROM_OUTSIDE = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -194,7 +196,10 @@ class VM:
                 return self
             except VMError as exc:  # a broken snapshot, or a slow restore: boot cold, once
                 # QEMU that refused the snapshot is exiting: a moment to tell from a slow one
-                self.restore.give_up(exc, self.wait_exit(2.0), self.console)
+                gone = self.wait_exit(2.0)
+                sig = self.child.signalstatus if self.child is not None else None
+                self.restore.give_up(exc, gone, self.console,
+                                     killed=sig is not None and sig in KILLED_FROM_OUTSIDE)
                 self._cold_again()
         crashes = 0
         for attempt in range(5):
