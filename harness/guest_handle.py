@@ -108,7 +108,11 @@ class Guest(GuestPort):
         """The VM of ``generation`` was retired or replaced, or the run was interrupted (its
         VMs are about to be stopped): a fixture's teardown has nothing to undo on it; never
         boots."""
-        return self.retired or self.generation != generation or INTERRUPTED.is_set()
+        if self.retired or self.generation != generation or INTERRUPTED.is_set():
+            return True
+        # its QEMU exited or is stopped: nothing there can be undone (the watch says which)
+        vm = self._vm
+        return vm is not None and (vm.alive() is not None or vm.frozen() is not None)
 
     def close(self) -> None:
         self._stop(self._vm)

@@ -162,10 +162,11 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
             guest.broken = "fatal kernel report"
         elif not hung and dead is None and not window.answered:
             # no answer: usually a panic still being printed; give QEMU a moment to exit
-            dead = guest.vm.wait_exit(10.0)
+            frozen = guest.vm.frozen()  # a stopped QEMU will neither exit nor answer
+            dead = None if frozen else guest.vm.wait_exit(10.0)
             if dead is None:
                 hung = True
-                evidence = guest.monitor.hang_evidence()
+                evidence = frozen or guest.monitor.hang_evidence()
         if fatal and dead is None:
             found = _with_holders(guest, found)
         found += guest.monitor.claim(allow=allowed, phase=phase)  # printed while we looked

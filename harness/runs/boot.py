@@ -105,7 +105,7 @@ def run_command(vm: VM, command: list[str], timeout: float) -> tuple[int, bool]:
         _say(f"{exc}; console log kept: {vm.console_log}")
         return TIMED_OUT, True
     except Exception as exc:  # noqa: BLE001 -- the connection died with the guest
-        return guest_failed(vm, f"{type(exc).__name__}: {exc}"), True
+        return guest_failed(vm, vm.alive() or f"{type(exc).__name__}: {exc}"), True
     if vm.alive() is not None or r.status < 0:  # the guest died under the command
         return guest_failed(vm, vm.alive() or "guest died"), True
     sys.stdout.write(r.stdout)
