@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,27 @@ def test_bootstrap_installs_zstd() -> None:
     text = (REPO / "ksm-harness").read_text()
     packages = text.split("packages=(", 1)[1].split(")", 1)[0].split()
     assert "zstd" in packages
+
+
+def test_a_later_run_removes_what_a_killed_save_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fault matrix's sigkill@snapshot-save: snapshots/<key>.tmp-<pid> and the guest's RAM
+    # files stay until a later run; a live harness's are left alone
+    from harness import reaper
+    monkeypatch.setattr(reaper, "SHM", paths.cache_dir() / "shm")  # not the host's /dev/shm
+    gone = _dead_pid()
+    snaps = paths.cache_dir() / "snapshots"
+    made = [snaps / f"0123.tmp-{gone}", paths.cache_dir() / f"ksm-harness-ram-{gone}-ab",
+            reaper.SHM / f"ksm-harness-ram-{gone}-cd"]
+    live = [snaps / f"4567.tmp-{os.getpid()}", reaper.SHM / f"ksm-harness-ram-{os.getpid()}-ef"]
+    for d in made + live:
+        d.mkdir(parents=True)
+        (d / "ram0").write_bytes(b"x")
+    said = reaper.clean_stale()
+    assert [d for d in made if d.exists()] == [] and all(d.is_dir() for d in live)
+    assert len(said) == 3 and all("of a killed run" in s for s in said)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
