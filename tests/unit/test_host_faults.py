@@ -276,3 +276,14 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_merge_of_a_results_file_cut_short_names_it(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 19 item 7: `merge` on a corrupt results.json did not say which file
+    cut = tmp_path / "cell" / "results.json"
+    cut.parent.mkdir()
+    cut.write_text('{"version": 1, "tests": [')
+    assert cli.main(["merge", str(tmp_path / "cell"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cut) in err[0] and "cut short" in err[0], err
