@@ -87,12 +87,27 @@ def _inject(fault: str) -> None:
         for pid in sorted(_qemus):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+            # done when the kernel says so: every thread stopped, or the process dead
+            _wait_state(pid, ("T", "t") if fault == "qemu-stop" else ("Z", "X", "gone"))
     elif fault == "fill":
         fill(Path(os.environ[PATH_ENV]))
     elif fault != "mark":
         os.killpg(os.getpgrp(), {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM,
                                  "sigkill": signal.SIGKILL}[fault])
         time.sleep(0.5)  # the handler runs at the next bytecode; SIGKILL ends us here
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 2.0) -> None:
+    end = time.monotonic() + timeout
+    while _state(pid) not in states and time.monotonic() < end:
+        time.sleep(0.005)
 
 
 def fill(directory: Path) -> None:
