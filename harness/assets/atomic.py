@@ -43,6 +43,11 @@ def building(out: Path) -> Iterator[Path | None]:
             faultpoints.reached("artefact-build", out.name)
             try:
                 yield tmp
+            except OSError as exc:
+                _remove(tmp)
+                if exc.filename is None:  # a write to an open file: name the artefact
+                    raise OSError(exc.errno, exc.strerror, str(out)) from None
+                raise
             except BaseException:
                 _remove(tmp)
                 raise
