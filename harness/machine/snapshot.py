@@ -182,8 +182,11 @@ def copy_ram(files: list[Path], snap: Snapshot) -> None:
     """Copy the stopped guest's RAM files into the snapshot, holes kept (a booted guest has
     touched ~120 MB of its RAM)."""
     for i, src in enumerate(files):
-        subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))], check=True,
-                       capture_output=True)
+        r = subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))],
+                           capture_output=True, text=True)
+        if r.returncode != 0:  # cp's own words say why (a full cache: "No space left")
+            raise OSError(f"copying the guest's RAM into {snap.dir.parent}: "
+                          f"{r.stderr.strip() or f'cp exit {r.returncode}'}")
 
 
 def save(snap: Snapshot, command: Callable[..., Any], *, ram: list[Path], disk: Path,

@@ -197,3 +197,12 @@ def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch: 
     restore.ram_for_saving(big)
     assert big.ram_dir is None and restore.key is None  # no room: no snapshot will be saved
     assert "no snapshot will be saved" in logged[0]
+
+
+def test_a_failed_ram_copy_says_why_in_cps_words(tmp_path: Path) -> None:
+    # the fault matrix's enospc-cache@snapshot-save said only "cp ... returned 1"
+    from harness.machine.snapshot import Snapshot, copy_ram
+    snap = Snapshot(tmp_path / "snaps" / "k.tmp-1")
+    snap.dir.mkdir(parents=True)
+    with pytest.raises(OSError, match=r"copying the guest's RAM into .*snaps: cp: .*No such"):
+        copy_ram([tmp_path / "no-ram0"], snap)
