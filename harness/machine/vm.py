@@ -208,6 +208,9 @@ class VM:
                 self.restore.save(self.qmp, self.config, self.console,
                                   self.dir / "root-overlay.qcow2",
                                   (self._keys[0].private_openssh, self._keys[1].private_openssh))
+                frozen = self.frozen()
+                if frozen:  # stopped while being saved: it would only time out every command
+                    raise VMError(f"the guest booted, then {frozen}")
                 return self
             except VMError as exc:
                 if isinstance(exc, PortTaken) and attempt < 4:

@@ -100,8 +100,10 @@ def run_command(vm: VM, command: list[str], timeout: float) -> tuple[int, bool]:
     except CommandTimeout as exc:
         if vm.alive() is not None:
             return guest_failed(vm, str(exc)), True
-        if vm.frozen():  # not CMD's slowness: the guest cannot run at all
-            return guest_failed(vm, f"{vm.frozen()}; {exc}"), True
+        frozen = vm.frozen()
+        if frozen:  # not CMD's slowness: the guest cannot run at all
+            return guest_failed(vm, f"{frozen}; no answer to {exc.command!r} for "
+                                    f"{exc.timeout:.0f}s"), True
         _say(f"{exc}; console log kept: {vm.console_log}")
         return TIMED_OUT, True
     except Exception as exc:  # noqa: BLE001 -- the connection died with the guest
