@@ -289,10 +289,10 @@ class VM:
         assert self.config is not None and self.console is not None
         deadline = time.monotonic() + self.spec.boot_timeout
         qmp = QMP(self.config.qmp_socket)
+        faultpoints.reached("restore")  # QEMU started on the snapshot, which it may refuse
         try:
             qmp.connect(10)
             self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
-            faultpoints.reached("restore")
             self.restore.load(qmp, deadline, self.alive, self.console)
         except (QMPError, OSError) as exc:  # OSError: QEMU refused the snapshot and quit
             raise VMError(f"QMP while loading the saved guest: {exc}") from None
