@@ -48,7 +48,8 @@ def _files(cache: Path) -> Iterator[Path]:
         if Path(top) == cache:
             dirs[:] = [d for d in dirs if d != "runs"]
         for name in files:
-            if not name.endswith(".lock"):
+            # locks, builders' temporary files and the KVM probe's verdict change by design
+            if not (name.endswith(".lock") or ".tmp" in name or name == "kvm-probe.json"):
                 yield Path(top) / name
 
 

@@ -86,7 +86,7 @@ def _qemu(fault: str, phase: str) -> Cell:
     return Cell(fault, phase, status, says=STOPPED if fault == "qemu-stop" else KILLED_QEMU)
 
 
-NO_SPACE = r"No space left"
+NO_SPACE = r"(?i)no space left"
 SAME_AS = "the same as at {}: {}"
 
 
@@ -100,7 +100,7 @@ def _disk(fault: str, phase: str) -> Cell:
         if phase == "artefact-build":  # one line naming the file, no traceback
             return Cell(fault, phase, 2, says=NO_SPACE)
         if phase == "snapshot-save":  # costs only the speed-up
-            return Cell(fault, phase, 0, says=r"no snapshot saved: .*No space left")
+            return Cell(fault, phase, 0, says=r"(?i)no snapshot saved: .*no space left")
         return _skip(fault, phase, "cache not written",
                      "only artefact builds and snapshot saves write the cache (runs: ENOSPC "
                      "run dir)")
