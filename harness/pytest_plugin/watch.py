@@ -146,6 +146,12 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
     for guest, window in item.stash.get(WINDOWS, []):
         if phase == "teardown":
             _stop_timeline(item, guest)
+        if guest.lost is not None:  # a fixture's teardown found QEMU gone or stopped
+            (category, title), guest.lost = guest.lost, None
+            findings.append(Finding(category, title, "found by a fixture's teardown",
+                                    time=time.time(), phase=phase))
+            if not guest.vm.stopped:
+                guest.retire()  # the next test boots a fresh VM
         if guest.vm.stopped:  # torn down by its fixture: whatever it printed last counts
             findings += guest.monitor.claim(allow=allowed, phase=phase)
             continue

@@ -61,6 +61,7 @@ def test_a_vm_whose_qemu_exited_or_stopped_has_nothing_to_undo() -> None:
     assert not guest.gone_since(now)
     guest.vm.frozen = lambda: "QEMU 1 is stopped"  # type: ignore[method-assign]
     assert guest.gone_since(now)
+    assert guest.lost is not None and guest.lost[1] == "guest hung: QEMU 1 is stopped"
     guest.vm.frozen = lambda: None  # type: ignore[method-assign]
     guest.vm.alive = lambda: "QEMU exited (status None, signal 9)"  # type: ignore[method-assign]
     assert guest.gone_since(now) and events == ["boot"]  # asking boots nothing
