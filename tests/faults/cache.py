@@ -11,7 +11,7 @@ from pathlib import Path
 from harness import paths
 
 # not needed to boot the default kernel, or the cell's own (snapshots, runs)
-LEFT_OUT = ("snapshots", "runs", "dry-run", "builds", "source")
+LEFT_OUT = ("snapshots", "runs", "dry-run", "builds", "source", "apt")
 SHM = Path("/dev/shm")
 
 
