@@ -24,11 +24,12 @@ EPILOG = """examples:
 
 
 def selftest(rest: list[str]) -> int:
-    """Ours: host tests, the harness on real guests, and the KSM suite itself on the default
+    """Ours: host tests, the harness on real guests, the KSM suite itself on the default
     kernel (it must pass there, or the product is broken), with its self-checks (tests
-    marked selfcheck, which `run` leaves out)."""
+    marked selfcheck, which `run` leaves out), and the fault matrix (tests/faults)."""
     from harness.pytest_plugin import session
-    return session.run(["--selfchecks", *rest], ["tests/unit", "tests/guest", "tests/ksm"])
+    return session.run(["--selfchecks", *rest],
+                       ["tests/unit", "tests/guest", "tests/ksm", "tests/faults"])
 
 
 def _boot(p: argparse.ArgumentParser) -> None:

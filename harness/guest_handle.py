@@ -18,7 +18,7 @@ from harness.access.port import ControlError, GuestPort
 from harness.access.remote import CommandResult, Process
 from harness.access.ssh import SSH
 from harness.console.reader import Console
-from harness.findings import Finding
+from harness.findings import Category, Finding
 from harness.health import INTERRUPTED, Monitor
 from harness.ksm.timeline import PhasedProcess, Sampler
 from harness.machine.qemu import QemuConfig
@@ -59,6 +59,9 @@ class Guest(GuestPort):
     def __init__(self, boot: Callable[[], VM], stop: Callable[[VM], None]) -> None:
         self._boot, self._stop = boot, stop
         self.broken: str | None = None   # why the VM must be replaced before the next test
+        # (category, why): a fixture's teardown found its QEMU exited or stopped (the watch
+        # reports it, even once the VM's fixture has stopped it)
+        self.lost: tuple[Category, str] | None = None
         self.sampler: Sampler | None = None  # KSM counter timeline of the running test
         self.generation = 0
         self.retired = False  # the VM was stopped; the next use boots a fresh one
@@ -108,7 +111,18 @@ class Guest(GuestPort):
         """The VM of ``generation`` was retired or replaced, or the run was interrupted (its
         VMs are about to be stopped): a fixture's teardown has nothing to undo on it; never
         boots."""
-        return self.retired or self.generation != generation or INTERRUPTED.is_set()
+        if self.retired or self.generation != generation or INTERRUPTED.is_set():
+            return True
+        # its QEMU exited or is stopped: nothing there can be undone (the watch says which)
+        vm = self._vm
+        if vm is None:
+            return False
+        dead, frozen = vm.alive(), vm.frozen()
+        if dead is not None:
+            self.lost = (Category.VM_DEAD, f"guest died: {dead}")
+        elif frozen is not None:
+            self.lost = (Category.HANG, f"guest hung: {frozen}")
+        return self.lost is not None
 
     def close(self) -> None:
         self._stop(self._vm)

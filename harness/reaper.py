@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.paths import runs_root
+from harness.paths import cache_dir, runs_root
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -114,4 +114,25 @@ def clean_stale(root: Path | None = None) -> list[str]:
                 path.unlink(missing_ok=True)
         if now - run.stat().st_mtime > KEEP_DAYS * 86400:
             shutil.rmtree(run, ignore_errors=True)
+    if root == runs_root():
+        done += _clean_dead_saves()
+    return done
+
+
+SHM = Path("/dev/shm")
+
+
+def _clean_dead_saves() -> list[str]:
+    """What a harness killed while saving a snapshot leaves: the half-saved snapshot
+    (snapshots/<key>.tmp-<pid>) and its guest's RAM files (ksm-harness-ram-<pid>-*, in
+    /dev/shm or the cache: the guest's whole RAM, until someone frees it)."""
+    cache = cache_dir()
+    found = [(p, p.name.rsplit("-", 1)[1]) for p in (cache / "snapshots").glob("*.tmp-*")]
+    found += [(p, p.name.split("-")[3]) for base in (SHM, cache)
+              for p in base.glob("ksm-harness-ram-*-*")]
+    done = []
+    for path, pid in found:
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name} of a killed run")
     return done

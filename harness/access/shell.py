@@ -75,9 +75,9 @@ class GuestShell:
         except GuestBroken:
             self.close()
             raise
-        except CommandTimeout:
+        except CommandTimeout as exc:
             self.close()
-            raise CommandTimeout(cmd, timeout) from None
+            raise _as_command(exc, cmd, timeout) from None
         except (EOFError, OSError) as e:
             self.close()
             status, err = 255, err + [f"guest shell ended ({type(e).__name__})"]
@@ -103,3 +103,13 @@ class GuestShell:
         if self.proc is not None:
             self.proc.kill()
             self.proc = None
+
+
+def _as_command(exc: CommandTimeout, cmd: str, timeout: float) -> CommandTimeout:
+    """The timeout of the shell's line as the command's own, keeping what was said of the
+    guest (the console's last line: a stopped QEMU, a stack trace)."""
+    out = CommandTimeout(cmd, timeout)
+    said = str(exc).partition("; the console's last line: ")[2]
+    if said:
+        out.args = (f"{out.args[0]}; the console's last line: {said}",)
+    return out

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness import faultpoints
+
 
 def lock_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.lock")
@@ -38,8 +40,14 @@ def building(out: Path) -> Iterator[Path | None]:
             for stale in out.parent.glob(_tmp_glob(out)):
                 _remove(stale)
             tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+            faultpoints.reached("artefact-build", out.name)
             try:
                 yield tmp
+            except OSError as exc:
+                _remove(tmp)
+                if exc.filename is None:  # a write to an open file: name the artefact
+                    raise OSError(exc.errno, exc.strerror, str(out)) from None
+                raise
             except BaseException:
                 _remove(tmp)
                 raise

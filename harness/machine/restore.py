@@ -84,13 +84,20 @@ class Restore:
         self.restored = snap
         return logins
 
-    def give_up(self, why: VMError, gone: str | None, console: Console | None) -> None:
+    def give_up(self, why: VMError, gone: str | None, console: Console | None,
+                killed: bool = False) -> None:
         """The restore failed; the VM boots cold. QEMU ``gone`` (why, else None): it refused
         the snapshot (a RAM file cut short, a stream it cannot read, ...) and said why on
         its stderr, the console: the snapshot is removed and the cold boot saves a new one.
         QEMU still there: the restore was only slow (a loaded host, a stopped QEMU), which
-        says nothing against the snapshot: it is kept, and this VM saves none."""
+        says nothing against the snapshot: it is kept, and this VM saves none. QEMU
+        ``killed`` by a signal from outside (SIGKILL, ...) refused nothing: kept too."""
         snap, self.restored = self.restored, None
+        if killed:
+            self.log(f"ksm-harness: the saved guest's QEMU was killed while loading ({gone}); "
+                     "booting cold (the snapshot is kept)")
+            self.key = None
+            return
         if gone is None:
             self.log(f"ksm-harness: the saved guest did not load in time ({why}); booting "
                      "cold (the snapshot is kept)")

@@ -44,7 +44,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import faultpoints, paths
 from harness.assets import initramfs
 
 FORMAT = "3"  # bump when what a snapshot holds changes
@@ -182,8 +182,11 @@ def copy_ram(files: list[Path], snap: Snapshot) -> None:
     """Copy the stopped guest's RAM files into the snapshot, holes kept (a booted guest has
     touched ~120 MB of its RAM)."""
     for i, src in enumerate(files):
-        subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))], check=True,
-                       capture_output=True)
+        r = subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))],
+                           capture_output=True, text=True)
+        if r.returncode != 0:  # cp's own words say why (a full cache: "No space left")
+            raise OSError(f"copying the guest's RAM into {snap.dir.parent}: "
+                          f"{r.stderr.strip() or f'cp exit {r.returncode}'}")
 
 
 def save(snap: Snapshot, command: Callable[..., Any], *, ram: list[Path], disk: Path,
@@ -197,6 +200,7 @@ def save(snap: Snapshot, command: Callable[..., Any], *, ram: list[Path], disk: 
         command("migrate", uri=f"exec:cat > {shlex.quote(str(snap.state))}")
         status = wait_migration(command, 120)
         if status == "completed":
+            faultpoints.reached("snapshot-save")
             copy_ram(ram, snap)
             shutil.copyfile(disk, snap.disk)
             shutil.copyfile(initrd, snap.initrd)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pexpect
 
-from harness import paths, reaper
+from harness import faultpoints, paths, reaper
 from harness.access import console_shell
 from harness.access.remote import CommandResult
 from harness.access.ssh import SSH, SSHProcess, SSHUnavailable
@@ -30,6 +30,8 @@ from harness.machine.topology import Topology
 
 READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
+# signals that end a QEMU from outside (the OOM killer, a user): not the snapshot's fault
+KILLED_FROM_OUTSIDE = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -133,8 +135,26 @@ class VM:
             return False
 
     def _console_line(self) -> str:
-        """The console's last line (for the message of a command the guest froze under)."""
-        return self.console.tail(1) if self.console is not None else ""
+        """The console's last line (for the message of a command the guest froze under),
+        after what stopped QEMU, if it is stopped."""
+        line = self.console.tail(1) if self.console is not None else ""
+        frozen = self.frozen()
+        return f"[{frozen}] {line.strip()}" if frozen else line
+
+    def frozen(self) -> str | None:
+        """Why a QEMU that has not exited makes no progress: it is stopped (SIGSTOP, a
+        debugger); None when it is not (or is gone). A stopped QEMU answers neither SSH nor
+        QMP, so this is what the harness can say of it."""
+        if self.child is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.child.pid}/stat").read_text()
+            state = stat.rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if state not in ("T", "t"):
+            return None
+        return f"QEMU {self.child.pid} is stopped (SIGSTOP or a debugger: state {state})"
 
     def alive(self) -> str | None:
         """None while QEMU runs, else why it is gone."""
@@ -176,7 +196,10 @@ class VM:
                 return self
             except VMError as exc:  # a broken snapshot, or a slow restore: boot cold, once
                 # QEMU that refused the snapshot is exiting: a moment to tell from a slow one
-                self.restore.give_up(exc, self.wait_exit(2.0), self.console)
+                gone = self.wait_exit(2.0)
+                sig = self.child.signalstatus if self.child is not None else None
+                self.restore.give_up(exc, gone, self.console,
+                                     killed=sig is not None and sig in KILLED_FROM_OUTSIDE)
                 self._cold_again()
         crashes = 0
         for attempt in range(5):
@@ -185,6 +208,9 @@ class VM:
                 self.restore.save(self.qmp, self.config, self.console,
                                   self.dir / "root-overlay.qcow2",
                                   (self._keys[0].private_openssh, self._keys[1].private_openssh))
+                frozen = self.frozen()
+                if frozen:  # stopped while being saved: it would only time out every command
+                    raise VMError(f"the guest booted, then {frozen}")
                 return self
             except VMError as exc:
                 if isinstance(exc, PortTaken) and attempt < 4:
@@ -210,12 +236,14 @@ class VM:
         self.child = pexpect.spawn(argv[0], argv[1:], echo=False, timeout=None,
                                    preexec_fn=reaper.die_with_parent, dimensions=(24, 240))
         self._reaper_key = reaper.register(self.stop)
+        faultpoints.qemu_started(self.child.pid)
         self.console = Console(self.child, self.console_log)
 
     def _wait_ready(self) -> None:
         assert self.console is not None
         spec = self.spec
         start = time.monotonic()
+        faultpoints.reached("cold-boot")
 
         def failed() -> str | None:
             why = self.alive()
@@ -234,8 +262,10 @@ class VM:
             tail = self.console.tail(25)
             if "host forwarding" in tail:
                 raise PortTaken("host forwarding rule failed") from None
+            frozen = self.frozen()
             raise VMError(f"guest did not boot: {exc.what} after {exc.timeout:.1f}s "
-                          f"[{self.spec.accel.name}]; console tail:\n{tail}") from None
+                          f"[{self.spec.accel.name}]{f': {frozen}' if frozen else ''}; "
+                          f"console tail:\n{tail}") from None
         self.timings["console_ready"] = time.monotonic() - self.t_spawn
         self.ssh = SSH(self.port, self._client_key, self._host_key)
         self.ssh.console = self._console_line
@@ -260,6 +290,7 @@ class VM:
         assert self.config is not None and self.console is not None
         deadline = time.monotonic() + self.spec.boot_timeout
         qmp = QMP(self.config.qmp_socket)
+        faultpoints.reached("restore")  # QEMU started on the snapshot, which it may refuse
         try:
             qmp.connect(10)
             self.timings["qmp_connected"] = time.monotonic() - self.t_spawn
@@ -296,6 +327,8 @@ class VM:
         self._spawn(self.config)
 
     def _kill(self) -> None:
+        if self.child is not None:
+            faultpoints.qemu_stopped(self.child.pid)
         if self._running():
             assert self.child is not None
             self.child.kill(9)
@@ -306,12 +339,16 @@ class VM:
     def stop(self, timeout: float = 5.0) -> None:
         """Quit QEMU (QMP quit, then SIGKILL past ``timeout``); safe to call twice."""
         self.stopped = True
+        if self.child is not None:
+            faultpoints.qemu_stopped(self.child.pid)
         if self.ssh is not None:
             try:
                 self.ssh.close()
             except Exception:
                 pass
             self.ssh = None
+        if self._running() and self.frozen():  # it would answer no quit: ~10 s for nothing
+            self._kill()
         if self._running():
             assert self.child is not None
             if self.qmp is not None:

@@ -28,6 +28,7 @@ pytest_plugins = [
     "harness.pytest_plugin.ksm_scenarios",  # a check the kernel cannot answer skips
     "harness.pytest_plugin.sharding",  # before reporting, which imports it
     "harness.pytest_plugin.reporting",
+    "harness.pytest_plugin.faultphases",  # fault points of tests/faults (harness.faultpoints)
 ]
 
 MARKERS = (

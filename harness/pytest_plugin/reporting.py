@@ -7,20 +7,23 @@ Under xdist only the controller records and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
 
-from harness import cellplan, options, paths
+from harness import cellplan, faultpoints, options, paths
 from harness.assets.kernel import Kernel
 from harness.errors import HarnessError
 from harness.findings import Category, Finding
@@ -256,13 +259,38 @@ class Reports:
             print(text, file=stream, flush=True)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM while the reports are written take effect once they are: an
+    interrupt there would leave none, and the writing takes a moment."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            os.kill(os.getpid(), held[0])  # now: the run ends as interrupted, reports kept
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    with _signals_held():
+        _finish(session)
+
+
+def _finish(session: pytest.Session) -> None:
     config = session.config
     if config in _CONFIG:
         _CONFIG.remove(config)
     if _is_worker(config):
         return
+    faultpoints.reached("report-writing")
     if INTERRUPT in config.stash:
         mark_interrupted(config.stash[RESULTS], [i.nodeid for i in session.items],
                          config.stash[INTERRUPT])

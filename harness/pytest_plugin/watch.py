@@ -146,6 +146,12 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
     for guest, window in item.stash.get(WINDOWS, []):
         if phase == "teardown":
             _stop_timeline(item, guest)
+        if guest.lost is not None:  # a fixture's teardown found QEMU gone or stopped
+            (category, title), guest.lost = guest.lost, None
+            findings.append(Finding(category, title, "found by a fixture's teardown",
+                                    time=time.time(), phase=phase))
+            if not guest.vm.stopped:
+                guest.retire()  # the next test boots a fresh VM
         if guest.vm.stopped:  # torn down by its fixture: whatever it printed last counts
             findings += guest.monitor.claim(allow=allowed, phase=phase)
             continue
@@ -153,16 +159,20 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
         # after a fatal report the report is the evidence, and the guest is not asked again
         fatal = guest.monitor.broken
         hung = isinstance(excinfo, HANG_ERRORS) and dead is None and not fatal
-        evidence = _stuck_process(guest.vm, excinfo) + guest.monitor.hang_evidence() if hung else ""
+        # a stopped QEMU answers neither sysrq nor QMP: that it is stopped is the evidence
+        frozen = guest.vm.frozen() if hung else None
+        evidence = frozen or (_stuck_process(guest.vm, excinfo) + guest.monitor.hang_evidence()
+                              if hung else "")
         found = guest.monitor.end(window, allow=allowed, responsive=not (hung or fatal))
         if fatal and dead is None:
             guest.broken = "fatal kernel report"
         elif not hung and dead is None and not window.answered:
             # no answer: usually a panic still being printed; give QEMU a moment to exit
-            dead = guest.vm.wait_exit(10.0)
+            frozen = guest.vm.frozen()  # a stopped QEMU will neither exit nor answer
+            dead = None if frozen else guest.vm.wait_exit(10.0)
             if dead is None:
                 hung = True
-                evidence = guest.monitor.hang_evidence()
+                evidence = frozen or guest.monitor.hang_evidence()
         if fatal and dead is None:
             found = _with_holders(guest, found)
         found += guest.monitor.claim(allow=allowed, phase=phase)  # printed while we looked
@@ -176,6 +186,7 @@ def _close_windows(item: pytest.Item, phase: str, excinfo: BaseException | None)
             guest.broken = "hung"
         elif hung:
             cause = excinfo if isinstance(excinfo, HANG_ERRORS) else "the guest stopped answering"
+            cause = f"{frozen}: {cause}" if frozen else cause
             findings.append(Finding(Category.HANG, f"guest hung: {cause}",
                                     f"{evidence}\n--- console tail ---\n{tail}",
                                     time=time.time(), phase=phase))

@@ -108,7 +108,10 @@ def results_document(results: Iterable[Result], meta: dict[str, Any]) -> dict[st
 
 def load_results(path: Path | str) -> tuple[dict[str, Any], list[Result]]:
     """A results file written by ``--results-json``: (its metadata, its records)."""
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:  # cut short (a full disk, a killed writer): name it
+        raise ValueError(f"{path}: not JSON ({exc}): a results file cut short?") from None
     if not isinstance(doc, dict) or "tests" not in doc:
         raise ValueError(f"{path}: not a ksm-harness results file")
     if doc.get("version") != RESULTS_VERSION:

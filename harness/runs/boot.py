@@ -34,7 +34,8 @@ def guest_failed(vm: VM, why: str) -> int:
     from harness import health
     from harness.console.classify import classify_text
     from harness.findings import rank
-    vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
+    if not vm.frozen():  # a stopped QEMU will not exit: no 5 s for nothing
+        vm.wait_exit(5.0)  # a panic ends QEMU (panic=-1, -no-reboot): let the report land
     try:
         text = vm.console_log.read_text(errors="replace")
     except OSError:
@@ -99,10 +100,14 @@ def run_command(vm: VM, command: list[str], timeout: float) -> tuple[int, bool]:
     except CommandTimeout as exc:
         if vm.alive() is not None:
             return guest_failed(vm, str(exc)), True
+        frozen = vm.frozen()
+        if frozen:  # not CMD's slowness: the guest cannot run at all
+            return guest_failed(vm, f"{frozen}; no answer to {exc.command!r} for "
+                                    f"{exc.timeout:.0f}s"), True
         _say(f"{exc}; console log kept: {vm.console_log}")
         return TIMED_OUT, True
     except Exception as exc:  # noqa: BLE001 -- the connection died with the guest
-        return guest_failed(vm, f"{type(exc).__name__}: {exc}"), True
+        return guest_failed(vm, vm.alive() or f"{type(exc).__name__}: {exc}"), True
     if vm.alive() is not None or r.status < 0:  # the guest died under the command
         return guest_failed(vm, vm.alive() or "guest died"), True
     sys.stdout.write(r.stdout)

@@ -98,3 +98,20 @@ def test_no_asset_builds_into_a_fixed_tmp_name() -> None:
 def test_the_cached_builders_go_through_the_helper(module: str) -> None:
     source = (ASSETS / f"{module}.py").read_text()
     assert "with building(" in source, f"harness/assets/{module}.py builds without building()"
+
+
+def test_a_full_disk_while_building_names_the_artefact(tmp_path: Path) -> None:
+    # the fault matrix's enospc-cache@artefact-build: a write to an open file names no file,
+    # and the CLI's one line for a host file-system fault needs one (else a traceback)
+    import errno
+
+    from harness.errors import host_file_line
+    out = tmp_path / "initramfs" / "k.cpio.gz"
+    with pytest.raises(OSError) as caught:
+        with building(out) as tmp:
+            assert tmp is not None
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.filename == str(out)
+    assert host_file_line(caught.value) == f"no space left on device writing {out}"
+    assert list(out.parent.iterdir()) == [out.with_name(f".{out.name}.lock")]

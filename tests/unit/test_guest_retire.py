@@ -25,7 +25,8 @@ def make_guest() -> tuple[Guest, list[str]]:
     def boot() -> Any:
         events.append("boot")
         return SimpleNamespace(console=FakeConsole(), ssh=None, timings={},
-                               name=events.count("boot"))
+                               name=events.count("boot"), alive=lambda: None,
+                               frozen=lambda: None)
 
     def stop(vm: Any) -> None:
         events.append(f"stop {vm.name}")
@@ -51,3 +52,16 @@ def test_close_of_a_retired_guest_boots_nothing() -> None:
     guest.retire()
     guest.close()
     assert events == ["boot", "stop 1", "stop 1"]
+
+
+def test_a_vm_whose_qemu_exited_or_stopped_has_nothing_to_undo() -> None:
+    # the fault matrix's qemu-kill@teardown: the fixtures' undo would only time out
+    guest, events = make_guest()
+    now = guest.generation
+    assert not guest.gone_since(now)
+    guest.vm.frozen = lambda: "QEMU 1 is stopped"  # type: ignore[method-assign]
+    assert guest.gone_since(now)
+    assert guest.lost is not None and guest.lost[1] == "guest hung: QEMU 1 is stopped"
+    guest.vm.frozen = lambda: None  # type: ignore[method-assign]
+    guest.vm.alive = lambda: "QEMU exited (status None, signal 9)"  # type: ignore[method-assign]
+    assert guest.gone_since(now) and events == ["boot"]  # asking boots nothing

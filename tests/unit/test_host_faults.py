@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,38 @@ def test_bootstrap_installs_zstd() -> None:
     text = (REPO / "ksm-harness").read_text()
     packages = text.split("packages=(", 1)[1].split(")", 1)[0].split()
     assert "zstd" in packages
+
+
+def test_a_later_run_removes_what_a_killed_save_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fault matrix's sigkill@snapshot-save: snapshots/<key>.tmp-<pid> and the guest's RAM
+    # files stay until a later run; a live harness's are left alone
+    from harness import reaper
+    monkeypatch.setattr(reaper, "SHM", paths.cache_dir() / "shm")  # not the host's /dev/shm
+    gone = _dead_pid()
+    snaps = paths.cache_dir() / "snapshots"
+    made = [snaps / f"0123.tmp-{gone}", paths.cache_dir() / f"ksm-harness-ram-{gone}-ab",
+            reaper.SHM / f"ksm-harness-ram-{gone}-cd"]
+    live = [snaps / f"4567.tmp-{os.getpid()}", reaper.SHM / f"ksm-harness-ram-{os.getpid()}-ef"]
+    for d in made + live:
+        d.mkdir(parents=True)
+        (d / "ram0").write_bytes(b"x")
+    said = reaper.clean_stale()
+    assert [d for d in made if d.exists()] == [] and all(d.is_dir() for d in live)
+    assert len(said) == 3 and all("of a killed run" in s for s in said)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_merge_of_a_results_file_cut_short_names_it(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 19 item 7: `merge` on a corrupt results.json did not say which file
+    cut = tmp_path / "cell" / "results.json"
+    cut.parent.mkdir()
+    cut.write_text('{"version": 1, "tests": [')
+    assert cli.main(["merge", str(tmp_path / "cell"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cut) in err[0] and "cut short" in err[0], err

@@ -15,7 +15,7 @@ HARNESS = REPO / "harness"
 # Lower layers never import higher ones (a package or module name -> its layer).
 LAYERS = {
     "errors": 0, "paths": 0, "deps": 0, "options": 0, "reaper": 0, "version": 0,
-    "progress": 0, "findings": 0,
+    "progress": 0, "findings": 0, "faultpoints": 0,
     "console": 1,
     "access": 2, "assets": 2,
     "machine": 3,

@@ -34,3 +34,10 @@ def test_selftest_collects_every_self_check(tmp_path: Path) -> None:
     assert SELF_CHECKS <= collected(tmp_path, "selftest")
     # these are all of them: a new self-check is named here, and so checked above
     assert collected(tmp_path, "selftest", "-m", "selfcheck") == SELF_CHECKS
+
+
+def test_the_fault_matrix_runs_in_selftest_only(tmp_path: Path) -> None:
+    from tests.faults.matrix import CELLS
+    cells = {i for i in collected(tmp_path, "selftest") if i.startswith("tests/faults/")}
+    assert cells == {f"tests/faults/test_matrix.py::test_cell[{c.id}]" for c in CELLS}
+    assert not any(i.startswith("tests/faults/") for i in collected(tmp_path, "run"))

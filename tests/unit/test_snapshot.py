@@ -155,6 +155,20 @@ def test_a_restore_that_is_only_slow_keeps_its_snapshot(tmp_path: Path) -> None:
     assert restore.key is None  # nothing saved over it
 
 
+def test_a_restore_whose_qemu_was_killed_keeps_its_snapshot(tmp_path: Path) -> None:
+    # the fault matrix's qemu-kill@restore: a SIGKILL from outside refused nothing
+    logged: list[str] = []
+    restore = Restore(logged.append)
+    restore.key = "k4"
+    restore.restored = _saved(tmp_path, "k4", b"x")
+    restore.give_up(VMError("QMP while loading the saved guest: Connection reset by peer"),
+                    "QEMU exited (status None, signal 9)", _Console(""),  # type: ignore[arg-type]
+                    killed=True)
+    assert restore.restored is None and (tmp_path / "k4").is_dir()
+    assert len(logged) == 1 and "killed while loading" in logged[0] and "kept" in logged[0]
+    assert restore.key is None
+
+
 def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
     made: list[Path] = []
@@ -183,3 +197,12 @@ def test_ram_files_only_for_a_cold_boot_that_saves(tmp_path: Path, monkeypatch: 
     restore.ram_for_saving(big)
     assert big.ram_dir is None and restore.key is None  # no room: no snapshot will be saved
     assert "no snapshot will be saved" in logged[0]
+
+
+def test_a_failed_ram_copy_says_why_in_cps_words(tmp_path: Path) -> None:
+    # the fault matrix's enospc-cache@snapshot-save said only "cp ... returned 1"
+    from harness.machine.snapshot import Snapshot, copy_ram
+    snap = Snapshot(tmp_path / "snaps" / "k.tmp-1")
+    snap.dir.mkdir(parents=True)
+    with pytest.raises(OSError, match=r"copying the guest's RAM into .*snaps: cp: .*No such"):
+        copy_ram([tmp_path / "no-ram0"], snap)
