@@ -52,6 +52,8 @@ class Recorder:
 
     steps: list[Step] | None = None
     first: int = 0  # steps of the first failing sequence found (before shrinking)
+    first_seconds: float = 0.0  # from the start of generation to that first failure
+    first_step: int = 0  # guest steps run up to it, every run counted (the cost to find it)
     error: str = ""
     runs: int = 0
     step_count: int = 0
@@ -59,8 +61,11 @@ class Recorder:
     ops: Counter[str] = field(default_factory=Counter)
     peaks: Counter[str] = field(default_factory=Counter)
 
-    def failed(self, steps: list[Step], exc: BaseException) -> None:
-        self.first = self.first or len(steps)
+    def failed(self, steps: list[Step], exc: BaseException, seconds: float = 0.0) -> None:
+        """``seconds``: since generation started (kept for the first failure only)."""
+        if not self.first:
+            self.first, self.first_seconds = len(steps), seconds
+            self.first_step = self.step_count + len(steps)
         if self.steps is None or len(steps) <= len(self.steps):
             self.steps, self.error = list(steps), f"{type(exc).__name__}: {exc}"
 
@@ -97,7 +102,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 self.guest.step(self.model, step)
             except BaseException as e:
                 self.broken = budget.failed = True
-                recorder.failed(self.steps, e)
+                recorder.failed(self.steps, e, time.monotonic() - budget.started)
                 raise
 
         # -- what can be drawn here --
@@ -218,7 +223,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                     guest.end(self.model)
             except BaseException as e:
                 self.broken = budget.failed = True
-                recorder.failed(self.steps, e)
+                recorder.failed(self.steps, e, time.monotonic() - budget.started)
                 raise
             finally:
                 if self.broken:

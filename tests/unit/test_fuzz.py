@@ -239,6 +239,9 @@ def test_the_generator_finds_and_shrinks_a_planted_bug() -> None:
     assert {"start", "alloc", "fork", "knob", "write"} <= set(ops) and len(ops) <= 12, ops
     assert len(ops) < recorder.first, (len(ops), recorder.first)
     assert recorder.steps[-1].op == "write"
+    # what finding it cost: the first failure's time and step count, not the shrinking's
+    assert 0 < recorder.first_seconds < 60
+    assert recorder.first <= recorder.first_step <= recorder.step_count
 
 
 def test_the_generator_stops_at_its_budget() -> None:
