@@ -99,6 +99,18 @@ def test_a_step_the_guest_cannot_run_is_refused(env: Env, step: Step, why: str |
     assert model.refuse(step) == why
 
 
+def test_cold_and_pageout_only_while_not_mlocked() -> None:
+    # seen on the built-in 6.1 (generator bench, seed 1): MADV_COLD of an mlocked region
+    # is EINVAL, a false alarm of the generator's own
+    model = started(ALLOC, Step("mlock", {"proc": "P0", "region": "r0"}))
+    cold = Step("madvise", {"proc": "P0", "region": "r0", "advice": "cold"})
+    pageout = Step("madvise", {"proc": "P0", "region": "r0", "advice": "pageout"})
+    assert model.refuse(cold) == "MADV_COLD of an mlocked area is EINVAL"
+    assert model.refuse(pageout) == "MADV_PAGEOUT of an mlocked area is EINVAL"
+    model.apply(Step("munlock", {"proc": "P0", "region": "r0"}))
+    assert model.refuse(cold) is None and model.refuse(pageout) is None
+
+
 def test_waiting_for_scans_needs_an_mm_ksm_keeps() -> None:
     # seen on 6.1 (false alarms of the first guest runs, full_scans standing still): run=1
     # and no process ever madvised; and a process whose only area was madvised MERGEABLE
