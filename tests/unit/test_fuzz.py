@@ -287,6 +287,31 @@ def test_the_generator_stops_at_its_budget() -> None:
     assert recorder.steps is None and 1 <= recorder.runs <= 6 and recorder.step_count > 0
 
 
+def test_runs_start_with_a_small_max_page_sharing_often() -> None:
+    # chains need max_page_sharing 2 or 3, settable only before the first run=1
+    firsts: list[Step] = []
+
+    class First(FakeGuest):
+        def begin(self) -> Model:
+            self.seen = False
+            return super().begin()
+
+        def step(self, model: Model, step: Step) -> None:
+            if not self.seen:
+                self.seen = True
+                firsts.append(step)
+            model.apply(step)
+            self.count += 1
+
+    budget = gen.Budget(60)
+    gen.run(gen.machine(First, ENV, budget, gen.Recorder()), seed=1, budget=budget,
+            examples=30)
+    small = [s for s in firsts if s.op == "knob" and s.args == {"name": "max_page_sharing",
+                                                                "value": s.args["value"]}
+             and s.args["value"] in (2, 3)]
+    assert len(small) >= len(firsts) // 4, [str(s) for s in firsts]
+
+
 def test_fuzz_verb_replays_on_the_files_kernel(tmp_path: Path) -> None:
     from harness import cli
     from harness.runs import fuzz
