@@ -310,6 +310,8 @@ def test_runs_start_with_a_small_max_page_sharing_often() -> None:
                                                                 "value": s.args["value"]}
              and s.args["value"] in (2, 3)]
     assert len(small) >= len(firsts) // 4, [str(s) for s in firsts]
+    ksmd = [s for s in firsts if s.op == "knob" and s.args == {"name": "run", "value": 1}]
+    assert ksmd, [str(s) for s in firsts]  # a run with no small max_page_sharing starts ksmd
 
 
 def test_fuzz_verb_replays_on_the_files_kernel(tmp_path: Path) -> None:
