@@ -25,10 +25,14 @@ from harness.ksm.model import EXACT_COUNTERS
 
 
 def sample_problems(counters: Mapping[str, int], clean: bool,
-                    knobs: Mapping[str, int] | None = None) -> list[str]:
+                    knobs: Mapping[str, int] | None = None,
+                    base: Mapping[str, int] | None = None) -> list[str]:
     """What is wrong with one sample; ``clean``: no run=1 since the last run=2; ``knobs``:
-    the values last written (compared with the sample's, for those it has)."""
-    c = counters
+    the values last written (compared with the sample's, for those it has); ``base``: what
+    the exact counters read after the first run=2 (not 0 only on a kernel that leaked
+    before), taken off them, so that a leak is reported by the run that made it."""
+    c = {n: v - (base or {}).get(n, 0) if n in EXACT_COUNTERS else v
+         for n, v in counters.items()}
     problems = []
     if c.get("pages_sharing", 0) > 0 and c.get("pages_shared", 0) == 0:
         problems.append(f"pages_sharing={c['pages_sharing']} with pages_shared=0")

@@ -22,11 +22,17 @@ from hypothesis.stateful import (
 
 from harness.fuzz import content
 from harness.fuzz.executor import GuestSteps
-from harness.fuzz.model import ADVICE, KNOB_VALUES, PROCS, REGIONS, Env, Model, Step
+from harness.fuzz.model import ADVICE, KNOB_VALUES, MAX_PAGES, PROCS, REGIONS, Env, Model, Step
 
 STEPS_PER_RUN = 20
 MIN_RUN_SECONDS = 1.0  # a run on a TCG guest takes longer (measured: 2 s)
 SEEDS = st.integers(1, 3)
+MAX_PAGE_SHARING_FIRST = (256, 2, 3)  # KNOB_VALUES's, the default (no step) first
+# Region sizes: half the time a few pages, so that a chain can come down to one dup with
+# room left (its collapse), a dup hold a whole region, a lone page sit beyond the cap;
+# uniform over 1..256 made chains of ~100 dups that never came down to one (measured: no
+# collapse in 50 runs); else up to the most a region has.
+PAGES = st.integers(1, 8) | st.integers(1, MAX_PAGES)
 # How often each op is drawn where it can run: memory ops and waiting for ksmd (where the
 # merging happens) most, knob flips and processes coming and going less.
 WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 5), ("run", 3),
@@ -55,6 +61,8 @@ class Recorder:
 
     steps: list[Step] | None = None
     first: int = 0  # steps of the first failing sequence found (before shrinking)
+    first_seconds: float = 0.0  # from the start of generation to that first failure
+    first_step: int = 0  # guest steps run up to it, every run counted (the cost to find it)
     error: str = ""
     runs: int = 0
     step_count: int = 0
@@ -62,8 +70,11 @@ class Recorder:
     ops: Counter[str] = field(default_factory=Counter)
     peaks: Counter[str] = field(default_factory=Counter)
 
-    def failed(self, steps: list[Step], exc: BaseException) -> None:
-        self.first = self.first or len(steps)
+    def failed(self, steps: list[Step], exc: BaseException, seconds: float = 0.0) -> None:
+        """``seconds``: since generation started (kept for the first failure only)."""
+        if not self.first:
+            self.first, self.first_seconds = len(steps), seconds
+            self.first_step = self.step_count + len(steps)
         if self.steps is None or len(steps) <= len(self.steps):
             self.steps, self.error = list(steps), f"{type(exc).__name__}: {exc}"
 
@@ -80,14 +91,26 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             self.steps: list[Step] = []
             self.broken = False
 
-        @initialize()
-        def begin(self) -> None:
+        @initialize(data=st.data())
+        def begin(self, data: st.DataObject) -> None:
             # past the budget a run draws the same steps on the model alone: hypothesis
             # sees the same data for the same choices (no flakiness) and ends quickly
             if budget.open():
                 self.guest = make()
                 self.model = self.guest.begin()
                 recorder.runs += 1
+            # Stable node chains (and their dups, pruning, collapse) need a small
+            # max_page_sharing, which only changes before the first run=1: as one knob draw
+            # among many it came too seldom (measured: no chain in 379 steps), so each run
+            # starts by drawing it. The default first: what shrinking goes back to.
+            mps = data.draw(st.sampled_from(MAX_PAGE_SHARING_FIRST), label="max_page_sharing")
+            if self.model.refuse(Step("knob", {"name": "max_page_sharing", "value": mps})) is None:
+                self.do("knob", name="max_page_sharing", value=mps)
+            # ksmd is where merging happens, but as one draw of the run knob among all the
+            # ops run=1 came late or never (measured: 9 of 25 runs ever had ksmd running):
+            # two runs in three start it here. Without it first: what shrinking goes back to.
+            if data.draw(st.sampled_from((False, True, True)), label="ksmd from the start"):
+                self.do("knob", name="run", value=1)
 
         def do(self, op: str, **args: object) -> None:
             step = Step(op, dict(args))
@@ -100,7 +123,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 self.guest.step(self.model, step)
             except BaseException as e:
                 self.broken = budget.failed = True
-                recorder.failed(self.steps, e)
+                recorder.failed(self.steps, e, time.monotonic() - budget.started)
                 raise
 
         # -- what can be drawn here --
@@ -169,7 +192,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             region = data.draw(st.sampled_from(
                 [r for r in REGIONS if r not in self.model.procs[proc].regions]))
             kind = data.draw(st.sampled_from(content.KINDS))
-            self.do("alloc", proc=proc, region=region, pages=data.draw(st.integers(1, 256)),
+            self.do("alloc", proc=proc, region=region, pages=data.draw(PAGES),
                     kind=kind, seed=0 if kind == "zero" else data.draw(SEEDS))
             if data.draw(st.integers(0, 3)):  # mostly MADV_MERGEABLE at once
                 self.do("madvise", proc=proc, region=region, advice="merge")
@@ -252,7 +275,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                     guest.end(self.model)
             except BaseException as e:
                 self.broken = budget.failed = True
-                recorder.failed(self.steps, e)
+                recorder.failed(self.steps, e, time.monotonic() - budget.started)
                 raise
             finally:
                 if self.broken:

@@ -77,6 +77,7 @@ class Region:
     seed: int
     overrides: dict[int, int] = field(default_factory=dict)  # page -> key set by write
     mergeable: bool = False  # MADV_MERGEABLE, not undone by MADV_UNMERGEABLE since
+    locked: bool = False  # mlock, not undone by munlock since
 
     @property
     def pattern(self) -> str:
@@ -174,6 +175,9 @@ class Model:
         if step.op == "madvise":
             if a.get("advice") not in ADVICE:
                 return "bad advice"
+            if a["advice"] in ("cold", "pageout") and region.locked:
+                # madvise_cold/pageout: can_madv_lru_vma() refuses VM_LOCKED areas
+                return f"MADV_{a['advice'].upper()} of an mlocked area is EINVAL"
             return "pageout needs swap" if a["advice"] == "pageout" and not env.swap else None
         if step.op == "move":
             return None if env.nodes >= 2 and 0 <= a.get("node", -1) < 2 else "needs 2 nodes"
@@ -242,6 +246,8 @@ class Model:
             region.overrides[a["page"]] = key
         elif step.op == "madvise" and a["advice"] in ("merge", "unmerge"):
             self.region(step).mergeable = a["advice"] == "merge"
+        elif step.op in ("mlock", "munlock"):
+            self.region(step).locked = step.op == "mlock"
         elif step.op == "fork":
             proc = self.procs[a["proc"]]
             proc.children = a["n"]

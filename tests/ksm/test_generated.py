@@ -87,6 +87,8 @@ def test_generated(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
     except BaseException:
         if recorder.steps is not None:
             path = write_reproducer(config, ksm_guest, seed, recorder)
+            print(f"first failure after {recorder.first_seconds:.0f}s of generation, at guest "
+                  f"step {recorder.first_step} (a sequence of {recorder.first} steps)")
             print(f"minimal failing sequence ({len(recorder.steps)} steps): {path}\n"
                   f"replay: ksm-harness fuzz --replay {path}")
         raise
