@@ -48,11 +48,12 @@ class Budget:
         self._starved = 0.0
         self._sampled = self.t0
 
-    def starved(self) -> float:
+    def starved(self, fresh: bool = False) -> float:
         """Seconds of this budget's wall time in which the guest waited for a host CPU
-        (its most delayed thread's wait: the vCPU running the work)."""
+        (its most delayed thread's wait: the vCPU running the work); read at most every
+        SAMPLE_EVERY unless ``fresh``."""
         now = time.monotonic()
-        if self.pid is not None and now - self._sampled >= SAMPLE_EVERY:
+        if self.pid is not None and (fresh or now - self._sampled >= SAMPLE_EVERY):
             self._sampled = now
             delays = run_delays(self.pid)
             if delays:  # a gone QEMU keeps the last figure
@@ -68,7 +69,10 @@ class Budget:
         return self.wall() - self.starved()
 
     def over(self) -> bool:
-        return self.used() >= self.seconds or self.capped()
+        if self.capped():
+            return True
+        # a stale reading undercounts the wait: look again before calling the budget spent
+        return self.used() >= self.seconds and self.wall() - self.starved(fresh=True) >= self.seconds
 
     def capped(self) -> bool:
         """Ended by the wall-time cap, not by the guest's own time."""
