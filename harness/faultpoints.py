@@ -88,7 +88,9 @@ def _inject(fault: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             # done when the kernel says so: every thread stopped, or the process dead
-            _wait_state(pid, ("T", "t") if fault == "qemu-stop" else ("Z", "X", "gone"))
+            # (a killed QEMU frees GBs of guest RAM first: seconds on a loaded host)
+            _wait_state(pid, ("T", "t") if fault == "qemu-stop" else ("Z", "X", "gone"),
+                        timeout=15.0)
     elif fault == "fill":
         fill(Path(os.environ[PATH_ENV]))
     elif fault != "mark":

@@ -124,6 +124,14 @@ class Guest(GuestPort):
             self.lost = (Category.HANG, f"guest hung: {frozen}")
         return self.lost is not None
 
+    def lost_during(self, generation: int, wait: float = 15.0) -> bool:
+        """After a guest command of a fixture's undo failed: was it because QEMU was exiting
+        or stopped meanwhile (waiting up to ``wait`` for a killed QEMU to finish exiting)?
+        Then, as with :meth:`gone_since`, the watch names it and there is nothing to undo."""
+        if self._vm is not None and self._vm.frozen() is None:
+            self._vm.wait_exit(wait)
+        return self.gone_since(generation)
+
     def close(self) -> None:
         self._stop(self._vm)
 

@@ -101,6 +101,10 @@ class Replaceable(Protocol):
         """The machine of ``generation`` was retired or replaced."""
         ...
 
+    def lost_during(self, generation: int) -> bool:
+        """After a failed undo: the machine of ``generation`` went away meanwhile."""
+        ...
+
 
 class GuestPort(Spawner, Replaceable, Protocol):
     """A guest as KSM scenarios use it: commands, files and programs on a machine that may be

@@ -51,5 +51,10 @@ class KsmGuest:
         teardown has nothing to undo (the next test gets a fresh VM)."""
         return self.vm.gone_since(generation)
 
+    def lost_during(self, generation: int) -> bool:
+        """A fixture's undo failed: because its VM went away meanwhile (then that is the
+        verdict, named by the watch)?"""
+        return self.vm.lost_during(generation)
+
     def close(self) -> None:
         self.sh.close()

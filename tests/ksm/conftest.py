@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import guest_mm
+from harness.access.remote import CommandFailed, CommandTimeout
 from harness.guest_handle import Guest
 from harness.guest_mm import MemCgroup
 from harness.ksm import (
@@ -119,8 +120,13 @@ def ksm(ksm_guest: KsmGuest, scan_mode: str, request: pytest.FixtureRequest) -> 
     yield k
     if ksm_guest.gone_since(generation):
         return  # the VM died with a kernel report or hang: that is the verdict
-    k.restore(boot)
-    left = k.exact_counters()
+    try:
+        k.restore(boot)
+        left = k.exact_counters()
+    except (CommandFailed, CommandTimeout):
+        if ksm_guest.lost_during(generation):
+            return  # QEMU exited or stopped while we undid: the watch names it
+        raise
     rest = count_mismatches(left, ZERO_COUNTS)
     if rest:
         raise KsmError(f"KSM counters not back to 0 after the test and run=2: "
