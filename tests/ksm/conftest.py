@@ -32,7 +32,7 @@ import pytest
 from harness import guest_mm
 from harness.access.remote import CommandFailed, CommandTimeout
 from harness.guest_handle import Guest
-from harness.guest_mm import MemCgroup
+from harness.guest_mm import MemCgroup, Unavailable
 from harness.ksm import (
     FAST_PAGES_TO_SCAN,
     FAST_SLEEP_MILLISECS,
@@ -220,6 +220,26 @@ def zram_swap(ksm_guest: KsmGuest) -> Iterator[str]:
     yield dev
     if not ksm_guest.gone_since(generation):
         guest_mm.zram_remove(vm, dev)
+
+
+SMALL_ZRAM_MB = 64
+
+
+@pytest.fixture
+def small_zram_swap(ksm_guest: KsmGuest) -> Iterator[bool]:
+    """A 64 MiB zram swap device when the kernel has zram (False without: the generated
+    sequences then draw no pageout, reclaim or swap-in step)."""
+    try:
+        dev = guest_mm.zram_create(ksm_guest.sh, SMALL_ZRAM_MB)
+    except Unavailable as e:
+        print(f"no swap steps: {e}")
+        yield False
+        return
+    guest_mm.swapon(ksm_guest.sh, dev, priority=20)
+    generation = ksm_guest.current
+    yield True
+    if not ksm_guest.gone_since(generation):
+        guest_mm.zram_remove(ksm_guest.sh, dev)
 
 
 @pytest.fixture

@@ -11,24 +11,22 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harness import guest_mm
 from harness.fuzz import machine as gen
 from harness.fuzz import siteops
 from harness.fuzz.executor import GuestSteps
 from harness.fuzz.model import Env, Model
 from harness.fuzz.replay import Reproducer, load
-from harness.guest_mm import MemCgroup, Unavailable
+from harness.guest_mm import MemCgroup
 from harness.ksm import Ksm
 from harness.ksm.prepared_guest import KsmGuest
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 
 SLICE_MINUTES = 1.25
-ZRAM_MB = 64
 
 
 def fuzz_seed(config: pytest.Config) -> int:
@@ -38,25 +36,8 @@ def fuzz_seed(config: pytest.Config) -> int:
     return int(datetime.datetime.now(datetime.UTC).strftime("%Y%m%d"))
 
 
-@pytest.fixture
-def swap(ksm_guest: KsmGuest) -> Iterator[bool]:
-    """A small zram swap device when the kernel has zram (no swap: no pageout or reclaim
-    steps are generated)."""
-    try:
-        dev = guest_mm.zram_create(ksm_guest.sh, ZRAM_MB)
-    except Unavailable as e:
-        print(f"no swap steps: {e}")
-        yield False
-        return
-    guest_mm.swapon(ksm_guest.sh, dev, priority=20)
-    generation = ksm_guest.current
-    yield True
-    if not ksm_guest.gone_since(generation):
-        guest_mm.zram_remove(ksm_guest.sh, dev)
-
-
 def test_generated(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
-                   memcg: MemcgFactory, swap: bool,
+                   memcg: MemcgFactory, small_zram_swap: bool,
                    request: pytest.FixtureRequest) -> None:
     config = request.config
     try:
@@ -65,7 +46,7 @@ def test_generated(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
         print(f"no reclaim steps: {e}")
         cgroup = None
     env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
-              nodes=len(ksm_guest.nodes), swap=swap, cgroup=cgroup is not None,
+              nodes=len(ksm_guest.nodes), swap=small_zram_swap, cgroup=cgroup is not None,
               **siteops.probe(ksm_guest.sh))  # the site operations this kernel offers
 
     def make() -> GuestSteps:

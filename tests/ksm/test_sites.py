@@ -10,20 +10,16 @@ counter 0 after run=2, the KSM slabs back). An operation the guest's kernel lack
 and named."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from harness import guest_mm
 from harness.fuzz import siteops
 from harness.fuzz.executor import GuestSteps
 from harness.fuzz.model import Env, Step
-from harness.guest_mm import MemCgroup, Unavailable
+from harness.guest_mm import MemCgroup
 from harness.ksm import Ksm
 from harness.ksm.prepared_guest import KsmGuest
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
 
-ZRAM_MB = 64
 PAGES = 64
 SETUP = (Step("start", {"proc": "P0"}), Step("start", {"proc": "P1"}),
          *(Step(op, {"proc": p, "region": "r0", **args}) for p in ("P0", "P1")
@@ -39,31 +35,15 @@ SITES = (Step("idle", {"proc": "P0", "region": "r0", "page": 5}),
          Step("idle", {"proc": "P1", "region": "r0", "page": 9}))
 
 
-@pytest.fixture
-def zram_swap(ksm_guest: KsmGuest) -> Iterator[bool]:
-    """A small zram swap device when the kernel has zram (else no swap_write)."""
-    try:
-        dev = guest_mm.zram_create(ksm_guest.sh, ZRAM_MB)
-    except Unavailable as e:
-        print(f"no swap: {e}")
-        yield False
-        return
-    guest_mm.swapon(ksm_guest.sh, dev, priority=20)
-    generation = ksm_guest.current
-    yield True
-    if not ksm_guest.gone_since(generation):
-        guest_mm.zram_remove(ksm_guest.sh, dev)
-
-
 def test_site_operations_on_ksm_pages(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
-                                      memcg: MemcgFactory, zram_swap: bool) -> None:
+                                      memcg: MemcgFactory, small_zram_swap: bool) -> None:
     try:
         cgroup: MemCgroup | None = memcg("sites")
     except pytest.skip.Exception as e:
         print(f"no swap_write: {e}")
         cgroup = None
     env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
-              nodes=len(ksm_guest.nodes), swap=zram_swap, cgroup=cgroup is not None,
+              nodes=len(ksm_guest.nodes), swap=small_zram_swap, cgroup=cgroup is not None,
               **siteops.probe(ksm_guest.sh))
     guest = GuestSteps(ksm, lambda name: workload(name=name, cgroup=cgroup), env,
                        ksm_guest.sh, cgroup, log=print)
