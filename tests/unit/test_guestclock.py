@@ -1,5 +1,5 @@
 """Deadlines that count the time the guest could run: measured on real host processes (a
-busy loop sharing one CPU with another is kept waiting about half the time; a sleeping one
+busy loop sharing one CPU with three others is kept waiting about 3/4 of the time; a sleeping one
 is not), no QEMU needed."""
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ import pytest
 from harness.access import guestclock
 from harness.access.guestclock import Budget
 
-SPIN = "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"
+CPU = min(os.sched_getaffinity(0))  # a CPU this process may use (CPU 0 may not be ours)
+SPIN = f"import os; os.sched_setaffinity(0, {{{CPU}}})\nwhile True: pass"
+RIVALS = 3  # the starved process runs about 1/(RIVALS+1) of the time: 75 % kept waiting
 
 
 @pytest.fixture
 def starved() -> Iterator[int]:
-    """A busy process and a rival on the same CPU: each waits for it about half the time."""
+    """A busy process and RIVALS busy rivals on one CPU: it waits for it about 3/4 of the
+    time, far from the 2/3 at which a 3x cap and a budget's own end would meet (with one
+    rival, at 1/2, other load on that CPU decided which came first)."""
     if not os.path.exists(f"/proc/{os.getpid()}/schedstat"):
         pytest.skip("this host kernel has no schedstat (CONFIG_SCHED_INFO)")
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(1 + RIVALS)]
     try:
         yield procs[0].pid
     finally:
