@@ -26,9 +26,11 @@ from harness.ksm import (
     RUN_UNMERGE,
     ZERO_COUNTS,
     Ksm,
+    KsmSnapshot,
     KsmWriteError,
     Layout,
 )
+from harness.ksm.model import check_counts, count_mismatches, describe_mismatches
 from harness.ksm.race import Interval, RaceNotExercised, RaceRecord, ksm_file
 from harness.pytest_plugin.ksm_scenarios import exercise_race, on_nodes
 from harness.workloads import Workload
@@ -125,6 +127,24 @@ def forks_during_unmerge(a: Workload, d: Workload, region: str, addr: int, keep:
     return rec.exercised(), kept_ksm
 
 
+def assert_run2_left_nothing(ksm: Ksm, left: KsmSnapshot, rec: RaceRecord, what: str) -> None:
+    """Every counter 0 after run=2 (``left``, read as it returned). One exception, from
+    mm/ksm.c: a KSM page still mapped by an mm exiting at that moment (A's children exit
+    all through run=2, and __mmput calls ksm_exit before exit_mmap) is busy for
+    remove_stable_node(), which run=2 ignores ("don't worry if some are still busy") and
+    remove_all_stable_nodes() stops that node's tree there: stable nodes stay, seen as
+    stable_node_chains/dups with every page counter 0 (under load: chains 5, dups 4). Those
+    children are gone now, so a second run=2 must remove them; a counter it leaves is wrong.
+    Called after every mapping is checked: a live process still mapping a KSM page fails
+    there, before a second run=2 could unmerge it."""
+    wrong = count_mismatches(left, ZERO_COUNTS, ksm.lumped)
+    if wrong and all(name.startswith("stable_node_") for name in wrong):
+        rec.facts["stable nodes run=2 left busy"] = describe_mismatches(wrong)
+        left = ksm.unmerge_all()
+        what += " twice (the first left stable nodes an exiting child still mapped)"
+    check_counts(left, ZERO_COUNTS, f"{what} ({rec.summary()})", ksm.lumped)
+
+
 def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
         ksm: Ksm, workload: WorkloadFactory, memcg: MemcgFactory, zram_swap: str,
         request: pytest.FixtureRequest) -> None:
@@ -158,6 +178,10 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
 
     for cycle, mac in enumerate((1, 0, 1)):
         def attempt(i: int, cycle: int = cycle, mac: int = mac) -> RaceRecord:
+            # An attempt whose race was missed ends early, with B's pages still in zram: read
+            # back, they are present again, as the layout's counts assume (ksmd scans present
+            # pages only). Seen under load: attempt 2.1 short of B's 64 unique pages.
+            b.verify()
             ksm.set("merge_across_nodes", mac)  # run=2 came before: it must not be EBUSY
             ksm.set("run", 1)
             ksm.wait_counts(layout.expected(merge_across_nodes=bool(mac)),
@@ -179,7 +203,7 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
             rec.facts["B swapped"] = swapped
             # The outcome. Nothing anywhere still maps a KSM page: A, its children (those
             # forked inside run=2 from KSM pages too), B faulting its swapped pages now.
-            ksm.assert_counts(ZERO_COUNTS, f"cycle {cycle}: after run=2 ({rec.summary()})")
+            left = ksm.exact_counters()
             b.verify()
             a.verify()
             d.verify()
@@ -195,6 +219,7 @@ def test_merge_across_nodes_cycles_with_swapcache_and_forks_during_unmerge(
                  f"pages) still maps KSM pages: {reply}")
             a.children_verify()
             assert set(a.children_exit()) == {0}
+            assert_run2_left_nothing(ksm, left, rec, f"cycle {cycle}: after run=2")
             return rec
 
         records.append(exercise_race(request.node, f"cycle {cycle}: forks during run=2",
