@@ -83,6 +83,10 @@
  *                          read the bit back (root) -> ok idle pfn=P idle=0|1 lru=L ksm=K
  *                          (kpageflags after, -1 unreadable; pfn=0: not present, no-op)
  *   peek NAME PAGE OFFSET LEN   -> ok hex=... (LEN <= 64 bytes, for debugging)
+ *   killwrite PATH VALUE probe=PID:ADDR:PAGES [ms=LIMIT]
+ *        a helper writes VALUE to PATH; SIGKILL to it the moment the probe (as for race)
+ *        reads p, or after LIMIT ms (default 60000) -> ok killwrite killed=0|1
+ *        status=exit:N|signal:N state=S polls=N probe_by=.. t0=.. tkill=..
  *   race PATH VALUE fork MAXKEPT [probe=PID:ADDR:PAGES] [delay=MS]
  *        a race with guest-side timestamps (CLOCK_MONOTONIC, microseconds): a helper spawned
  *        without copying this mm ("ksmwork write PATH VALUE", e.g. KSM's run=2) writes VALUE
@@ -209,7 +213,7 @@ static int dispatch(char *line)
 		{"kpf", cmd_kpf}, {"moved", cmd_moved}, {"kpcg", cmd_kpcg},
 		{"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"prctl", cmd_prctl},
 		{"fork", cmd_fork}, {"children", cmd_children}, {"pids", cmd_pids},
-		{"race", cmd_race}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
+		{"race", cmd_race}, {"killwrite", cmd_killwrite}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
 		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"idle", cmd_idle},
 	};
 	char *argv[MAX_ARGS + 1];

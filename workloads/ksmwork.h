@@ -16,7 +16,7 @@
  *   ksmwork_ksmpages.c which pages are KSM pages, on every kernel: ksm_view, kpftrust
  *   ksmwork_abi.c      userfaultfd, MADV_COLLAPSE, PR_SET_MEMORY_MERGE
  *   ksmwork_children.c forked children: fork, children, pids
- *   ksmwork_race.c     races with guest-side timestamps: race, exitwhen, kidsexitwhen
+ *   ksmwork_race.c     races with guest-side timestamps: race, killwrite, exitwhen, kidsexitwhen
  *   ksmwork_vma.c      address-space changes: reserve, vmop
  *   ksmwork_oneshot.c  "ksmwork write|swapoff|swapoff-during|waitexit|now" (no command loop)
  */
@@ -251,6 +251,7 @@ int cmd_pids(int argc, char **argv);
 
 /* ---- ksmwork_race.c ---- */
 int cmd_race(int argc, char **argv);
+int cmd_killwrite(int argc, char **argv);
 int cmd_exitwhen(int argc, char **argv);
 int cmd_kidsexitwhen(int argc, char **argv);
 

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,46 @@ static char probe_state(int pmfd, int kfd, int cfd, uintptr_t addr, uint64_t pag
 	if (first == 0 && last == 0)
 		return 'u';
 	return 's';
+}
+
+/* "probe=PID:ADDR:PAGES" -> its three numbers (PAGES > 0). */
+static int parse_probe(const char *who, char *arg, uint64_t *pid, uint64_t *addr, uint64_t *pages)
+{
+	char *a = arg + 6, *b = strchr(a, ':'), *c = b ? strchr(b + 1, ':') : NULL;
+	if (strncmp(arg, "probe=", 6) != 0 || !b || !c)
+		return err("%s: bad probe '%s' (want probe=PID:ADDR:PAGES)", who, arg);
+	*b = *c = 0;
+	if (parse_u64(a, pid) || parse_u64(b + 1, addr) || parse_u64(c + 1, pages) || *pages == 0)
+		return err("%s: bad probe numbers", who);
+	return 0;
+}
+
+/* Opens what probe_state() reads for process PID; *by names the KSM test used. */
+static int open_probe(const char *who, uint64_t pid, int *pmfd, int *kfd, int *cfd,
+		      const char **by)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%llu/pagemap", (unsigned long long)pid);
+	*pmfd = open(path, O_RDONLY);
+	*kfd = open("/proc/kpageflags", O_RDONLY);
+	*cfd = -1;
+	if (*pmfd < 0 || *kfd < 0) {
+		int e = errno;
+		if (*pmfd >= 0)
+			close(*pmfd);
+		if (*kfd >= 0)
+			close(*kfd);
+		return err("%s: probe %s: %s", who, *pmfd < 0 ? path : "/proc/kpageflags", errstr(e));
+	}
+	/* where KPF_KSM lies: /proc/kpagecount > 1 (PID has no fork children) */
+	*by = kpf_ksm_lies_on(*kfd) ? "kpagecount" : "kpageflags";
+	if (kpf_ksm_lies_on(*kfd) && (*cfd = open("/proc/kpagecount", O_RDONLY)) < 0) {
+		int e = errno;
+		close(*pmfd);
+		close(*kfd);
+		return err("%s: probe: kpageflags-ksm-unreliable, /proc/kpagecount: %s", who, errstr(e));
+	}
+	return 0;
 }
 
 /* Spawns "ksmwork write PATH VALUE" (vfork-style: this mm is not copied); its stdout -> *out. */
@@ -66,13 +107,8 @@ int cmd_race(int argc, char **argv)
 			   "[delay=MS]", MAX_CHILDREN - nchildren);
 	for (int i = 5; i < argc; i++) {
 		if (strncmp(argv[i], "probe=", 6) == 0) {
-			char *a = argv[i] + 6, *b = strchr(a, ':'), *c = b ? strchr(b + 1, ':') : NULL;
-			if (!b || !c)
-				return err("race: bad probe '%s' (want PID:ADDR:PAGES)", argv[i]);
-			*b = *c = 0;
-			if (parse_u64(a, &ppid) || parse_u64(b + 1, &paddr) || parse_u64(c + 1, &ppages) ||
-			    ppages == 0)
-				return err("race: bad probe numbers");
+			if (parse_probe("race", argv[i], &ppid, &paddr, &ppages))
+				return -1;
 			have_probe = 1;
 		} else if (strncmp(argv[i], "delay=", 6) == 0) {
 			if (parse_u64(argv[i] + 6, &delay))
@@ -83,28 +119,8 @@ int cmd_race(int argc, char **argv)
 	}
 	int pmfd = -1, kfd = -1, cfd = -1;
 	const char *probe_by = "-";
-	if (have_probe) {
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/%llu/pagemap", (unsigned long long)ppid);
-		pmfd = open(path, O_RDONLY);
-		kfd = open("/proc/kpageflags", O_RDONLY);
-		if (pmfd < 0 || kfd < 0) {
-			int e = errno;
-			if (pmfd >= 0)
-				close(pmfd);
-			if (kfd >= 0)
-				close(kfd);
-			return err("race: probe %s: %s", pmfd < 0 ? path : "/proc/kpageflags", errstr(e));
-		}
-		/* where KPF_KSM lies: /proc/kpagecount > 1 (PID has no fork children) */
-		probe_by = kpf_ksm_lies_on(kfd) ? "kpagecount" : "kpageflags";
-		if (kpf_ksm_lies_on(kfd) && (cfd = open("/proc/kpagecount", O_RDONLY)) < 0) {
-			close(pmfd);
-			close(kfd);
-			return err("race: probe: kpageflags-ksm-unreliable, /proc/kpagecount: %s",
-				   errstr(errno));
-		}
-	}
+	if (have_probe && open_probe("race", ppid, &pmfd, &kfd, &cfd, &probe_by))
+		return -1;
 	int outfd = -1, st = 0, first_kept = nchildren, nforks = 0, kept = 0;
 	pid_t parent = getpid();
 	/* Already forking when the write starts: one fork (exiting at once) before the writer. */
@@ -225,6 +241,61 @@ static int read_number(const char *path, long long *v)
 		return -1;
 	buf[n] = 0;
 	*v = strtoll(buf, NULL, 10);
+	return 0;
+}
+
+/* killwrite PATH VALUE probe=PID:ADDR:PAGES [ms=LIMIT]: the write killed part-way, decided in
+ * the guest. A helper writes VALUE to PATH (e.g. KSM's run=2, which unmerges one mm after
+ * another); this process polls the probe and sends the helper SIGKILL the moment the probed
+ * mm is part-way (state p: its first page no longer KSM, its last one still KSM). A delay
+ * timed from the host could not aim: the whole write lasts ~1 s on one kernel under TCG and
+ * a few ms on another. -> ok killwrite killed=0|1 status=exit:N|signal:N state=S polls=N
+ * t0=.. tkill=.. (state: the probe when the kill was sent, or when the write ended first) */
+int cmd_killwrite(int argc, char **argv)
+{
+	uint64_t ppid = 0, paddr = 0, ppages = 0, limit_ms = 60000;
+	if (is_child)
+		return err("killwrite: not supported in a child");
+	if (argc < 4 || argc > 5)
+		return err("usage: killwrite PATH VALUE probe=PID:ADDR:PAGES [ms=LIMIT]");
+	if (parse_probe("killwrite", argv[3], &ppid, &paddr, &ppages))
+		return -1;
+	if (argc == 5 && (strncmp(argv[4], "ms=", 3) != 0 || parse_u64(argv[4] + 3, &limit_ms)))
+		return err("killwrite: bad limit '%s' (want ms=N)", argv[4]);
+	int pmfd, kfd, cfd, outfd = -1, st = 0, killed = 0;
+	const char *probe_by;
+	if (open_probe("killwrite", ppid, &pmfd, &kfd, &cfd, &probe_by))
+		return -1;
+	long long t0 = now_us(), tkill = -1;
+	pid_t writer = spawn_writer(argv[1], argv[2], &outfd);
+	if (writer < 0) {
+		int e = errno;
+		close(pmfd), close(kfd);
+		if (cfd >= 0)
+			close(cfd);
+		return err("killwrite: spawning the writer: %s", errstr(e));
+	}
+	char state = '-';
+	long polls = 0;
+	for (;;) {
+		state = probe_state(pmfd, kfd, cfd, (uintptr_t)paddr, ppages);
+		polls++;
+		if (state == 'p' || now_us() - t0 > (long long)limit_ms * 1000) {
+			tkill = now_us();
+			killed = kill(writer, SIGKILL) == 0;
+			waitpid(writer, &st, 0);
+			break;
+		}
+		if (waitpid(writer, &st, WNOHANG) == writer)
+			break;
+	}
+	close(pmfd), close(kfd);
+	if (cfd >= 0)
+		close(cfd);
+	close(outfd);
+	ok("killwrite killed=%d status=%s:%d state=%c polls=%ld probe_by=%s t0=%lld tkill=%lld",
+	   killed, WIFSIGNALED(st) ? "signal" : "exit",
+	   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), state, polls, probe_by, t0, tkill);
 	return 0;
 }
 

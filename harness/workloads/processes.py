@@ -55,6 +55,17 @@ class ProcessCommands(Session):
         self.children_pids += [int(p) for p in fields.get("pids", "").split(",") if p]
         return fields
 
+    def kill_write(self, path: str, value: int | str, probe: tuple[int, int, int],
+                   limit_ms: int = 60000, timeout: float = 120.0) -> dict[str, str]:
+        """Write VALUE to PATH from a helper and SIGKILL it, in the guest, the moment the
+        probe (as for :meth:`race_forks`) reads p (the probed mm part-way through being
+        unmerged), or after ``limit_ms``. Returns the reply's fields (killed, status
+        exit:N|signal:N, state: the probe at the kill or when the write ended first, polls,
+        probe_by, t0, tkill)."""
+        line = (f"killwrite {path} {value} "
+                f"probe={int(probe[0])}:{int(probe[1]):#x}:{int(probe[2])} ms={int(limit_ms)}")
+        return self.command(line, timeout).fields
+
     def exit_when(self, path: str, value: int | None = None, ms: int = 20000) -> None:
         """Send ``exitwhen`` (no wait): poll PATH until it reads ``value`` (None: until it
         moves), then exit at once, hit or not (children die with it); :meth:`exited`."""
