@@ -178,12 +178,19 @@ def ram_dir(mem_mb: int) -> Path | None:
     return None
 
 
+RAM_COPY_TIMEOUT = 300  # seconds; ~120 MB touched of RAM copies in about a second here
+
+
 def copy_ram(files: list[Path], snap: Snapshot) -> None:
     """Copy the stopped guest's RAM files into the snapshot, holes kept (a booted guest has
     touched ~120 MB of its RAM)."""
     for i, src in enumerate(files):
-        r = subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))],
-                           capture_output=True, text=True)
+        try:
+            r = subprocess.run(["cp", "--sparse=always", str(src), str(snap.ram(i))],
+                               capture_output=True, text=True, timeout=RAM_COPY_TIMEOUT)
+        except subprocess.TimeoutExpired:  # a hung or starved disk: no snapshot, no hang
+            raise OSError(f"copying the guest's RAM into {snap.dir.parent}: not done after "
+                          f"{RAM_COPY_TIMEOUT}s") from None
         if r.returncode != 0:  # cp's own words say why (a full cache: "No space left")
             raise OSError(f"copying the guest's RAM into {snap.dir.parent}: "
                           f"{r.stderr.strip() or f'cp exit {r.returncode}'}")
