@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.machine.qmp import qemu_qmp_arg
 from harness.machine.topology import MODULES_SERIAL, ROOT_SERIAL, Topology
 
 QEMU = "qemu-system-x86_64"
@@ -111,7 +112,7 @@ class QemuConfig:
                 "-kernel", str(self.kernel), "-initrd", str(self.initrd),
                 "-append", self.kernel_cmdline(),
                 "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
-                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+                "-qmp", qemu_qmp_arg(self.qmp_socket),
                 "-pidfile", str(self.pidfile)]
         if len(topo.nodes) > 1:
             cpu = 0

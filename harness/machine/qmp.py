@@ -1,6 +1,7 @@
 """A small QMP client: status, quit, and keys (sysrq) when the guest's userspace is gone."""
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -10,6 +11,25 @@ from typing import Any
 
 class QMPError(Exception):
     pass
+
+
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one a NUL
+
+
+def abstract_name(path: Path) -> str | None:
+    """A socket path too long for sockaddr_un (a deep runs dir in a CI workspace) becomes a
+    name in the abstract namespace, the same for QEMU and us; None: the path itself fits."""
+    if len(str(path).encode()) <= SUN_PATH_MAX:
+        return None
+    return "ksm-harness-qmp-" + hashlib.sha256(str(path).encode()).hexdigest()[:24]
+
+
+def qemu_qmp_arg(path: Path) -> str:
+    """QEMU's -qmp argument for a server socket at ``path`` (see :func:`abstract_name`)."""
+    name = abstract_name(path)
+    if name is None:
+        return f"unix:{path},server=on,wait=off"
+    return f"unix:{name},abstract=on,server=on,wait=off"
 
 
 class QMP:
@@ -25,7 +45,8 @@ class QMP:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self.timeout)
-                sock.connect(str(self.path))
+                name = abstract_name(self.path)
+                sock.connect(str(self.path) if name is None else "\0" + name)
                 break
             except OSError as exc:
                 sock.close()

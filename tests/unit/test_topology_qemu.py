@@ -106,3 +106,16 @@ def test_guest_ram_in_files_shared_to_save_a_snapshot_private_to_restore_one() -
     argv = " ".join(one.argv())
     assert "-numa" not in argv and "-machine memory-backend=mem0" in argv
     assert one.ram_files() == [Path("/snap/ram0")]
+
+
+def test_a_qmp_socket_path_too_long_for_sun_path_becomes_an_abstract_name() -> None:
+    from harness.machine.qmp import SUN_PATH_MAX, abstract_name, qemu_qmp_arg
+    short = Path("/root/.cache/ksm-harness/runs/pytest-1/001-test_merge/qmp.sock")
+    assert abstract_name(short) is None
+    assert qemu_qmp_arg(short) == f"unix:{short},server=on,wait=off"
+    deep = Path("/builds/" + "x" * 80 + "/runs/pytest-20261205-023558-26981/001-test_merge/qmp.sock")
+    assert len(str(deep)) > SUN_PATH_MAX
+    name = abstract_name(deep)
+    assert name is not None and len(name) < SUN_PATH_MAX
+    assert name != abstract_name(deep.with_name("other.sock"))  # one per run dir
+    assert qemu_qmp_arg(deep) == f"unix:{name},abstract=on,server=on,wait=off"
