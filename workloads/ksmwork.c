@@ -158,13 +158,7 @@ static int cmd_pid(int argc, char **argv)
 	return ok("pid=%d", (int)getpid());
 }
 
-static int cmd_help(int argc, char **argv)
-{
-	(void)argc, (void)argv;
-	return ok("commands: alloc madvise verify write corrupt touch mlock munlock mlockall "
-		  "munlockall fork children pids move nodes policy migrate smaps free sleep pid "
-		  "regions peek crash churn pageflags race kpf help exit");
-}
+static int cmd_help(int argc, char **argv);
 
 /* Dies of SIGSEGV on purpose, so a harness can prove it notices a crashed workload. */
 static int cmd_crash(int argc, char **argv)
@@ -197,25 +191,39 @@ static void reap_children(char *note, size_t len)
 	reply_len = 0;
 }
 
+static const struct command cmds[] = { /* by family: see ksmwork.h */
+	{"sleep", cmd_sleep}, {"pid", cmd_pid}, {"help", cmd_help}, {"crash", cmd_crash},
+	{"alloc", cmd_alloc}, {"free", cmd_free}, {"madvise", cmd_madvise}, {"mlock", cmd_mlock},
+	{"munlock", cmd_mlock}, {"mlockall", cmd_mlockall}, {"munlockall", cmd_mlockall},
+	{"hugetlb", cmd_hugetlb}, {"regions", cmd_regions},
+	{"verify", cmd_verify}, {"write", cmd_write}, {"corrupt", cmd_corrupt},
+	{"touch", cmd_touch}, {"churn", cmd_churn}, {"peek", cmd_peek}, {"poke", cmd_poke},
+	{"hole", cmd_hole}, {"punch", cmd_punch},
+	{"nodes", cmd_nodes}, {"move", cmd_move}, {"migrate", cmd_migrate},
+	{"policy", cmd_policy}, {"mbind", cmd_mbind},
+	{"smaps", cmd_smaps}, {"kpftrust", cmd_kpftrust}, {"pageflags", cmd_pageflags},
+	{"kpf", cmd_kpf}, {"moved", cmd_moved}, {"kpcg", cmd_kpcg},
+	{"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"prctl", cmd_prctl},
+	{"fork", cmd_fork}, {"children", cmd_children}, {"pids", cmd_pids},
+	{"race", cmd_race}, {"killwrite", cmd_killwrite}, {"exitwhen", cmd_exitwhen},
+	{"kidsexitwhen", cmd_kidsexitwhen},
+	{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"idle", cmd_idle},
+};
+static const size_t ncmds = sizeof(cmds) / sizeof(cmds[0]);
+
+/* Every command the loop knows, from the table itself (a hand list went stale). */
+static int cmd_help(int argc, char **argv)
+{
+	(void)argc, (void)argv;
+	ok("commands:");
+	for (size_t i = 0; i < ncmds; i++)
+		app(" %s", cmds[i].name);
+	app(" exit");
+	return 0;
+}
+
 static int dispatch(char *line)
 {
-	static const struct command cmds[] = { /* by family: see ksmwork.h */
-		{"sleep", cmd_sleep}, {"pid", cmd_pid}, {"help", cmd_help}, {"crash", cmd_crash},
-		{"alloc", cmd_alloc}, {"free", cmd_free}, {"madvise", cmd_madvise}, {"mlock", cmd_mlock},
-		{"munlock", cmd_mlock}, {"mlockall", cmd_mlockall}, {"munlockall", cmd_mlockall},
-		{"hugetlb", cmd_hugetlb}, {"regions", cmd_regions},
-		{"verify", cmd_verify}, {"write", cmd_write}, {"corrupt", cmd_corrupt},
-		{"touch", cmd_touch}, {"churn", cmd_churn}, {"peek", cmd_peek}, {"poke", cmd_poke},
-		{"hole", cmd_hole}, {"punch", cmd_punch},
-		{"nodes", cmd_nodes}, {"move", cmd_move}, {"migrate", cmd_migrate},
-		{"policy", cmd_policy}, {"mbind", cmd_mbind},
-		{"smaps", cmd_smaps}, {"kpftrust", cmd_kpftrust}, {"pageflags", cmd_pageflags},
-		{"kpf", cmd_kpf}, {"moved", cmd_moved}, {"kpcg", cmd_kpcg},
-		{"uffd", cmd_uffd}, {"collapse", cmd_collapse}, {"prctl", cmd_prctl},
-		{"fork", cmd_fork}, {"children", cmd_children}, {"pids", cmd_pids},
-		{"race", cmd_race}, {"killwrite", cmd_killwrite}, {"exitwhen", cmd_exitwhen}, {"kidsexitwhen", cmd_kidsexitwhen},
-		{"reserve", cmd_reserve}, {"vmop", cmd_vmop}, {"idle", cmd_idle},
-	};
 	char *argv[MAX_ARGS + 1];
 	int argc = 0;
 	for (char *tok = strtok(line, " \t\r\n"); tok; tok = strtok(NULL, " \t\r\n")) {
@@ -225,7 +233,7 @@ static int dispatch(char *line)
 	}
 	if (argc == 0)
 		return err("empty command");
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+	for (size_t i = 0; i < ncmds; i++)
 		if (strcmp(argv[0], cmds[i].name) == 0)
 			return cmds[i].fn(argc, argv);
 	return err("unknown command '%s' (try help)", argv[0]);

@@ -474,3 +474,15 @@ def test_race_probe_refusal_is_a_skip_with_the_reason() -> None:
     assert str(e).startswith("cannot check on this kernel: race: probe: this kernel's /proc/")
     other = refusal("c0", "alloc r 1 x", "err alloc: bad pattern")
     assert type(other) is WorkloadError and "refused 'alloc r 1 x'" in str(other)
+
+
+def test_help_lists_every_command_the_loop_knows(binary: Path) -> None:
+    """help is read from the dispatch table: each name it lists is a command (a bare call
+    gets its usage or runs, never "unknown command"), and a name it omits is unknown."""
+    lines, _ = raw(binary, "help")
+    names = lines[0].removeprefix("ok commands:").split()
+    assert {"alloc", "race", "killwrite", "vmop", "exit"} <= set(names)
+    calls = [n for n in names if n not in ("exit", "crash", "sleep", "churn")]
+    replies, _ = raw(binary, *calls, "nosuchcommand")
+    unknown = [c for c, r in zip(calls, replies) if "unknown command" in r]
+    assert unknown == [] and "unknown command" in replies[len(calls)]
