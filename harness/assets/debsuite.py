@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness import deps
 from harness.assets import aptsources, debindex
-from harness.assets.atomic import building, locked
+from harness.assets.atomic import building, locked, usable
 from harness.errors import KernelError
 from harness.paths import cache_dir
 
@@ -152,7 +152,7 @@ def fetch(suite: str, package: str,
     closure = resolve(suite, package, log)
     image = debindex.image_part(closure)
     out = cache_dir() / "kernels" / f"{image.package}_{image.version}"
-    if out.exists():
+    if usable(out, "kernel package tree", log):
         return out
     with building(out) as tmp:
         if tmp is not None:
