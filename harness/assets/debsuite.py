@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import deps
-from harness.assets import aptsources, debindex
+from harness.assets import aptlog, aptsources, debindex
 from harness.assets.atomic import building, locked, usable
 from harness.errors import KernelError
 from harness.paths import cache_dir
@@ -63,8 +63,8 @@ def _errors(r: subprocess.CompletedProcess[str], suite: str = "") -> str:
     """apt's error lines, those about ``suite`` itself (not its pockets) when there are any."""
     lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.startswith(("E:", "Err:"))]
     own = [ln for ln in lines if re.search(rf" {re.escape(suite)}(?: |/|'|$)", ln)] if suite else []
-    return "; ".join((own or lines)[-2:]) or (
-        r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    return "; ".join(aptlog.shorten(ln, 200) for ln in (own or lines)[-2:]) or \
+        aptlog.cause(r.stderr, r.stdout, r.returncode)
 
 
 def apt_root(suite: str) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import deps
+from harness.assets import aptlog
 from harness.assets.atomic import building, record, usable
 from harness.assets.kconfig import parse_config
 from harness.assets.kimage import (
@@ -378,7 +379,7 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
             debs = list(root.glob("*.deb"))
             if r.returncode != 0 or not debs:
                 raise KernelError(f"apt-get download {' '.join(parts)} failed: "
-                                  f"{r.stderr.strip()[-300:]}")
+                                  f"{aptlog.cause(r.stderr, r.stdout, r.returncode)}")
             for deb in debs:
                 _run_or_fail(["dpkg-deb", "-x", str(deb), str(root)])
                 deb.unlink()
