@@ -151,13 +151,16 @@ def damage(out: Path) -> str | None:
     no record (made by a harness before records) is taken as it is and recorded now."""
     got = digest(out)
     if recorded(out) is None:
-        with open(lock_path(out), "a") as lock:  # not while a builder writes its record
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if recorded(out) is None:
-                    _write_record(out, got)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        try:
+            with open(lock_path(out), "a") as lock:  # not while a builder writes its record
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if recorded(out) is None:
+                        _write_record(out, got)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        except OSError:  # a read-only or full cache: used unchecked, as before records
+            return None
     return _mismatch(got, recorded(out))
 
 

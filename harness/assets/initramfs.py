@@ -165,12 +165,18 @@ def run_part(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 def compose(kernel: Kernel, files: dict[str, tuple[bytes, int]], out: Path) -> Path:
     """The kernel's part and this run's files in one initrd, mode 0600: it holds keys."""
-    with open_private(out) as fh:
-        with kernel_part(kernel).open("rb") as src:
-            shutil.copyfileobj(src, fh)
-        # the kernel only finds an uncompressed archive that starts 4-byte aligned
-        fh.write(b"\0" * (-fh.tell() % 4))
-        fh.write(run_part(files))
+    part = kernel_part(kernel)
+    try:
+        with open_private(out) as fh:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
+            # the kernel only finds an uncompressed archive that starts 4-byte aligned
+            fh.write(b"\0" * (-fh.tell() % 4))
+            fh.write(run_part(files))
+    except OSError as exc:
+        if exc.filename is None:  # a write to the open file (a full run directory): name it
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+        raise
     return out
 
 

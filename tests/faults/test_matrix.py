@@ -172,6 +172,10 @@ def setup(cell: Cell, base: Path, work: Path) -> Iterator[Setup]:
     if cell.fault in ("truncated", "corrupted"):
         fresh = True
     if not fresh:
+        if cell.fault == "enospc-run":
+            with _tmpfs(base / "runs", "64m") as full:
+                yield Setup(base, report, {faultpoints.PATH_ENV: str(full)})
+            return
         with _report_dir(cell, report) as env:
             yield Setup(base, report, env, runs=2 if cell.fault == "two-harnesses" else 1)
         return
@@ -184,8 +188,9 @@ def setup(cell: Cell, base: Path, work: Path) -> Iterator[Setup]:
 
 
 def _fresh(cell: Cell, cache: Path, report: Path) -> Iterator[Setup]:
-    if cell.fault == "enospc-cache":
-        entry = "initramfs" if cell.phase == "artefact-build" else "snapshots"
+    if cell.fault in ("enospc-cache", "enospc-run"):
+        entry = "runs" if cell.fault == "enospc-run" else \
+            "initramfs" if cell.phase == "artefact-build" else "snapshots"
         with _tmpfs(cache / entry, "64m") as full:
             yield Setup(cache, report, {faultpoints.PATH_ENV: str(full)})
         return
@@ -239,7 +244,7 @@ def _params() -> list[object]:
     return out
 
 
-INJECTED = {"enospc-cache": "fill", "enospc-report": "fill", "eacces": "mark",
+INJECTED = {"enospc-cache": "fill", "enospc-run": "fill", "enospc-report": "fill", "eacces": "mark",
             "truncated": "mark", "corrupted": "mark", "two-harnesses": "mark"}
 
 

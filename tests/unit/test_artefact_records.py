@@ -132,3 +132,32 @@ def test_a_rebuilt_artefact_does_not_get_the_old_snapshot(tmp_path: Path,
         again = snapshot.key(argv, run, {})
         assert again != first, f"rebuilt {art.name}: the old snapshot's key"
         first = again
+
+
+def test_a_cache_that_cannot_take_a_record_is_used_unchecked(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    old = tmp_path / "images" / "base.qcow2"
+    old.parent.mkdir()
+    old.write_bytes(b"QFI\xfb")
+
+    def read_only(out: Path, value: str) -> None:
+        raise OSError(30, "Read-only file system", str(atomic.record_path(out)))
+    monkeypatch.setattr(atomic, "_write_record", read_only)
+    assert check(old, "guest image") == (True, [])  # as before records: no new failure
+
+
+def test_a_full_run_directory_names_the_initrd_it_could_not_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fault matrix's enospc-run@artefact-build: a write to an open file names no file,
+    # and the CLI's one line for a host file-system fault needs one (else a traceback)
+    from harness.assets import initramfs
+    from harness.errors import host_file_line
+    part = tmp_path / "part.cpio.gz"
+    part.write_bytes(b"\x1f\x8b" + b"\0" * 100)
+    monkeypatch.setattr(initramfs, "kernel_part", lambda kernel: part)
+    monkeypatch.setattr(initramfs, "open_private", lambda path: open("/dev/full", "wb"))
+    out = tmp_path / "run" / "initrd.img"
+    with pytest.raises(OSError) as caught:
+        initramfs.compose(None, {"x": (b"y", 0o644)}, out)  # type: ignore[arg-type]
+    assert host_file_line(caught.value) == f"no space left on device writing {out}"
