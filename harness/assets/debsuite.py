@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import deps
-from harness.assets import aptsources, debindex
-from harness.assets.atomic import building, locked
+from harness.assets import aptlog, aptsources, debindex
+from harness.assets.atomic import building, locked, usable
 from harness.errors import KernelError
 from harness.paths import cache_dir
 
@@ -63,8 +63,8 @@ def _errors(r: subprocess.CompletedProcess[str], suite: str = "") -> str:
     """apt's error lines, those about ``suite`` itself (not its pockets) when there are any."""
     lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.startswith(("E:", "Err:"))]
     own = [ln for ln in lines if re.search(rf" {re.escape(suite)}(?: |/|'|$)", ln)] if suite else []
-    return "; ".join((own or lines)[-2:]) or (
-        r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    return "; ".join(aptlog.shorten(ln, 200) for ln in (own or lines)[-2:]) or \
+        aptlog.cause(r.stderr, r.stdout, r.returncode)
 
 
 def apt_root(suite: str) -> Path:
@@ -152,7 +152,7 @@ def fetch(suite: str, package: str,
     closure = resolve(suite, package, log)
     image = debindex.image_part(closure)
     out = cache_dir() / "kernels" / f"{image.package}_{image.version}"
-    if out.exists():
+    if usable(out, "kernel package tree", log):
         return out
     with building(out) as tmp:
         if tmp is not None:

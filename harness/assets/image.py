@@ -5,7 +5,6 @@ No loop mount: mmdebstrap fills a directory, `mkfs.ext4 -d` turns it into a file
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -13,11 +12,11 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import deps, progress
+from harness.assets.atomic import building, usable
 from harness.errors import ImageError
 from harness.paths import REPO, cache_dir
 
@@ -43,27 +42,14 @@ def image_path(recipe: Path = DEFAULT_RECIPE) -> Path:
     return cache_dir() / "images" / f"{recipe.stem}-{recipe_hash(recipe)}.qcow2"
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Parallel runs (pytest-xdist, two terminals) build an image once, not twice."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure(recipe: Path = DEFAULT_RECIPE, log: Log = _stderr) -> Path:
-    """The cached base image for ``recipe``, built first if needed."""
+    """The cached base image for ``recipe``, built first if needed (or again if damaged)."""
     out = image_path(recipe)
-    if out.exists():
+    if usable(out, "guest image", log):
         return out
-    with _lock(out.with_suffix(".lock")):
-        if out.exists():
-            return out
-        build(recipe, out, log)
+    with building(out) as tmp:  # parallel runs (xdist, two terminals) build it once
+        if tmp is not None:
+            build(recipe, tmp, log)
     return out
 
 
@@ -89,7 +75,7 @@ def build(recipe: Path, out: Path, log: Log = _stderr) -> None:
     work.mkdir(parents=True)
     rootdir = work / "root"
     t0 = time.monotonic()
-    log(f"ksm-harness: building guest image {out.name} from {recipe.name} "
+    log(f"ksm-harness: building guest image {image_path(recipe).name} from {recipe.name} "
         "(once; takes about a minute)")
     try:
         cmd = ["mmdebstrap", "--variant=apt", "--mode=root" if os.geteuid() == 0 else "--mode=unshare",
@@ -108,7 +94,7 @@ def build(recipe: Path, out: Path, log: Log = _stderr) -> None:
         tmp.replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"ksm-harness: guest image ready in {time.monotonic() - t0:.0f}s: {out}")
+    log(f"ksm-harness: guest image ready in {time.monotonic() - t0:.0f}s")
 
 
 def overlay(base: Path, dest: Path) -> Path:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from harness import deps
-from harness.assets.atomic import building
+from harness.assets.atomic import building, usable
 from harness.assets.cpio import Archive
 from harness.assets.kernel import Kernel
 from harness.errors import KernelError
@@ -101,7 +101,7 @@ def kernel_part(kernel: Kernel) -> Path:
     key = hashlib.sha256(init + BUSYBOX.read_bytes()[:4096] + str(kernel.modules_dir).encode()
                          + "\n".join(mods).encode() + kernel.release.encode()).hexdigest()[:16]
     out = cache_dir() / "initramfs" / f"{kernel.release}-{key}.cpio.gz"
-    if out.exists():
+    if usable(out, "initramfs"):
         return out
     with building(out) as tmp:
         if tmp is not None:
@@ -165,12 +165,18 @@ def run_part(files: dict[str, tuple[bytes, int]]) -> bytes:
 
 def compose(kernel: Kernel, files: dict[str, tuple[bytes, int]], out: Path) -> Path:
     """The kernel's part and this run's files in one initrd, mode 0600: it holds keys."""
-    with open_private(out) as fh:
-        with kernel_part(kernel).open("rb") as src:
-            shutil.copyfileobj(src, fh)
-        # the kernel only finds an uncompressed archive that starts 4-byte aligned
-        fh.write(b"\0" * (-fh.tell() % 4))
-        fh.write(run_part(files))
+    part = kernel_part(kernel)
+    try:
+        with open_private(out) as fh:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
+            # the kernel only finds an uncompressed archive that starts 4-byte aligned
+            fh.write(b"\0" * (-fh.tell() % 4))
+            fh.write(run_part(files))
+    except OSError as exc:
+        if exc.filename is None:  # a write to the open file (a full run directory): name it
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+        raise
     return out
 
 
@@ -183,7 +189,7 @@ def module_disk(kernel: Kernel) -> Path | None:
     stamp = (moddir / "modules.dep").stat().st_mtime if (moddir / "modules.dep").exists() else 0
     key = hashlib.sha256(f"{moddir.resolve()}:{stamp}".encode()).hexdigest()[:12]
     out = cache_dir() / "module-disks" / f"{kernel.release}-{key}.ext4"
-    if out.exists():
+    if usable(out, "module disk"):
         return out
     with building(out) as tmp:
         if tmp is not None:

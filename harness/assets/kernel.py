@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import deps
-from harness.assets.atomic import building
+from harness.assets import aptlog
+from harness.assets.atomic import building, record, usable
 from harness.assets.kconfig import parse_config
 from harness.assets.kimage import (
     ELF_MAGIC,
@@ -150,7 +151,7 @@ def _cached_vmlinux(path: Path, data: bytes) -> Path:
     """Extracted PVH vmlinux for a bzImage, cached by content hash; the bzImage if none."""
     digest = hashlib.sha256(data).hexdigest()[:16]
     out = cache_dir() / "vmlinux" / f"{digest}.vmlinux"
-    if out.exists():
+    if usable(out, "vmlinux"):
         return out
     elf = extract_vmlinux(data)
     if elf is None or not elf_has_pvh_note(elf):
@@ -363,6 +364,8 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
     deps.ensure(["apt-get", "dpkg-deb", "depmod"])
     target = _apt_target(package)
     root = cache_dir() / "kernels" / target
+    if (root / ".complete").exists():
+        usable(root, "kernel package tree", log)  # a damaged tree is removed: fetched again
     if not (root / ".complete").exists():
         log(f"ksm-harness: fetching kernel package {target} with apt-get download")
         t0 = time.monotonic()
@@ -376,7 +379,7 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
             debs = list(root.glob("*.deb"))
             if r.returncode != 0 or not debs:
                 raise KernelError(f"apt-get download {' '.join(parts)} failed: "
-                                  f"{r.stderr.strip()[-300:]}")
+                                  f"{aptlog.cause(r.stderr, r.stdout, r.returncode)}")
             for deb in debs:
                 _run_or_fail(["dpkg-deb", "-x", str(deb), str(root)])
                 deb.unlink()
@@ -384,6 +387,7 @@ def default(package: str = DEFAULT_PACKAGE, log=lambda msg: print(msg, file=sys.
             for mods in module_trees(root):  # -b: the directory above lib/modules
                 _run_or_fail(["depmod", "-b", str(mods.parents[2]), mods.name])
             (root / ".complete").write_text(" ".join(parts) + "\n")
+            record(root)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import faultpoints, paths
-from harness.assets import initramfs
+from harness.assets import atomic, initramfs
 
 FORMAT = "3"  # bump when what a snapshot holds changes
 STATE, DISK, INITRD, CONSOLE = "state", "disk.qcow2", "initrd.img", "boot-console.log"
@@ -78,7 +78,48 @@ def key(argv: list[str], run_dir: Path, inputs: dict[str, bytes]) -> str:
     for name in sorted(inputs):
         h.update(name.encode() + b"\0" + inputs[name] + b"\0")
     h.update((initramfs.INIT_DIR / "initramfs-init.sh").read_bytes())
+    for record in artefacts(argv):
+        h.update(record.encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+def artefacts(argv: list[str]) -> list[str]:
+    """The records (atomic.py: size and checksum) of the cached files QEMU's command line
+    names, the base images under its qcow2 overlays included: a restored guest goes on
+    reading its module disk and root image, so an artefact rebuilt since (same path, new
+    bytes) must not get the old guest: its new record makes a new key."""
+    out = []
+    for arg in argv:
+        for part in arg.split(","):
+            path = Path(part.removeprefix("file="))
+            if not (path.is_absolute() and path.is_file()):
+                continue
+            for file in _backing_chain(path):
+                record = atomic.recorded(file)
+                if record is not None:
+                    out.append(f"{file.name}={record}")
+    return out
+
+
+def _backing_chain(path: Path, depth: int = 8) -> list[Path]:
+    """``path`` and the backing files under it, when it is a qcow2 (its header: magic,
+    version, then the backing file name's offset and size)."""
+    chain = [path]
+    while len(chain) <= depth:
+        try:
+            with open(chain[-1], "rb") as fh:
+                head = fh.read(20)
+                if len(head) < 20 or head[:4] != b"QFI\xfb":
+                    break
+                offset, size = int.from_bytes(head[8:16], "big"), int.from_bytes(head[16:20], "big")
+                if not offset or not 0 < size < 4096:
+                    break
+                fh.seek(offset)
+                name = fh.read(size).decode(errors="replace")
+        except OSError:
+            break
+        chain.append(chain[-1].parent / name)  # an absolute name stays absolute
+    return chain
 
 
 @dataclass(frozen=True)

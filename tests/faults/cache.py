@@ -21,16 +21,23 @@ def shared() -> Path:
 
 
 def private(fresh: tuple[str, ...] = ()) -> Path:
-    """A new cache linking the shared one's entries; ``fresh`` entries start empty (their
+    """A new cache whose directories are its own, linking the shared one's artefacts one
+    by one (so what the harness writes beside an artefact, its record of size and checksum
+    or its lock, stays in the private cache); ``fresh`` entries start empty (their
     artefacts are built). A short path: QMP sockets live under it (< 108 bytes)."""
     cache = Path(tempfile.mkdtemp(prefix="ksm-f-"))
     for entry in shared().iterdir():
         if entry.name in LEFT_OUT or entry.name.endswith(".lock"):
             continue
-        if entry.name in fresh:
-            (cache / entry.name).mkdir()
-        else:
+        if not entry.is_dir():
             (cache / entry.name).symlink_to(entry)
+            continue
+        (cache / entry.name).mkdir()
+        if entry.name in fresh:
+            continue
+        for item in entry.iterdir():
+            if not item.name.endswith((".lock", ".sum")) and ".tmp" not in item.name:
+                (cache / entry.name / item.name).symlink_to(item)
     return cache
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness import faultpoints
+from harness.assets import atomic
 from tests.faults import cache as caches
 from tests.faults.matrix import (
     BOOT_TIMEOUT,
@@ -60,7 +61,7 @@ class Setup:
     cache: Path
     report: Path
     env: dict[str, str] = field(default_factory=dict)
-    damaged: str = ""  # a path prefix (relative to the cache) the cell damaged
+    damaged: tuple[str, ...] = ()  # path prefixes (relative to the cache) the cell damaged
     runs: int = 1  # harnesses started at once
 
 
@@ -151,15 +152,14 @@ def _damage(path: Path, fault: str) -> None:
 
 
 def _own_copy(cache: Path, entry: str, prefix: str) -> Path:
-    """Replace the linked ``entry`` of ``cache`` by a directory holding a copy of the one
-    shared file starting with ``prefix``: the cell may damage the copy."""
-    shared = (cache / entry).resolve()
-    (cache / entry).unlink()
-    (cache / entry).mkdir()
-    src = sorted(p for p in shared.iterdir() if p.name.startswith(prefix) and p.is_file())
-    assert src, f"no {prefix}* in {shared}"
-    dst = cache / entry / src[-1].name
-    subprocess.run(["cp", "--sparse=always", str(src[-1]), str(dst)], check=True)
+    """Replace the link to the one shared file of ``cache``'s ``entry`` starting with
+    ``prefix`` by a copy of it: the cell may damage the copy."""
+    links = sorted(p for p in (cache / entry).iterdir() if p.name.startswith(prefix))
+    assert links, f"no {prefix}* in {cache / entry}"
+    dst = links[-1]
+    src = dst.resolve()
+    dst.unlink()
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
     return dst
 
 
@@ -172,6 +172,10 @@ def setup(cell: Cell, base: Path, work: Path) -> Iterator[Setup]:
     if cell.fault in ("truncated", "corrupted"):
         fresh = True
     if not fresh:
+        if cell.fault == "enospc-run":
+            with _tmpfs(base / "runs", "64m") as full:
+                yield Setup(base, report, {faultpoints.PATH_ENV: str(full)})
+            return
         with _report_dir(cell, report) as env:
             yield Setup(base, report, env, runs=2 if cell.fault == "two-harnesses" else 1)
         return
@@ -184,8 +188,9 @@ def setup(cell: Cell, base: Path, work: Path) -> Iterator[Setup]:
 
 
 def _fresh(cell: Cell, cache: Path, report: Path) -> Iterator[Setup]:
-    if cell.fault == "enospc-cache":
-        entry = "initramfs" if cell.phase == "artefact-build" else "snapshots"
+    if cell.fault in ("enospc-cache", "enospc-run"):
+        entry = "runs" if cell.fault == "enospc-run" else \
+            "initramfs" if cell.phase == "artefact-build" else "snapshots"
         with _tmpfs(cache / entry, "64m") as full:
             yield Setup(cache, report, {faultpoints.PATH_ENV: str(full)})
         return
@@ -200,13 +205,18 @@ def _damaged(cell: Cell, cache: Path, report: Path) -> Setup:
         _warm(cache, "boot", "--", "true")
         snap = next(p for p in (cache / "snapshots").iterdir() if p.is_dir())
         _damage(snap / ("ram0" if cell.fault == "truncated" else "state"), cell.fault)
-        return Setup(cache, report, damaged=f"snapshots/{snap.name}")
+        return Setup(cache, report, damaged=(f"snapshots/{snap.name}",))
     if cell.artefact == "module disk":
         path = _own_copy(cache, "module-disks", "6.1.")
     else:
         path = _own_copy(cache, "images", "bookworm-")
+    # a boot records the good copy and saves a snapshot over it; the cell's boot must not
+    # restore that snapshot onto the artefact rebuilt from the damaged one (a cold boot)
+    _warm(cache, "boot", "--", "true")
+    assert atomic.recorded(path), f"no record of {path} after a boot"
     _damage(path, cell.fault)
-    return Setup(cache, report, damaged=str(path.relative_to(cache)))
+    return Setup(cache, report, damaged=(str(path.relative_to(cache)),
+                                         str(atomic.record_path(path).relative_to(cache))))
 
 
 @contextmanager
@@ -234,7 +244,7 @@ def _params() -> list[object]:
     return out
 
 
-INJECTED = {"enospc-cache": "fill", "enospc-report": "fill", "eacces": "mark",
+INJECTED = {"enospc-cache": "fill", "enospc-run": "fill", "enospc-report": "fill", "eacces": "mark",
             "truncated": "mark", "corrupted": "mark", "two-harnesses": "mark"}
 
 
@@ -260,7 +270,7 @@ def test_cell(cell: Cell, base: Path, tmp_path: Path) -> None:
         if PHASE_VERB[cell.phase] == "run" and cell.status != KILLED:
             _reports_written(cell, s)
         changed = [c for c in caches.changed(before, caches.fingerprint(s.cache))
-                   if not (s.damaged and c.startswith(s.damaged))]
+                   if not any(c.startswith(d) for d in s.damaged)]
         assert not changed, f"{cell.id}: cached files changed: {changed}"
 
 

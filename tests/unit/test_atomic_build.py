@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.assets.atomic import building, lock_path
+from harness.assets.atomic import building, lock_path, record_path
 
 pytestmark = pytest.mark.host
 
@@ -56,7 +56,8 @@ def test_two_processes_building_one_artefact_leave_one_complete_file(tmp_path: P
     assert [p.exitcode for p in procs] == [0, 0]
     lines = out.read_text().splitlines()
     assert len(lines) == CHUNKS and len({line.split()[0] for line in lines}) == 1, lines[:3]
-    assert sorted(p.name for p in out.parent.iterdir()) == [lock_path(out).name, out.name]
+    assert sorted(p.name for p in out.parent.iterdir()) == [lock_path(out).name,
+                                                            record_path(out).name, out.name]
 
 
 def test_a_failed_build_leaves_nothing_and_a_killed_ones_tmp_goes(tmp_path: Path) -> None:
