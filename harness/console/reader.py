@@ -8,11 +8,13 @@ when SSH is dead.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pexpect
 
@@ -32,7 +34,8 @@ class Console:
     def __init__(self, child: pexpect.spawn, log_path: Path) -> None:
         self.child = child
         self.log_path = log_path
-        self._log = open_private(log_path, append=True)  # 0600: whatever the guest printed
+        self._log: BinaryIO | None = open_private(log_path, append=True)  # 0600: guest text
+        self.log_error = ""  # why the console log was cut short ("" while it is whole)
         self.lines: list[str] = []
         self.times: list[float] = []  # host monotonic time each line completed
         self._partial = ""
@@ -64,7 +67,7 @@ class Console:
             if not data:
                 continue
             raw = data if isinstance(data, bytes) else data.encode()
-            self._log.write(raw)
+            self._write_log(raw)
             self._feed(raw.decode("utf-8", "replace"))
         with self._cond:
             if self._partial:
@@ -72,7 +75,25 @@ class Console:
                 self._partial = ""
             self.closed = True
             self._cond.notify_all()
-        self._log.close()
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+
+    def _write_log(self, raw: bytes) -> None:
+        """Append to the console log; a write that fails (a full or vanished run directory)
+        ends the log, never the drain: the lines stay in memory for the verdict, and
+        ``log_error`` says where the log was cut short and why (the VM says it when it
+        stops, from the main thread)."""
+        if self._log is None:
+            return
+        try:
+            self._log.write(raw)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = None
+            self.log_error = (f"console log {self.log_path} cut short: "
+                              f"{e.strerror or e} (the console is still read)")
 
     def _feed(self, text: str) -> None:
         text = self._partial + text.replace("\r", "")

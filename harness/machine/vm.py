@@ -2,6 +2,7 @@
 stop it. Nothing here knows KSM."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ READY = r"KSM-HARNESS-READY"
 QEMU_CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL)
 # signals that end a QEMU from outside (the OOM killer, a user): not the snapshot's fault
 KILLED_FROM_OUTSIDE = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+RUN_DIR_LOW = 1 << 20  # bytes: less free than this in a run directory is "full"
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -63,6 +65,7 @@ class VM:
         self.spec = spec
         self.dir = paths.private_dir(run_dir)  # 0700: the initrd holds a private key
         self.log = log
+        self._told_full = False  # the run directory's full disk said once
         self.console_log = self.dir / "console.log"
         self.child: pexpect.spawn | None = None
         self.console: Console | None = None
@@ -336,6 +339,20 @@ class VM:
             reaper.unregister(self._reaper_key)
             self._reaper_key = None
 
+    def _run_dir_full(self) -> str:
+        """What to say when the run directory has no room left: the guest's disk overlay and
+        the console log there may have been cut short without a failed write of ours to
+        show it; "" when there is room."""
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return ""
+        if st.f_bavail * st.f_frsize >= RUN_DIR_LOW:
+            return ""
+        return (f"the run directory {self.dir} is full: No space left on device "
+                f"({st.f_bavail * st.f_frsize // 1024} KiB free) for the console log and the "
+                "guest's disk overlay; the guest's I/O errors, if any, are the host's")
+
     def stop(self, timeout: float = 5.0) -> None:
         """Quit QEMU (QMP quit, then SIGKILL past ``timeout``); safe to call twice."""
         self.stopped = True
@@ -374,6 +391,12 @@ class VM:
         if self._reaper_key is not None:
             reaper.unregister(self._reaper_key)
             self._reaper_key = None
+        if self.console is not None and not self._told_full:
+            # before the overlay goes: it may be what filled the disk
+            note = self.console.log_error or self._run_dir_full()
+            if note:
+                self._told_full = True
+                self.log(f"ksm-harness: {note}")
         for name in ("root-overlay.qcow2", "initrd.img"):
             (self.dir / name).unlink(missing_ok=True)
         for disk in self.dir.glob("disk-*.raw"):

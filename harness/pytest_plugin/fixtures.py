@@ -3,6 +3,7 @@ or hang), ``fresh_vm`` (the test's own), ``vm_factory`` (custom topology or comm
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -68,8 +69,10 @@ class VMPool:
     """Boots VMs into numbered run sub-directories and stops them all at the end."""
 
     def __init__(self, base: VMSpec, run_dir: Path, keep: bool,
-                 gcov: Collector | None = None) -> None:
+                 gcov: Collector | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.base, self.run_dir, self.keep = base, run_dir, keep
+        self.log = log  # the VMs' one-line notes (None: their default, stderr)
         self.count = 0
         self.live: list[VM] = []
         self.gcov = gcov        # --gcov-dir: counters dumped per test and before a stop
@@ -84,7 +87,8 @@ class VMPool:
                       accel=self.base.accel, topology=topology or self.base.topology,
                       cmdline=self.base.cmdline + cmdline, boot_timeout=self.base.boot_timeout,
                       snapshots=self.base.snapshots and topology is None and not cmdline)
-        vm = VM(spec, self.run_dir / f"{self.count:03d}-{name}")
+        vm = (VM(spec, self.run_dir / f"{self.count:03d}-{name}") if self.log is None
+              else VM(spec, self.run_dir / f"{self.count:03d}-{name}", log=self.log))
         self.live.append(vm)
         try:
             vm.start()
@@ -123,11 +127,25 @@ def _worker_prefix() -> str:
     return f"{worker}-" if worker else ""
 
 
+def _uncaptured(config: pytest.Config) -> Callable[[str], None]:
+    """A VM's one-line note on the user's stderr even while pytest captures output (a
+    passing test's captured output is never shown)."""
+    def say(line: str) -> None:
+        capman = config.pluginmanager.getplugin("capturemanager")
+        if capman is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        with capman.global_and_fixture_disabled():
+            print(line, file=sys.stderr, flush=True)
+    return say
+
+
 @pytest.fixture(scope="session")
 def vm_pool(vm_spec: VMSpec, run_dir: Path, request: pytest.FixtureRequest) -> Iterator[VMPool]:
     gcov_dir = request.config.option.gcov_dir
     pool = VMPool(vm_spec, run_dir, request.config.option.keep_runs,
-                  Collector(Path(gcov_dir), _worker_prefix()) if gcov_dir else None)
+                  Collector(Path(gcov_dir), _worker_prefix()) if gcov_dir else None,
+                  log=_uncaptured(request.config))
     yield pool
     pool.stop_all()
 

@@ -259,7 +259,9 @@ class FakeGuest(GuestSteps):
 
 
 def test_the_generator_finds_and_shrinks_a_planted_bug() -> None:
-    budget, recorder = gen.Budget(60), gen.Recorder()
+    # seed 1 finds it in ~10 s here; the budget is wall time, and past it the runs go on on
+    # the model alone: a budget near that failed under a loaded CI host (not a timing test)
+    budget, recorder = gen.Budget(600), gen.Recorder()
     with pytest.raises(OracleFailure):
         gen.run(gen.machine(FakeGuest, ENV, budget, recorder), seed=1, budget=budget,
                 examples=2000)
@@ -270,7 +272,7 @@ def test_the_generator_finds_and_shrinks_a_planted_bug() -> None:
     assert len(ops) < recorder.first, (len(ops), recorder.first)
     assert recorder.steps[-1].op == "write"
     # what finding it cost: the first failure's time and step count, not the shrinking's
-    assert 0 < recorder.first_seconds < 60
+    assert 0 < recorder.first_seconds < 600
     assert recorder.first <= recorder.first_step <= recorder.step_count
 
 

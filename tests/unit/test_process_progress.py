@@ -13,8 +13,10 @@ def test_a_sleeping_process_shows_no_progress_and_a_busy_one_does() -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        quiet = guest_mm.process_progress(LocalSpawner(), sleeper.pid, interval=0.5)
-        loud = guest_mm.process_progress(LocalSpawner(), busy.pid, interval=0.5)
+        # generous: on a loaded host (load 8 on 2 cores) a busy loop got no tick in 0.5 s,
+        # or the reads missed an 8 s deadline; this is not a timing test
+        quiet = guest_mm.process_progress(LocalSpawner(), sleeper.pid, interval=0.5, timeout=60)
+        loud = guest_mm.process_progress(LocalSpawner(), busy.pid, interval=2.0, timeout=60)
     finally:
         sleeper.kill()
         busy.kill()
