@@ -2,6 +2,7 @@
 or hang), ``fresh_vm`` (the test's own), ``vm_factory`` (custom topology or command line)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -132,11 +133,12 @@ def _uncaptured(config: pytest.Config) -> Callable[[str], None]:
     passing test's captured output is never shown)."""
     def say(line: str) -> None:
         capman = config.pluginmanager.getplugin("capturemanager")
-        if capman is None:
-            print(line, file=sys.stderr, flush=True)
-            return
-        with capman.global_and_fixture_disabled():
-            print(line, file=sys.stderr, flush=True)
+        terminal = config.pluginmanager.getplugin("terminalreporter")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            if terminal is not None:  # on a line of its own, not inside "file.py ..."
+                terminal.write_line(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
     return say
 
 
