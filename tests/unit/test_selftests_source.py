@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from harness.assets.selftests import (
+    FIXES,
     Invocation,
     Unbuildable,
+    apply_fixes,
+    fixes_for,
     helpers,
     install_header,
     invocations,
@@ -114,6 +117,24 @@ def test_uapi_headers_are_edited_as_make_headers_does() -> None:
     assert "linux/compiler.h" not in out
     assert "__attribute__((packed))" in out and "__packed" not in out
     assert "static __inline__ int f" in out
+
+
+# --- fixes the kernel made itself ----------------------------------------------------------
+
+ARGV = next(fix for fix in FIXES if fix.program == "ksm_functional_tests")
+
+
+def test_the_argv_fix_belongs_to_the_functional_tests_case() -> None:
+    assert fixes_for("ksm_functional_tests") == [ARGV]
+
+
+def test_a_source_with_the_kernels_own_fix_needs_none_of_ours() -> None:
+    later = "int child(void)\n{\n" + ARGV.upstream + "}\n"
+    assert apply_fixes(later, (ARGV,)) == later
+    earlier = "int child(void)\n{\n" + ARGV.old + "}\n"
+    assert apply_fixes(earlier, (ARGV,)).count(", NULL };") == 1
+    with pytest.raises(Unbuildable, match="fork-exec-child-argv-unterminated"):
+        apply_fixes("int child(void)\n{\n}\n", (ARGV,))
 
 
 # --- KTAP ----------------------------------------------------------------------------------
