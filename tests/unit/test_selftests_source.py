@@ -10,6 +10,7 @@ import pytest
 
 from harness.assets.selftests import (
     FIXES,
+    Built,
     Invocation,
     Unbuildable,
     apply_fixes,
@@ -124,8 +125,9 @@ def test_uapi_headers_are_edited_as_make_headers_does() -> None:
 ARGV = next(fix for fix in FIXES if fix.program == "ksm_functional_tests")
 
 
-def test_the_argv_fix_belongs_to_the_functional_tests_case() -> None:
-    assert fixes_for("ksm_functional_tests") == [ARGV]
+def test_the_functional_tests_fixes_belong_to_their_case() -> None:
+    assert [f.name for f in fixes_for("ksm_functional_tests")] == [
+        "fork-exec-child-argv-unterminated", "prot-none-written-as-our-tracer"]
 
 
 def test_a_source_with_the_kernels_own_fix_needs_none_of_ours() -> None:
@@ -135,6 +137,26 @@ def test_a_source_with_the_kernels_own_fix_needs_none_of_ours() -> None:
     assert apply_fixes(earlier, (ARGV,)).count(", NULL };") == 1
     with pytest.raises(Unbuildable, match="fork-exec-child-argv-unterminated"):
         apply_fixes("int child(void)\n{\n}\n", (ARGV,))
+
+
+PROT_NONE = next(fix for fix in FIXES if fix.name == "prot-none-written-as-our-tracer")
+
+
+def test_the_prot_none_write_is_made_by_a_tracer_and_checked_as_before() -> None:
+    source = "static void test_prot_none(void)\n{\n" + PROT_NONE.old + "}\n"
+    fixed = apply_fixes(source, (PROT_NONE,))
+    assert "lseek(mem_fd" not in fixed and "0x4206L /* PTRACE_SEIZE */" in fixed
+    assert fixed.count('ksft_test_result_fail("ptrace write failed\\n");') == 1
+    assert PROT_NONE.upstream == ""  # no kernel has its own fix: ours is always needed
+
+
+def test_only_the_fixes_a_source_needed_are_reported(tmp_path: Path) -> None:
+    sdir = tree_with(tmp_path / "tree", "mm") / "tools/testing/selftests/mm"
+    (sdir / "ksm_functional_tests.c").write_text(
+        "int child(void)\n{\n" + ARGV.upstream + "}\n" + PROT_NONE.old)
+    built = Built(tmp_path / "bin", tmp_path / "tree", "7.2")
+    assert built.fixes_applied("ksm_functional_tests") == [PROT_NONE]
+    assert built.fixes_applied("-U") == []  # ksm_tests.c has not the -U fix's text
 
 
 # --- KTAP ----------------------------------------------------------------------------------
