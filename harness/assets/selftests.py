@@ -2,7 +2,7 @@
 built once per kernel series from Debian's ``linux-source-SERIES`` (the host's suites; a
 series they lack, e.g. 7.2, from Debian unstable through :mod:`harness.assets.debsuite`'s
 private apt), with the fixes of :data:`FIXES` applied, and cached; the cases are the
-invocations of that source's own ``run_vmtests.sh``; and a reader of their KTAP lines."""
+invocations of that source's own ``run_vmtests.sh`` (their output: :mod:`harness.assets.ktap`)."""
 from __future__ import annotations
 
 import hashlib
@@ -375,50 +375,3 @@ def _build(series: str, root: Path, out: Path, log: Callable[[str], None]) -> No
             raise Unbuildable(f"building {program} failed: {r.stderr.strip()[-300:]}")
     for done in (*root.glob("linux-source-*.deb"), root / f"linux-source-{series}.tar.xz"):
         done.unlink(missing_ok=True)  # ~300 MB no longer needed: tree/ holds what is
-
-@dataclass(frozen=True)
-class KtapResult:
-    """One KTAP result line; ``test`` is the ``# [RUN] test_x`` line before it, if any
-    (ksm_functional_tests gives several results the same description)."""
-    number: int
-    description: str
-    verdict: str  # pass | fail | skip | xfail
-    reason: str = ""  # a directive's text: why it was skipped
-    test: str = ""
-
-    @property
-    def name(self) -> str:
-        return " ".join(filter(None, (f"{self.number}", self.test,
-                                      self.description or self.reason)))
-
-
-_RESULT = re.compile(r"^(not ok|ok) (\d+)(?: -)?[ \t]*([^#\n]*?)[ \t]*"
-                     r"(?:#[ \t]*(SKIP|XFAIL|TODO)\b[ \t]*(.*))?$", re.M | re.I)
-_RUN = re.compile(r"^#\s*\[RUN\]\s*(\S+)")
-_PLAN = re.compile(r"^1\.\.(\d+)\s*$", re.M)
-
-
-def parse_ktap(output: str) -> list[KtapResult]:
-    """The KTAP/TAP result lines of ``output``, in order."""
-    results, test = [], ""
-    for line in output.splitlines():
-        line = line.rstrip()
-        if m := _RUN.match(line):
-            test = m.group(1)
-            continue
-        m = _RESULT.match(line)
-        if m is None:
-            continue
-        directive = (m.group(4) or "").upper()
-        verdict = {"SKIP": "skip", "XFAIL": "xfail"}.get(directive) or (
-            "pass" if m.group(1) == "ok" else "fail")
-        results.append(KtapResult(int(m.group(2)), m.group(3).strip(), verdict,
-                                  (m.group(5) or "").strip(), test))
-        test = ""
-    return results
-
-
-def ktap_plan(output: str) -> int | None:
-    """The number of results the program announced (``1..N``), if it did."""
-    m = _PLAN.search(output)
-    return int(m.group(1)) if m else None

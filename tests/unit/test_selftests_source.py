@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.assets.ktap import judge, ktap_plan, parse_ktap
 from harness.assets.selftests import (
     FIXES,
     Built,
@@ -18,8 +19,6 @@ from harness.assets.selftests import (
     helpers,
     install_header,
     invocations,
-    ktap_plan,
-    parse_ktap,
     selftest_dir,
 )
 from tests.ksm.test_selftests import CASES
@@ -190,3 +189,44 @@ def test_a_skip_is_a_skip_with_its_reason_and_a_failure_a_failure() -> None:
 def test_output_without_ktap_has_no_results_and_no_plan() -> None:
     text = "KSM merging\nOK\n"  # 6.1's ksm_tests
     assert parse_ktap(text) == [] and ktap_plan(text) is None
+
+
+# --- a case's verdict ----------------------------------------------------------------------
+
+def ktap(*lines: str, plan: int | None = None) -> str:
+    results = sum(line.startswith(("ok ", "not ok ")) for line in lines)
+    head = ["TAP version 13", f"1..{plan if plan is not None else results}"]
+    return "\n".join([*head, *lines, "# Totals: ..."])
+
+
+def test_all_ktap_results_passing_and_exit_0_pass() -> None:
+    assert judge("./ksm_tests -U", 0, ktap("ok 1 KSM unmerging")) == ("pass", "")
+
+
+def test_a_ktap_skip_among_passes_is_a_skip_with_its_reason_never_a_pass() -> None:
+    out = ktap("# [RUN] test_unmerge", "ok 1 Pages were unmerged",
+               "# [RUN] test_unmerge_uffd_wp", "ok 2 # SKIP UFFD_FEATURE_PAGEFAULT_FLAG_WP "
+               "not available")
+    outcome, why = judge("./ksm_functional_tests", 0, out)
+    assert outcome == "skip"
+    assert "(1 passed)" in why
+    assert "2 test_unmerge_uffd_wp UFFD_FEATURE_PAGEFAULT_FLAG_WP not available" in why
+
+
+def test_the_programs_own_skip_is_a_skip() -> None:
+    out = "TAP version 13\n1..1\n# Transparent Hugepages not available\nok 1 # SKIP KSM merge time"
+    assert judge("./ksm_tests -H -s 100", 4, out)[0] == "skip"
+
+
+@pytest.mark.parametrize("status, output, says", [
+    (1, ktap("# [RUN] test_prot_none", "not ok 1 ptrace write failed"),
+     "KTAP failures ['1 test_prot_none ptrace write failed']"),
+    (139, "TAP version 13\n1..1\n", "exit 139"),
+    (1, "KSM unmerging\nNot OK\n", "Not OK"),   # 6.1
+    (0, (DATA / "ksm_functional_tests-6.12-unfixed.ktap").read_text(),
+     "announced 9 results, printed 10"),
+    (0, ktap("ok 1 Pages were unmerged", plan=2), "announced 2 results, printed 1"),
+])
+def test_what_fails_a_case(status: int, output: str, says: str) -> None:
+    outcome, why = judge("./prog", status, output)
+    assert outcome == "fail" and says in why
