@@ -9,9 +9,10 @@ from dataclasses import replace
 import pytest
 
 from harness.assets import selftests
-from harness.assets.selftests import FIXES, Unbuildable, apply_fixes, fixes_for
+from harness.assets.selftests import FIXES, Unbuildable, apply_fixes, fixes_for, fixes_of
 
 UNMERGE = FIXES[0]
+KSM_TESTS = fixes_of("ksm_tests")
 
 
 def around(text: str) -> str:
@@ -19,7 +20,7 @@ def around(text: str) -> str:
 
 
 def test_the_unmerge_fix_waits_two_increments_of_full_scans() -> None:
-    fixed = apply_fixes(around(UNMERGE.old))
+    fixed = apply_fixes(around(UNMERGE.old), KSM_TESTS)
     assert "ksm_do_scan(2, start_time, timeout)" in fixed
     assert "ksm_do_scan(1, start_time, timeout)" not in fixed
     assert fixed.startswith("static int check_ksm_unmerge(void)\n{\n")
@@ -29,12 +30,12 @@ def test_the_unmerge_fix_waits_two_increments_of_full_scans() -> None:
 @pytest.mark.parametrize("times", [0, 2])
 def test_a_fix_that_does_not_match_once_refuses_the_build(times: int) -> None:
     with pytest.raises(Unbuildable, match=f"{UNMERGE.name}.*matches {times} places"):
-        apply_fixes(around(UNMERGE.old * times))
+        apply_fixes(around(UNMERGE.old * times), KSM_TESTS)
 
 
 def test_an_already_fixed_source_is_refused_not_fixed_twice() -> None:
     with pytest.raises(Unbuildable):
-        apply_fixes(apply_fixes(around(UNMERGE.old)))
+        apply_fixes(apply_fixes(around(UNMERGE.old), KSM_TESTS), KSM_TESTS)
 
 
 def test_the_case_a_fix_changes_is_named() -> None:
