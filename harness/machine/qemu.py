@@ -23,6 +23,10 @@ BASE_CMDLINE: tuple[str, ...] = (
     "printk.time=1",          # timestamps let reports be placed between test markers
     "slab_nomerge",           # keep ksm_rmap_item/ksm_stable_node/ksm_mm_slot slabs visible
     "numa_balancing=disable",  # it moves pages between nodes behind a test's back
+    # DAMON_STAT (7.x, on by default in Debian's) samples pages' access bits from boot, KSM
+    # pages' too, and holds DAMON exclusively: starting DAMON through sysfs is then EBUSY.
+    # A dotted parameter no kernel knows is ignored silently (init/main.c).
+    "damon_stat.enabled=N",
     "mitigations=off",        # speculative-execution mitigations only slow TCG down
     "random.trust_cpu=on",    # crng ready at once, so sshd does not wait for entropy
     "tsc=reliable",           # no clocksource watchdog noise under TCG's erratic TSC
