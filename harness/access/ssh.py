@@ -358,7 +358,10 @@ class SSH:
                     view = memoryview(stdin)
                     while view:
                         if budget.over():
-                            raise _timeout(cmd, timeout, self.console, budget)
+                            exc = _timeout(cmd, timeout, self.console, budget)
+                            exc.args = (f"{exc.args[0]}; it took {len(stdin) - len(view)} of "
+                                        f"the {len(stdin)} bytes of its input",)
+                            raise exc
                         try:
                             sent = chan.send(bytes(view[:32768]))
                         except TimeoutError:

@@ -147,11 +147,11 @@ def _other(fault: str, phase: str) -> Cell:
         return _skip(fault, phase, "nothing shared",
                      "once guests are up two harnesses share nothing (each its own VM)")
     if phase == "test-body":
-        return _skip(fault, phase, "not automated",
-                     "not automated yet: a test body writes a guest command's stdin through "
-                     "a workload's channel (send_line) or a put (cat > FILE); making that "
-                     "command stop reading needs a guest-side stop, which the fault hook "
-                     "(harness/faultpoints.py, host side, no guest access) cannot do yet")
+        return _skip(fault, phase, "tests/guest",
+                     "a guest-side fault the host hook cannot make; it is "
+                     "tests/guest/test_stdin_unread.py: a put's `cat > FILE` that never reads "
+                     "(the one large stdin write; a workload takes one short line at a time, "
+                     "so one that stops reading does not answer: the hang verdict)")
     return _skip(fault, phase, "no stdin",
                  "the harness writes a guest command's stdin only in a test body")
 
