@@ -3,8 +3,8 @@
 print it.  tests/unit/test_printks.py builds a minimal report from each row and checks that
 the kinds table (kinds.py) finds it with the right category and title.
 
-``checked`` says how a row's wording was established: "6.1" and "6.12" rows were read in
-Debian's linux-source packages; "memory" rows (older kernels) come from the kernel's history
+``checked`` says how a row's wording was established: "6.1", "6.12" and "7.2" rows were read
+in Debian's linux-source packages (7.2.13 read for the slab wording that changed after 6.12); "memory" rows (older kernels) come from the kernel's history
 as remembered, not from a source tree at hand, and deserve a look when one is.  A since/until that falls between two versions read is as
 remembered too.
 """
@@ -200,7 +200,12 @@ WORDINGS: tuple[Wording, ...] = (
     Wording("slub", "mm/slub.c: slab_bug()", "BUG kmalloc-64 (Not tainted): Object already "
             "free", "BUG: Object already free"),
     Wording("slub", "mm/slub.c: slab_bug()", "BUG kmalloc-64 (Tainted: G    B   W         ): "
-            "Poison overwritten", "BUG: Poison overwritten"),
+            "Poison overwritten", "BUG: Poison overwritten", until="6.12"),
+    # 7.2's check_bytes_and_report() names the object in the header and the overwritten
+    # area on the next line ("[Poison overwritten] 0x...-0x... @offset=0. First byte ...")
+    Wording("slub", "mm/slub.c: check_bytes_and_report() -> object_err() -> slab_bug()",
+            "BUG kmalloc-64 (Tainted: G    B   W         ): Object corrupt",
+            "BUG: Object corrupt", since="7.2", checked="7.2"),
     Wording("leaked_object", "mm/kmemleak.c: print_unreferenced()",
             "unreferenced object 0xffff888012345678 (size 64):", "memory leak"),
     Wording("oom_invoked", "mm/oom_kill.c: dump_header()", "ksmd invoked oom-killer: "

@@ -180,4 +180,5 @@ def test_rows_say_where_and_when() -> None:
     for w in WORDINGS:
         assert re.match(r"(?:arch/x86|lib|kernel|mm|fs|net)/[\w/.-]+\.[ch]: ", w.source), w
         assert version.fullmatch(w.since) and (not w.until or version.fullmatch(w.until)), w
-        assert w.checked in ("6.1 6.12", "6.1", "6.12", "memory") or w.checked.startswith("issue"), w
+        assert w.checked in ("6.1 6.12", "6.1", "6.12", "7.2", "memory") or \
+            w.checked.startswith("issue"), w
