@@ -24,10 +24,18 @@ from harness.fuzz import content
 from harness.fuzz.executor import GuestSteps
 from harness.fuzz.model import ADVICE, KNOB_VALUES, MAX_PAGES, PROCS, REGIONS, Env, Model, Step
 
-STEPS_PER_RUN = 20
+# Long enough for a state to build up and be undone within one run (a chain made, its
+# sharers gone, pruned; a process's last mergeable area gone and a new one madvised):
+# measured at 20, such sequences were too rare to be drawn in 5 minutes; at 40 hypothesis
+# shrank a planted bug to 12-19 steps, not 5-7.
+STEPS_PER_RUN = 30
 MIN_RUN_SECONDS = 1.0  # a run on a TCG guest takes longer (measured: 2 s)
 SEEDS = st.integers(1, 3)
 MAX_PAGE_SHARING_FIRST = (256, 2, 3)  # KNOB_VALUES's, the default (no step) first
+# stable_node_dup() prunes a chain (drops stale dups, collapses it to its last dup) once per
+# stable_node_chains_prune_millisecs, 2000 by default: a run of steps at ~0.3 s each saw few
+# prunes. Two runs in three prune at every search; the default first.
+PRUNE_FIRST = (2000, 0, 10)
 # Region sizes: half the time a few pages, so that a chain can come down to one dup with
 # room left (its collapse), a dup hold a whole region, a lone page sit beyond the cap;
 # uniform over 1..256 made chains of ~100 dups that never came down to one (measured: no
@@ -35,12 +43,15 @@ MAX_PAGE_SHARING_FIRST = (256, 2, 3)  # KNOB_VALUES's, the default (no step) fir
 PAGES = st.integers(1, 8) | st.integers(1, MAX_PAGES)
 # How often each op is drawn where it can run: memory ops and waiting for ksmd (where the
 # merging happens) most, knob flips and processes coming and going less.
-WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 5), ("run", 3),
-           ("madvise", 2), ("region_op", 2), ("fork", 2), ("children", 2), ("knob", 2),
-           ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1),
+WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 6), ("run", 3),
+           ("madvise", 2), ("free", 2), ("region_op", 2), ("fork", 2), ("children", 2),
+           ("knob", 2), ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1),
            # the site operations (harness.fuzz.siteops), where the guest has them
            ("hwpoison", 1), ("soft_offline", 1), ("idle", 1), ("numa_scan", 1), ("damon", 1),
            ("swap_write", 1))  # few seeds: regions of different processes match, and merge
+# run=1 first and twice (ksmd running is where merging, chains and their pruning happen;
+# measured: ksmd stopped for most steps when the three values were drawn alike)
+RUN_VALUES = (1, 1, 2, 0)
 
 
 @dataclass
@@ -109,12 +120,19 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             # ksmd is where merging happens, but as one draw of the run knob among all the
             # ops run=1 came late or never (measured: 9 of 25 runs ever had ksmd running):
             # two runs in three start it here. Without it first: what shrinking goes back to.
+            prune = data.draw(st.sampled_from(PRUNE_FIRST), label="prune millisecs")
+            step = Step("knob", {"name": "stable_node_chains_prune_millisecs", "value": prune})
+            if self.model.refuse(step) is None:
+                self.do("knob", **step.args)
             if data.draw(st.sampled_from((False, True, True)), label="ksmd from the start"):
                 self.do("knob", name="run", value=1)
 
         def do(self, op: str, **args: object) -> None:
             step = Step(op, dict(args))
             assume(self.model.refuse(step) is None)
+            # the budget ends a run on the guest mid-way too (the teardown still checks what
+            # ran): a long sequence must not run the slice past its budget
+            assume(self.guest is None or budget.open())
             if self.guest is None:
                 self.model.apply(step)
                 return
@@ -142,6 +160,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 "fork": any(not p.children for p in procs),
                 "children": any(p.children for p in procs),
                 "alloc": any(len(p.regions) < len(REGIONS) for p in procs),
+                "free": bool(self.with_regions()),
                 "region_op": bool(self.with_regions()),
                 "madvise": bool(self.with_regions()),
                 "write": bool(self.with_regions()),
@@ -199,8 +218,15 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
 
         def draw_region_op(self, data: st.DataObject) -> None:
             proc, region = data.draw(st.sampled_from(self.with_regions()))
-            op = data.draw(st.sampled_from(["touch", "free", "mlock", "munlock"]))
+            op = data.draw(st.sampled_from(["touch", "mlock", "munlock"]))
             self.do(op, proc=proc, region=region)
+
+        def draw_free(self, data: st.DataObject) -> None:
+            # its own op (it was one of four region ops): a process's last mergeable area
+            # going away, and a chain's sharers with it, are what mm/ksm.c's drop and prune
+            # paths need
+            proc, region = data.draw(st.sampled_from(self.with_regions()))
+            self.do("free", proc=proc, region=region)
 
         def draw_madvise(self, data: st.DataObject) -> None:
             proc, region = data.draw(st.sampled_from(self.with_regions()))
@@ -253,7 +279,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
 
         # -- KSM --
         def draw_run(self, data: st.DataObject) -> None:
-            values = [v for v in KNOB_VALUES["run"] if v != self.model.knobs.get("run")]
+            values = [v for v in RUN_VALUES if v != self.model.knobs.get("run")]
             self.do("knob", name="run", value=data.draw(st.sampled_from(values)))
 
         def draw_knob(self, data: st.DataObject) -> None:

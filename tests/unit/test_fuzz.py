@@ -18,7 +18,12 @@ from harness.errors import HarnessError
 from harness.fuzz import content, siteops
 from harness.fuzz import machine as gen
 from harness.fuzz.executor import GuestSteps, OracleFailure, count_mismatches_dict
-from harness.fuzz.invariants import sample_problems, sequence_problems
+from harness.fuzz.invariants import (
+    liveness_problems,
+    mergeable_rss_pages,
+    sample_problems,
+    sequence_problems,
+)
 from harness.fuzz.model import Env, Model, Step
 from harness.fuzz.replay import Reproducer, load, parse
 from harness.ksm.model import EXACT_COUNTERS
@@ -232,6 +237,51 @@ def test_full_scans_only_go_down_at_run2() -> None:
         "full_scans went down from 12 to 3 (sample 1) without run=2"]
 
 
+# Recorded on Linux (6.x): a process's smaps, an 8-page area madvised MADV_MERGEABLE with 5
+# pages touched, then a 4-page area with 3 (not mergeable)
+RECORDED_SMAPS = """\
+7fee89a4e000-7fee89a56000 rw-p 00000000 00:00 0
+Size:                 32 kB
+KernelPageSize:        4 kB
+Rss:                  20 kB
+Anonymous:            20 kB
+KSM:                   0 kB
+Swap:                  0 kB
+Locked:                0 kB
+VmFlags: rd wr mr mw me ac mg
+7fee89c43000-7fee89c47000 rw-p 00000000 00:00 0
+Size:                 16 kB
+KernelPageSize:        4 kB
+Rss:                  12 kB
+Anonymous:            12 kB
+KSM:                   0 kB
+Swap:                  0 kB
+Locked:                0 kB
+VmFlags: rd wr mr mw me ac
+"""
+
+
+def test_pages_present_in_mergeable_areas_from_smaps() -> None:
+    assert mergeable_rss_pages(RECORDED_SMAPS) == 5  # the unmergeable area's 3 not counted
+    # what the executor's guest command keeps of it: the Rss and VmFlags lines
+    kept = "\n".join(line for line in RECORDED_SMAPS.splitlines()
+                     if line.startswith(("Rss:", "VmFlags:")))
+    assert mergeable_rss_pages(kept) == 5
+    assert mergeable_rss_pages(RECORDED_SMAPS.replace(" mg\n", "\n")) == 0
+    assert mergeable_rss_pages("") == 0
+
+
+def test_liveness_fires_only_on_a_process_ksmd_skips() -> None:
+    # after a whole full scan: present mergeable pages and no rmap_item is the bug (an mm
+    # dropped from ksmd's list but still flagged MMF_VM_MERGEABLE); no present page (all
+    # swapped out, or merged with the zero page) needs no item; fewer items than pages is
+    # allowed (a page under migration when the scan passed)
+    assert liveness_problems({"P0": (5, 5), "P1": (0, 0), "P2": (12, 3)}) == []
+    assert liveness_problems({"P0": (5, 5), "P1": (5, 0)}) == [
+        "P1 has 5 pages present in VM_MERGEABLE areas but ksm_rmap_items=0 after a whole "
+        "full scan: ksmd does not scan it"]
+
+
 class FakeGuest(GuestSteps):
     """The model alone, with a planted bug: a unique write to a region forked with two
     children is lost while ksmd runs."""
@@ -286,6 +336,8 @@ def test_the_generator_stops_at_its_budget() -> None:
     gen.run(gen.machine(Clean, ENV, budget, recorder), seed=1, budget=budget, examples=100)
     # past the budget the runs go on, on the model alone
     assert recorder.steps is None and 1 <= recorder.runs <= 6 and recorder.step_count > 0
+    # the run under way when the budget closed stopped there, not at its 30th step
+    assert recorder.step_count * 0.01 < 0.5 + 0.1, recorder.step_count
 
 
 def test_runs_start_with_a_small_max_page_sharing_often() -> None:
@@ -313,6 +365,9 @@ def test_runs_start_with_a_small_max_page_sharing_often() -> None:
     assert len(small) >= len(firsts) // 4, [str(s) for s in firsts]
     ksmd = [s for s in firsts if s.op == "knob" and s.args == {"name": "run", "value": 1}]
     assert ksmd, [str(s) for s in firsts]  # a run with no small max_page_sharing starts ksmd
+    # and pruning at every search (chain collapse, emptied chains) where it starts with it
+    prune = [s for s in firsts if s.args.get("name") == "stable_node_chains_prune_millisecs"]
+    assert prune, [str(s) for s in firsts]
 
 
 def test_fuzz_verb_replays_on_the_files_kernel(tmp_path: Path) -> None:
