@@ -252,7 +252,12 @@ class GuestSteps:
     # -- the end --
 
     def end(self, model: Model) -> None:
-        """Every workload exits cleanly; run=2: every counter 0 and the slabs back."""
+        """While ksmd runs, a last wait of two full scans and its liveness check (the state a
+        run built up, e.g. a process ksmd lost, is seen before the exits undo it); every
+        workload exits cleanly; run=2: every counter 0 and the slabs back."""
+        last = Step("wait", {"scans": 2})
+        if model.refuse(last) is None:
+            self.step(model, last)
         for name in list(self.workloads):
             self.step(model, Step("exit", {"proc": name}))
         snap = self.ksm.unmerge_all()

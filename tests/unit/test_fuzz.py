@@ -347,12 +347,12 @@ def test_a_run_cut_by_the_budget_is_checked_as_far_as_it_ran() -> None:
         def step(self, model: Model, step: Step) -> None:
             model.apply(step)
             self.count += 1
-            time.sleep(0.02)
+            time.sleep(0.1)
 
         def end(self, model: Model) -> None:
             ended.append((self.count, sum(p.pages() for p in model.procs.values())))
 
-    budget, recorder = gen.Budget(0.3), gen.Recorder()
+    budget, recorder = gen.Budget(1.5), gen.Recorder()
     # many model-only runs after the cut, which draw as the guest's runs do (an assume() at
     # the cut once failed a guest run with hypothesis's "inconsistent data generation")
     gen.run(gen.machine(Slow, ENV, budget, recorder), seed=3, budget=budget, examples=300)
@@ -360,33 +360,35 @@ def test_a_run_cut_by_the_budget_is_checked_as_far_as_it_ran() -> None:
 
 
 def test_runs_start_with_a_small_max_page_sharing_often() -> None:
-    # chains need max_page_sharing 2 or 3, settable only before the first run=1
-    firsts: list[Step] = []
+    # chains need max_page_sharing 2 or 3, settable only before the first run=1; their
+    # pruning a small stable_node_chains_prune_millisecs; merging ksmd running
+    firsts: list[list[Step]] = []  # each run's knob steps before its first other step
 
     class First(FakeGuest):
         def begin(self) -> Model:
-            self.seen = False
+            firsts.append([])
+            self.leading = True
             return super().begin()
 
         def step(self, model: Model, step: Step) -> None:
-            if not self.seen:
-                self.seen = True
-                firsts.append(step)
+            self.leading = self.leading and step.op == "knob"
+            if self.leading:
+                firsts[-1].append(step)
             model.apply(step)
             self.count += 1
 
     budget = gen.Budget(60)
     gen.run(gen.machine(First, ENV, budget, gen.Recorder()), seed=1, budget=budget,
             examples=30)
-    small = [s for s in firsts if s.op == "knob" and s.args == {"name": "max_page_sharing",
-                                                                "value": s.args["value"]}
-             and s.args["value"] in (2, 3)]
-    assert len(small) >= len(firsts) // 4, [str(s) for s in firsts]
-    ksmd = [s for s in firsts if s.op == "knob" and s.args == {"name": "run", "value": 1}]
-    assert ksmd, [str(s) for s in firsts]  # a run with no small max_page_sharing starts ksmd
-    # and pruning at every search (chain collapse, emptied chains) where it starts with it
-    prune = [s for s in firsts if s.args.get("name") == "stable_node_chains_prune_millisecs"]
-    assert prune, [str(s) for s in firsts]
+
+    def runs_with(name: str, values: tuple[int, ...]) -> int:
+        return sum(any(s.args == {"name": name, "value": v} for s in run for v in values)
+                   for run in firsts)
+
+    shown = [[str(s) for s in run] for run in firsts]
+    assert runs_with("max_page_sharing", (2, 3)) >= len(firsts) // 4, shown
+    assert runs_with("stable_node_chains_prune_millisecs", (0, 10)) >= len(firsts) // 4, shown
+    assert runs_with("run", (1,)) >= len(firsts) // 4, shown
 
 
 def test_fuzz_verb_replays_on_the_files_kernel(tmp_path: Path) -> None:
