@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 from harness.access.remote import Runner
 from harness.fuzz import siteops
-from harness.fuzz.invariants import sample_problems, sequence_problems
+from harness.fuzz.invariants import (
+    liveness_problems,
+    mergeable_rss_pages,
+    sample_problems,
+    sequence_problems,
+)
 from harness.fuzz.model import INITIAL_KNOBS, Env, Model, Region, Step
 from harness.guest_mm import MemCgroup
 from harness.ksm import RUN_MERGE, RUN_UNMERGE, ZERO_COUNTS, Ksm, count_mismatches, leaks
@@ -96,6 +101,8 @@ class GuestSteps:
             pages = sum(p.pages() * (1 + p.children) for p in model.procs.values())
             self.ksm.wait_merged(lambda _: True, min_full_scans=a.get("scans", 1),
                                  pages=max(pages, 1), expect="full scans")
+            if a.get("scans", 1) >= 2:  # the second scan began after the wait did
+                self._liveness(model)
             return
         if step.op == "reclaim":
             assert self.cgroup is not None
@@ -188,6 +195,26 @@ class GuestSteps:
         self._sample(model, reset=step.op == "knob" and step.args.get("name") == "run"
                      and step.args.get("value") == RUN_UNMERGE)
 
+    def _liveness(self, model: Model) -> None:
+        """Every process with a present page in a VM_MERGEABLE area has rmap_items
+        (harness.fuzz.invariants' liveness; skipped on a kernel without ksm_stat)."""
+        seen: dict[str, tuple[int, int]] = {}
+        for name, proc in model.procs.items():
+            if not proc.mergeable():
+                continue
+            pid = self.workloads[name].pid
+            items = self.ksm.process_stat(pid).get("ksm_rmap_items") if pid else None
+            if items is None:
+                return
+            # builtins only (no grep): a fork+exec costs ~100 ms in a TCG guest
+            smaps = self.runner.run(f"while read -r __a __r; do case $__a in Rss:|VmFlags:) "
+                                    f"echo \"$__a $__r\";; esac; done < /proc/{pid}/smaps",
+                                    timeout=self.ksm.timeout)
+            seen[name] = (mergeable_rss_pages(smaps.stdout), items)
+        problems = liveness_problems(seen)
+        if problems:
+            raise OracleFailure("KSM liveness broken: " + "; ".join(problems))
+
     def _peek(self, name: str, w: Workload, regions: dict[str, Region], step: Step) -> None:
         """One page of the process read from outside its verify, against the host's model:
         the page the step wrote, else one chosen by the step number (replays choose the
@@ -225,7 +252,12 @@ class GuestSteps:
     # -- the end --
 
     def end(self, model: Model) -> None:
-        """Every workload exits cleanly; run=2: every counter 0 and the slabs back."""
+        """While ksmd runs, a last wait of two full scans and its liveness check (the state a
+        run built up, e.g. a process ksmd lost, is seen before the exits undo it); every
+        workload exits cleanly; run=2: every counter 0 and the slabs back."""
+        last = Step("wait", {"scans": 2})
+        if model.refuse(last) is None:
+            self.step(model, last)
         for name in list(self.workloads):
             self.step(model, Step("exit", {"proc": name}))
         snap = self.ksm.unmerge_all()

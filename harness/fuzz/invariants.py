@@ -62,3 +62,42 @@ def sequence_problems(samples: Sequence[tuple[Mapping[str, int], bool]]) -> list
                             "without run=2")
         prev = scans
     return problems
+
+
+# -- liveness: ksmd scans every process that asked for it --
+#
+# From mm/ksm.c (6.1): ksm_madvise(MADV_MERGEABLE) puts the mm on ksmd's list (__ksm_enter)
+# unless MMF_VM_MERGEABLE says it is there already; scan_get_next_rmap_item() walks every
+# VM_MERGEABLE vma of every mm on the list and gives each address where it finds a present
+# pte of a normal anon page (ksm_next_page_pmd_entry in 6.1.192, follow_page before: not
+# the zero page, via vm_normal_page) an rmap_item (get_next_rmap_item: mm->ksm_rmap_items++,
+# /proc/PID/ksm_stat's ksm_rmap_items). An item is freed only when a later scan
+# passes its address and finds no anon page there (get_next_rmap_item's loop,
+# remove_trailing_rmap_items), by run=2 or at exit. So once a full scan has begun and ended
+# after the process last changed, a process with a present page in a VM_MERGEABLE area
+# (counted in that area's Rss: neither the zero page, which use_zero_pages maps, nor a
+# swapped-out page is) has at least one rmap_item. Not "one item per present page": a page
+# under migration at the moment the scan passes it loses its item until the next scan.
+
+
+def mergeable_rss_pages(smaps: str, page_kb: int = 4) -> int:
+    """Pages present in the VM_MERGEABLE areas of a /proc/PID/smaps text (its "Rss:" and
+    "VmFlags:" lines suffice): the Rss of every area whose VmFlags has "mg"."""
+    pages, rss = 0, 0
+    for line in smaps.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Rss":
+            rss = int(rest.split()[0])
+        elif key == "VmFlags":
+            if "mg" in rest.split():
+                pages += rss // page_kb
+            rss = 0
+    return pages
+
+
+def liveness_problems(procs: Mapping[str, tuple[int, int]]) -> list[str]:
+    """What is wrong after a full scan that began after the last step: ``procs`` maps a
+    process to (pages present in its VM_MERGEABLE areas, its ksm_rmap_items)."""
+    return [f"{name} has {present} pages present in VM_MERGEABLE areas but ksm_rmap_items=0 "
+            "after a whole full scan: ksmd does not scan it"
+            for name, (present, items) in sorted(procs.items()) if present > 0 and items == 0]

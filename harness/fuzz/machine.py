@@ -5,6 +5,7 @@ the reproducer file. Generation on the guest stops at a time budget; once someth
 hypothesis shrinks it (bounded by its own 5 minutes) before the test fails."""
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,10 +25,18 @@ from harness.fuzz import content
 from harness.fuzz.executor import GuestSteps
 from harness.fuzz.model import ADVICE, KNOB_VALUES, MAX_PAGES, PROCS, REGIONS, Env, Model, Step
 
-STEPS_PER_RUN = 20
+# Long enough for a state to build up and be undone within one run (a chain made, its
+# sharers gone, pruned; a process's last mergeable area gone and a new one madvised):
+# measured at 20, such sequences were too rare to be drawn in 5 minutes; at 40 hypothesis
+# shrank a planted bug to 12-19 steps, not 5-7.
+STEPS_PER_RUN = 30
 MIN_RUN_SECONDS = 1.0  # a run on a TCG guest takes longer (measured: 2 s)
 SEEDS = st.integers(1, 3)
 MAX_PAGE_SHARING_FIRST = (256, 2, 3)  # KNOB_VALUES's, the default (no step) first
+# stable_node_dup() prunes a chain (drops stale dups, collapses it to its last dup) once per
+# stable_node_chains_prune_millisecs, 2000 by default: a run of steps at ~0.3 s each saw few
+# prunes. Two runs in three prune at every search; the default first.
+PRUNE_FIRST = (2000, 0, 10)
 # Region sizes: half the time a few pages, so that a chain can come down to one dup with
 # room left (its collapse), a dup hold a whole region, a lone page sit beyond the cap;
 # uniform over 1..256 made chains of ~100 dups that never came down to one (measured: no
@@ -35,12 +44,18 @@ MAX_PAGE_SHARING_FIRST = (256, 2, 3)  # KNOB_VALUES's, the default (no step) fir
 PAGES = st.integers(1, 8) | st.integers(1, MAX_PAGES)
 # How often each op is drawn where it can run: memory ops and waiting for ksmd (where the
 # merging happens) most, knob flips and processes coming and going less.
-WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 5), ("run", 3),
-           ("madvise", 2), ("region_op", 2), ("fork", 2), ("children", 2), ("knob", 2),
-           ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1),
+WEIGHTS = (("start", 3), ("alloc", 5), ("write", 5), ("wait", 6), ("run", 3), ("stop", 1),
+           ("madvise", 2), ("free", 4), ("region_op", 2), ("fork", 2), ("children", 2),
+           ("knob", 2), ("move", 1), ("migrate", 1), ("reclaim", 1), ("exit", 1),
            # the site operations (harness.fuzz.siteops), where the guest has them
            ("hwpoison", 1), ("soft_offline", 1), ("idle", 1), ("numa_scan", 1), ("damon", 1),
            ("swap_write", 1))  # few seeds: regions of different processes match, and merge
+# ksmd running is where merging, chains and their pruning happen: "run" (while it is
+# stopped) starts it more often than "stop" (while it runs) stops it. Measured: as one op
+# drawing another run value, every draw while ksmd ran stopped it, and it ran at the end of
+# few runs (7 waits in 1224 steps).
+RUN_VALUES = (1, 1, 2, 0)
+STOP_VALUES = (2, 0)
 
 
 @dataclass
@@ -90,6 +105,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             self.model: Model = Model(env)
             self.steps: list[Step] = []
             self.broken = False
+            self.ran: Model | None = None  # the model when the budget cut this run short
 
         @initialize(data=st.data())
         def begin(self, data: st.DataObject) -> None:
@@ -109,13 +125,23 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             # ksmd is where merging happens, but as one draw of the run knob among all the
             # ops run=1 came late or never (measured: 9 of 25 runs ever had ksmd running):
             # two runs in three start it here. Without it first: what shrinking goes back to.
+            prune = data.draw(st.sampled_from(PRUNE_FIRST), label="prune millisecs")
+            step = Step("knob", {"name": "stable_node_chains_prune_millisecs", "value": prune})
+            if self.model.refuse(step) is None:
+                self.do("knob", **step.args)
             if data.draw(st.sampled_from((False, True, True)), label="ksmd from the start"):
                 self.do("knob", name="run", value=1)
 
         def do(self, op: str, **args: object) -> None:
             step = Step(op, dict(args))
             assume(self.model.refuse(step) is None)
-            if self.guest is None:
+            # The budget ends a run on the guest mid-way too, so that a long sequence does not
+            # run the slice past it: the rest of the run goes on on the model alone (the same
+            # draws, as hypothesis requires: an assume() here made it "inconsistent data
+            # generation"), and the teardown checks the guest against the model as it was.
+            if self.guest is not None and self.ran is None and not budget.open():
+                self.ran = copy.deepcopy(self.model)
+            if self.guest is None or self.ran is not None:
                 self.model.apply(step)
                 return
             self.steps.append(step)
@@ -142,13 +168,15 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 "fork": any(not p.children for p in procs),
                 "children": any(p.children for p in procs),
                 "alloc": any(len(p.regions) < len(REGIONS) for p in procs),
+                "free": bool(self.with_regions()),
                 "region_op": bool(self.with_regions()),
                 "madvise": bool(self.with_regions()),
                 "write": bool(self.with_regions()),
                 "move": m.env.nodes >= 2 and bool(self.with_regions()),
                 "migrate": m.env.nodes >= 2 and bool(m.procs),
                 "reclaim": m.env.swap and m.env.cgroup and bool(m.procs),
-                "run": True,
+                "run": m.knobs.get("run") != 1,
+                "stop": m.knobs.get("run") == 1,
                 "knob": True,
                 "wait": m.refuse(Step("wait", {"scans": 1})) is None,
                 "hwpoison": m.refuse(Step("hwpoison")) is None,
@@ -199,8 +227,16 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
 
         def draw_region_op(self, data: st.DataObject) -> None:
             proc, region = data.draw(st.sampled_from(self.with_regions()))
-            op = data.draw(st.sampled_from(["touch", "free", "mlock", "munlock"]))
+            op = data.draw(st.sampled_from(["touch", "mlock", "munlock"]))
             self.do(op, proc=proc, region=region)
+
+        def draw_free(self, data: st.DataObject) -> None:
+            # its own op (it was one of four region ops), weight 4: a process's last
+            # mergeable area going away, and a chain's sharers with it, are what mm/ksm.c's
+            # drop and prune paths need (a process losing its last mergeable area while ksmd
+            # ran, then madvising a new one: 9% of runs at weight 2, 17% at 4, on the model)
+            proc, region = data.draw(st.sampled_from(self.with_regions()))
+            self.do("free", proc=proc, region=region)
 
         def draw_madvise(self, data: st.DataObject) -> None:
             proc, region = data.draw(st.sampled_from(self.with_regions()))
@@ -253,8 +289,11 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
 
         # -- KSM --
         def draw_run(self, data: st.DataObject) -> None:
-            values = [v for v in KNOB_VALUES["run"] if v != self.model.knobs.get("run")]
+            values = [v for v in RUN_VALUES if v != self.model.knobs.get("run")]
             self.do("knob", name="run", value=data.draw(st.sampled_from(values)))
+
+        def draw_stop(self, data: st.DataObject) -> None:
+            self.do("knob", name="run", value=data.draw(st.sampled_from(STOP_VALUES)))
 
         def draw_knob(self, data: st.DataObject) -> None:
             choices = [Step("knob", {"name": n, "value": v}) for n, vs in KNOB_VALUES.items()
@@ -264,7 +303,8 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
             self.do("knob", **data.draw(st.sampled_from(choices)).args)
 
         def draw_wait(self, data: st.DataObject) -> None:
-            self.do("wait", scans=data.draw(st.integers(1, 2)))
+            # two: the second full scan began after the wait did (the liveness oracle's need)
+            self.do("wait", scans=2)
 
         def teardown(self) -> None:
             guest = self.guest
@@ -272,7 +312,7 @@ def machine(make: Callable[[], GuestSteps], env: Env, budget: Budget,
                 return
             try:
                 if not self.broken:
-                    guest.end(self.model)
+                    guest.end(self.ran if self.ran is not None else self.model)
             except BaseException as e:
                 self.broken = budget.failed = True
                 recorder.failed(self.steps, e, time.monotonic() - budget.started)

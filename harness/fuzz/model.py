@@ -24,10 +24,14 @@ KNOB_VALUES: dict[str, tuple[int, ...]] = {
     "use_zero_pages": (0, 1),
     "max_page_sharing": (2, 3, 256),
     "merge_across_nodes": (0, 1),
+    # stable_node_dup() prunes a chain's stale dups, and collapses a chain down to one dup,
+    # only once per this many ms (6.1's default 2000): 0 prunes at every search
+    "stable_node_chains_prune_millisecs": (0, 10, 2000),
 }
 # Where every generated run starts (written in this order by the executor).
 INITIAL_KNOBS = {"run": 2, "merge_across_nodes": 1, "max_page_sharing": 256,
-                 "use_zero_pages": 0, "pages_to_scan": 10000, "sleep_millisecs": 0}
+                 "use_zero_pages": 0, "pages_to_scan": 10000, "sleep_millisecs": 0,
+                 "stable_node_chains_prune_millisecs": 2000}
 # The site operations (harness.fuzz.siteops) on one page of a region; hwpoison and damon take
 # no process, numa_scan a process.
 SITE_PAGE_OPS = ("soft_offline", "idle", "swap_write")
