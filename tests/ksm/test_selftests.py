@@ -116,8 +116,8 @@ def test_our_fixes_apply_once_to_the_real_source(ksm_guest: KsmGuest) -> None:
     sdir = selftests.selftest_dir(tree)
     for program in PROGRAMS:
         if not (sdir / f"{program}.c").is_file():
-            assert not fixes_of(program), f"fixes for {program}, which {series} lacks"
-            continue
+            continue  # a program this series lacks (6.1: ksm_functional_tests): its fixes
+            # are for the series that have it, checked on their guests
         original = (sdir / f"{program}.c").read_text()
         fixed = apply_fixes(original, fixes_of(program))  # Unbuildable: 0 or 2+ places
         ours = [fix for fix in fixes_of(program) if fix.old in original]
