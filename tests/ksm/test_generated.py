@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 
 from harness.fuzz import machine as gen
-from harness.fuzz import siteops
 from harness.fuzz.executor import GuestSteps
-from harness.fuzz.model import Env, Model
+from harness.fuzz.model import Model
 from harness.fuzz.replay import Reproducer, load
-from harness.guest_mm import MemCgroup
 from harness.ksm import Ksm
 from harness.ksm.prepared_guest import KsmGuest
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
+from tests.ksm.guest_env import guest_env
 
 SLICE_MINUTES = 1.25
 
@@ -40,14 +39,7 @@ def test_generated(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
                    memcg: MemcgFactory, small_zram_swap: bool,
                    request: pytest.FixtureRequest) -> None:
     config = request.config
-    try:
-        cgroup: MemCgroup | None = memcg("fuzz")
-    except pytest.skip.Exception as e:
-        print(f"no reclaim steps: {e}")
-        cgroup = None
-    env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
-              nodes=len(ksm_guest.nodes), swap=small_zram_swap, cgroup=cgroup is not None,
-              **siteops.probe(ksm_guest.sh))  # the site operations this kernel offers
+    env, cgroup = guest_env(ksm, ksm_guest, memcg, small_zram_swap, "fuzz", "no reclaim steps")
 
     def make() -> GuestSteps:
         return GuestSteps(ksm, lambda name: workload(name=name, cgroup=cgroup), env,

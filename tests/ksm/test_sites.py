@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from harness.fuzz import siteops
 from harness.fuzz.executor import GuestSteps
-from harness.fuzz.model import Env, Step
-from harness.guest_mm import MemCgroup
+from harness.fuzz.model import Step
 from harness.ksm import Ksm
 from harness.ksm.prepared_guest import KsmGuest
 from tests.ksm.fixture_types import MemcgFactory, WorkloadFactory
+from tests.ksm.guest_env import guest_env
 
 PAGES = 64
 SETUP = (Step("start", {"proc": "P0"}), Step("start", {"proc": "P1"}),
@@ -37,14 +36,7 @@ SITES = (Step("idle", {"proc": "P0", "region": "r0", "page": 5}),
 
 def test_site_operations_on_ksm_pages(ksm_guest: KsmGuest, ksm: Ksm, workload: WorkloadFactory,
                                       memcg: MemcgFactory, small_zram_swap: bool) -> None:
-    try:
-        cgroup: MemCgroup | None = memcg("sites")
-    except pytest.skip.Exception as e:
-        print(f"no swap_write: {e}")
-        cgroup = None
-    env = Env(knobs=frozenset(n for n, w in ksm.files().items() if w),
-              nodes=len(ksm_guest.nodes), swap=small_zram_swap, cgroup=cgroup is not None,
-              **siteops.probe(ksm_guest.sh))
+    env, cgroup = guest_env(ksm, ksm_guest, memcg, small_zram_swap, "sites", "no swap_write")
     guest = GuestSteps(ksm, lambda name: workload(name=name, cgroup=cgroup), env,
                        ksm_guest.sh, cgroup, log=print)
     model = guest.begin()
