@@ -78,10 +78,13 @@ def two_nodes(ksm_guest: KsmGuest) -> None:
 def known_bug(ksm_guest: KsmGuest, vm: Guest, request: pytest.FixtureRequest) -> KnownBug:
     """``known_bug(bug_id)``: on a kernel that harness.kernel_bugs lists as having the bug,
     the test becomes a strict expected failure (it must fail; passing is an XPASS that fails
-    the run); on any other kernel nothing changes and the test must pass."""
-    def mark(bug_id: str) -> None:
+    the run); on any other kernel nothing changes and the test must pass. ``raises``: the
+    failures the bug explains (any other failure stays a failure)."""
+    def mark(bug_id: str,
+             raises: type[BaseException] | tuple[type[BaseException], ...] = AssertionError,
+             ) -> None:
         ksm_guest.ensure()
-        xfail = xfail_mark(bug_id, vm.spec.kernel.release, ksm_guest.banner)
+        xfail = xfail_mark(bug_id, vm.spec.kernel.release, ksm_guest.banner, raises=raises)
         if xfail is not None:
             request.node.add_marker(xfail)
     return mark

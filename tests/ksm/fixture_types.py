@@ -18,5 +18,5 @@ class WorkloadFactory(Protocol):
 
 
 MemcgFactory = Callable[[str], MemCgroup]  # ``memcg(name)``
-KnownBug = Callable[[str], None]  # ``known_bug(bug_id)``
+KnownBug = Callable[..., None]  # ``known_bug(bug_id, raises=AssertionError)``
 ThpMode = Callable[[str], None]  # ``thp_mode("always"|"madvise"|"never")``
