@@ -89,6 +89,21 @@ def check_process(ksm: Ksm, pid: int, rmap: int, merging: int, what: str,
     return stat
 
 
+def check_merge_flags(ksm: Ksm, pid: int, merge_any: bool, mergeable: bool,
+                      what: str) -> bool:
+    """ksm_stat's ksm_merge_any (PR_SET_MEMORY_MERGE set: MMF_VM_MERGE_ANY) and ksm_mergeable
+    (some VMA is VM_MERGEABLE: ksm_process_mergeable()), where this kernel prints them (7.2
+    does, 6.12 does not); False when it does not."""
+    stat = ksm.process_stat(pid)
+    if "ksm_merge_any" not in stat or "ksm_mergeable" not in stat:
+        return False
+    got = (bool(stat["ksm_merge_any"]), bool(stat["ksm_mergeable"]))
+    assert got == (merge_any, mergeable), (
+        f"/proc/{pid}/ksm_stat {what}: ksm_merge_any {got[0]}, ksm_mergeable {got[1]}; "
+        f"expected {merge_any}, {mergeable} (all: {stat})")
+    return True
+
+
 def rmap_item_bytes(ksm_guest: KsmGuest) -> int:
     """sizeof(struct ksm_rmap_item): the slab's object size (slab_nomerge keeps the cache)."""
     r = ksm_guest.sh.run("read -r n < /sys/kernel/slab/ksm_rmap_item/object_size && echo $n")
@@ -102,8 +117,10 @@ def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(
     assert p.pid is not None  # started
     p.alloc("s", 256, "same:121", thp=False)
     p.alloc("u", 64, "unique:121", thp=False)
+    check_merge_flags(ksm, p.pid, False, False, "before any madvise")
     for region in ("s", "u"):
         p.madvise(region, "merge")
+    check_merge_flags(ksm, p.pid, False, True, "after MADV_MERGEABLE")
     ksm.set("run", 1)
     check_global(ksm.wait_counts(Layout().same("s", 256).unique(64).expected(),
                                  what="P merged"), item)
@@ -133,6 +150,13 @@ def test_ksm_stat_exact_through_cow_fork_unmerge_and_exit(
     check_global(ksm.wait_counts(Layout().unique(64).expected(),
                                  what="child exited, s unmergeable"), item)
     check_process(ksm, p.pid, 64, 0, "after MADV_UNMERGEABLE of s", item)
+    check_merge_flags(ksm, p.pid, False, True, "with u still mergeable")
+    p.madvise("u", "unmerge")
+    check_merge_flags(ksm, p.pid, False, False, "after MADV_UNMERGEABLE of both")
+    # no mergeable VMA left: ksmd's next pass drops P's mm from its list and then idles
+    check_global(ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0,
+                                 what="s and u unmergeable"), item)
+    check_process(ksm, p.pid, 0, 0, "after MADV_UNMERGEABLE of u", item)
     p.verify()
 
     # run=2 drops every rmap item; exit leaves nothing.
@@ -167,7 +191,10 @@ def test_prctl_memory_merge_across_fork_and_exec(
     # Every anonymous VMA of the process becomes mergeable (heap, stack...): zero-filled ones
     # go to the zero page (use_zero_pages=1), so only region s can make a KSM page.
     ksm.set("use_zero_pages", 1)
+    assert w.pid is not None
+    has_flags = check_merge_flags(ksm, w.pid, False, False, "before PR_SET_MEMORY_MERGE")
     assert w.command("prctl set").fields["merge"] == "1"
+    check_merge_flags(ksm, w.pid, True, True, "after PR_SET_MEMORY_MERGE 1")
     w.alloc("s", 128, "same:122", thp=False)
     assert w.smaps("s")["mergeable"] >= 1, \
         f"PR_SET_MEMORY_MERGE did not make a new anonymous VMA mergeable: {w.smaps('s')}"
@@ -189,6 +216,9 @@ def test_prctl_memory_merge_across_fork_and_exec(
     w.verify()
     assert w.command("prctl clear").fields["merge"] == "0"
     assert w.smaps("s")["mergeable"] == 0, w.smaps("s")
+    check_merge_flags(ksm, w.pid, False, False, "after PR_SET_MEMORY_MERGE 0")
+    if not has_flags:
+        print("ksm_stat has no ksm_merge_any/ksm_mergeable on this kernel (not checked)")
     ksm.wait_counts(ALL_GONE, pages=1, min_full_scans=0, what="after PR_SET_MEMORY_MERGE 0")
     w.verify()
 
