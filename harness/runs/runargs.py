@@ -5,6 +5,7 @@ pytest unchanged, checked first by pytest's own parser, so a typo is one line, n
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, NoReturn
 
 from harness import cellplan, options, spec
@@ -86,11 +87,29 @@ def check(argv: list[str]) -> argparse.Namespace | None:
         cellplan.parse_shard(ns.shard)
     cellplan.validate(ns.kernel or [], ns.numa or [], ns.modules)
     spec.check(vars(ns), ns.numa or [options.DEFAULT_NUMA])
+    check_report_paths(ns)
     found, pytest_args = options.split_repeated(argv, extra=("--baseline", "--cell", "--shard"))
     complaint = session.usage_error(pytest_args, ["tests/ksm"])
     if complaint:
         raise HarnessError(f"run: {complaint} (see ksm-harness run --help)")
     return ns
+
+
+def check_report_paths(ns: argparse.Namespace) -> None:
+    """A report whose directory cannot be made is bad input: said now, before a kernel boots.
+    (A directory that fills up or refuses a file during the run costs one line and a rescue
+    of the results: harness.pytest_plugin.reporting.)"""
+    wanted = [("--report-dir", Path(ns.report_dir))] if getattr(ns, "report_dir", None) else []
+    for flag, dest in (("--junitxml", "junitxml"),
+                       *((w.option.flag, w.name) for w in writers.WRITERS)):
+        if getattr(ns, dest, None):
+            wanted.append((flag, Path(getattr(ns, dest)).parent))
+    for flag, directory in wanted:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HarnessError(f"run: {flag}: cannot make the directory {directory}: "
+                               f"{exc.strerror or exc}") from None
 
 
 def main(argv: list[str]) -> int:

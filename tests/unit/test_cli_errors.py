@@ -104,6 +104,17 @@ def test_run_refuses_an_unknown_option_in_one_line() -> None:
     _only_line(r, "ksm-harness: run: argument --accel: invalid choice: 'fast'")
 
 
+def test_run_refuses_a_report_path_it_cannot_make_before_booting(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    r = run_harness("run", "--report-dir", str(blocker / "reports"))
+    _only_line(r, f"ksm-harness: run: --report-dir: cannot make the directory {blocker}/reports")
+    r = run_harness("run", "--junitxml", str(blocker / "j" / "junit.xml"))
+    _only_line(r, f"ksm-harness: run: --junitxml: cannot make the directory {blocker}/j")
+    r = run_harness("run", "--ktap", str(blocker / "k" / "out.ktap"))
+    _only_line(r, f"ksm-harness: run: --ktap: cannot make the directory {blocker}/k")
+
+
 def test_run_numa_error_names_the_option_and_syntax() -> None:
     r = run_harness("run", "--numa", "garbage")
     _only_line(r, "ksm-harness: --numa garbage: ")
