@@ -69,6 +69,13 @@ mount --move /sys $R/sys
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup
 # memory and pids controllers for child cgroups (memory.max, memory.reclaim in scenarios)
 echo "+memory +pids" > $R/sys/fs/cgroup/cgroup.subtree_control
+# One memory cgroup for the guest's life. The first memcg turns static keys on (kmem and
+# socket accounting) and freeing the last turns the socket key off; each flip rewrites
+# kernel text through text_poke_bp()'s int3. Under QEMU 7.2's multi-threaded TCG a vCPU was
+# seen stuck on an int3 already patched away, in __sk_mem_reduce_allocated (the socket key's
+# site) as a test's cgroup came and went: flipped once here, before anything runs, the keys
+# never move during a test (mm/memcontrol.c: static_branch_inc/dec per memcg).
+mkdir $R/sys/fs/cgroup/ksm-harness-keys 2>/dev/null
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # sysctls: "path value" lines, written with the shell's own echo (no exec)
 while read -r path value; do
